@@ -1,0 +1,1 @@
+"""asklane web process, and what the web and worker processes share."""

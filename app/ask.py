@@ -1,0 +1,77 @@
+"""What happens to a `/ask` command on the web side: validate, enqueue, choose the ack message.
+
+Kept free of Bolt so it can be tested with a plain dict and a real Redis.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from pydantic import ValidationError
+
+from app import messages
+from app.job import AskJob, reference_for
+from app.messages import SlackMessage
+from app.queue import QueueUnavailable, enqueue_ask
+
+#: Longest question accepted. Slack itself allows a few thousand characters in a slash command;
+#: this keeps a prompt (and the echo in the notice) within sane bounds.
+MAX_QUESTION_CHARS = 4000
+
+HELP_WORDS = frozenset({"help", "?", "-h", "--help"})
+
+# C0/C1 control characters other than tab and newline carry no meaning in a question.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+log = structlog.get_logger(__name__)
+
+
+def clean_question(text: str) -> str:
+    """Strip control characters and surrounding whitespace from the command text."""
+    return _CONTROL.sub("", text).strip()
+
+
+async def handle_ask(command: Mapping[str, Any], redis: ArqRedis) -> SlackMessage:
+    """Validate one slash command, queue its job, and return the message to ack with."""
+    name = str(command.get("command") or "/ask")
+    question = clean_question(str(command.get("text") or ""))
+    trigger_id = str(command.get("trigger_id") or "")
+    bound = log.bind(team=command.get("team_id"), user=command.get("user_id"), command=name)
+
+    if not question or question.lower() in HELP_WORDS:
+        bound.info("command.usage")
+        return messages.usage(name)
+    if len(question) > MAX_QUESTION_CHARS:
+        bound.info("command.too_long", length=len(question), limit=MAX_QUESTION_CHARS)
+        return messages.too_long(name, len(question), MAX_QUESTION_CHARS)
+
+    try:
+        job = AskJob(
+            team_id=command.get("team_id", ""),
+            enterprise_id=command.get("enterprise_id") or None,
+            channel_id=command.get("channel_id", ""),
+            user_id=command.get("user_id", ""),
+            command=name,
+            text=question,
+            response_url=command.get("response_url", ""),
+            trigger_id=trigger_id,
+            enqueued_at=datetime.now(UTC),
+        )
+    except ValidationError as error:
+        reference = reference_for(trigger_id or question)
+        bound.warning("command.malformed", reference=reference, fields=[e["loc"] for e in error.errors()])
+        return messages.malformed_request(reference)
+
+    bound = bound.bind(job_id=job.job_id, reference=job.reference)
+    try:
+        queued = await enqueue_ask(redis, job)
+    except QueueUnavailable as error:
+        bound.error("command.queue_unavailable", error=str(error))
+        return messages.unavailable(job.reference)
+    bound.info("job.enqueued" if queued else "command.duplicate", length=len(question))
+    return messages.working_on_it(question)

@@ -1,0 +1,80 @@
+"""Every message a user sees, in Slack's message shape. Shared by the web and worker processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Characters of the question echoed back in the notice; the full question is still answered.
+ECHO_CHARS = 500
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """A Slack message: fallback ``text`` (notifications, screen readers) plus Block Kit ``blocks``."""
+
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def escape_mrkdwn(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn treats as control characters.
+
+    This is what makes user-echoed ``<!channel>`` or ``<@U123>`` render as plain text.
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
+def _quote(question: str) -> str:
+    shown = question if len(question) <= ECHO_CHARS else question[:ECHO_CHARS] + "…"
+    return "\n".join("> " + line for line in escape_mrkdwn(shown).splitlines() or [""])
+
+
+def usage(command: str) -> SlackMessage:
+    """Help text for an empty command or `help`."""
+    text = f"Ask Claude anything: `{command} how do I rotate an API key?`\nThe answer is visible only to you."
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def too_long(command: str, length: int, limit: int) -> SlackMessage:
+    """The question is over the length limit."""
+    text = (
+        f":warning: Your question is {length:,} characters long; `{command}` takes up to {limit:,}. "
+        "Please shorten it and try again."
+    )
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def working_on_it(question: str) -> SlackMessage:
+    """The immediate ephemeral notice, echoing the question."""
+    text = ":hourglass_flowing_sand: Working on it…"
+    return SlackMessage(text=text, blocks=[_section(text), _context(_quote(question))])
+
+
+def unavailable(reference: str) -> SlackMessage:
+    """Redis (the queue) did not take the job."""
+    text = (
+        ":warning: asklane is temporarily unavailable, so your question was not queued. "
+        f"Please try again in a minute. (ref {reference})"
+    )
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def malformed_request(reference: str) -> SlackMessage:
+    """Slack sent a command we cannot use (missing fields)."""
+    text = f":warning: Sorry, that request could not be read. Please try again. (ref {reference})"
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def failed(reason: str, reference: str) -> SlackMessage:
+    """The final answer when a job could not produce one. ``reason`` is a short human sentence."""
+    text = f":x: Sorry, I couldn't answer that: {reason} (ref {reference})"
+    return SlackMessage(text=text, blocks=[_section(text)])

@@ -1,0 +1,117 @@
+"""All configuration, read once from the environment (and `.env`) at start-up.
+
+Both processes call :func:`load_settings` once and pass the result down explicitly.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every setting asklane reads; each field maps to the upper-case environment variable."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://localhost:6379/0"
+    redis_tls_verify: bool = True
+
+    slack_signing_secret: SecretStr
+    slack_bot_token: SecretStr
+    slack_api_url: str = "https://slack.com/api/"
+    slack_command: str = "/ask"
+    slack_response_url_prefixes: Annotated[tuple[str, ...], NoDecode] = ("https://hooks.slack.com/",)
+
+    anthropic_api_key: SecretStr
+    anthropic_base_url: str | None = None
+    anthropic_model: str = "claude-haiku-5-5"
+    ai_max_tokens: Annotated[int, Field(gt=0, le=64_000)] = 1024
+    ai_system_prompt: str = (
+        "You are a helpful assistant answering questions asked in Slack. "
+        "Answer concisely and accurately; use Markdown sparingly."
+    )
+    ai_timeout_seconds: PositiveSeconds = 30.0
+
+    worker_concurrency: Annotated[int, Field(ge=1, le=1000)] = 5
+    jobs_per_second: PositiveSeconds = 10.0
+    job_max_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    job_retry_base_seconds: PositiveSeconds = 2.0
+    job_timeout_seconds: PositiveSeconds = 60.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 25.0
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url_slash(cls, value: str) -> str:
+        # slack-sdk joins method names straight onto the base URL.
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("slack_command")
+    @classmethod
+    def _command_slash(cls, value: str) -> str:
+        if not value.startswith("/") or len(value) < 2 or " " in value:
+            raise ValueError("must look like /ask")
+        return value
+
+    @field_validator("slack_response_url_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        if not value:
+            raise ValueError("needs at least one URL prefix")
+        return value
+
+    @field_validator("slack_response_url_prefixes")
+    @classmethod
+    def _prefixes_are_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in value:
+            if not prefix.startswith(("http://", "https://")) or prefix.count("/") < 3:
+                raise ValueError(
+                    f"{prefix!r} must be a URL prefix ending in a path, like https://hooks.slack.com/"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _ai_call_fits_in_job(self) -> Settings:
+        # The job's own timeout is the backstop; an AI call that may outlive it would be cut
+        # off without the user hearing why.
+        if self.ai_timeout_seconds >= self.job_timeout_seconds:
+            raise ValueError("AI_TIMEOUT_SECONDS must be shorter than JOB_TIMEOUT_SECONDS")
+        return self
+
+
+def describe_errors(error: ValidationError) -> str:
+    """Render a settings validation error as one line naming each bad variable."""
+    parts = []
+    for item in error.errors():
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        parts.append(f"{name}: {message}" if item["loc"] else message)
+    return "; ".join(parts)
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings, or stop the process with one clear line."""
+    try:
+        return Settings()  # required values come from the environment
+    except ValidationError as error:
+        print(f"asklane: invalid configuration: {describe_errors(error)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,330 @@
+"""Shared fixtures: a real redis-server, fake Slack and Anthropic servers, signed requests,
+and ways to run the real web app and real arq workers against them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import redis
+from arq.worker import Worker
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.slack import FakeSlack
+from workers.worker import worker_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SIGNING_SECRET = "fake-signing-secret-for-tests"
+BOT_TOKEN = "xoxb-fake-bot-token-for-tests"
+ANTHROPIC_KEY = "fake-anthropic-key-for-tests"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, started and stopped by the tests."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> redis.Redis:
+    """A sync client on an empty database."""
+    client = redis_server.client()
+    client.flushall()
+    return client
+
+
+# --- Fake Slack and Anthropic ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _anthropic_server() -> Iterator[FakeAnthropic]:
+    server = FakeAnthropic().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _slack_server() -> Iterator[FakeSlack]:
+    server = FakeSlack().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_anthropic(_anthropic_server: FakeAnthropic) -> FakeAnthropic:
+    _anthropic_server.reset()
+    return _anthropic_server
+
+
+@pytest.fixture
+def fake_slack(_slack_server: FakeSlack) -> FakeSlack:
+    _slack_server.reset()
+    return _slack_server
+
+
+# --- Settings ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(redis_client: redis.Redis, redis_server: RedisServer, fake_anthropic: FakeAnthropic,
+        fake_slack: FakeSlack) -> dict[str, str]:
+    """The environment of a test deployment: every URL points at loopback; short timings."""
+    return {
+        "REDIS_URL": redis_server.url,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_API_URL": fake_slack.api_url,
+        "SLACK_RESPONSE_URL_PREFIXES": fake_slack.response_prefix,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "ANTHROPIC_BASE_URL": fake_anthropic.url,
+        "AI_TIMEOUT_SECONDS": "2",
+        "JOB_TIMEOUT_SECONDS": "6",
+        "JOB_RETRY_BASE_SECONDS": "0.2",
+        "SHUTDOWN_GRACE_SECONDS": "3",
+        "LOG_FORMAT": "json",
+    }
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    return Settings(_env_file=None, **{key.lower(): value for key, value in env.items()})
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return settings_from(env)
+
+
+# --- Signed slash commands and the web app -----------------------------------------------------
+
+
+def signature_headers(body: bytes, *, secret: str = SIGNING_SECRET, timestamp: int | None = None) -> dict[str, str]:
+    """Headers Slack would send with ``body``: v0 HMAC-SHA256 over ``v0:{timestamp}:{body}``."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    return {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": f"v0={digest}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+
+
+class SlashCommands:
+    """Builds slash-command form bodies as Slack sends them, addressed to the fake Slack."""
+
+    def __init__(self, fake_slack: FakeSlack) -> None:
+        self.fake_slack = fake_slack
+
+    def form(self, text: str, **fields: str) -> dict[str, str]:
+        hook = uuid.uuid4().hex
+        form = {
+            "token": "deprecated-verification-token",
+            "team_id": "T0TEAM",
+            "team_domain": "example",
+            "channel_id": "C0CHANNEL",
+            "channel_name": "general",
+            "user_id": "U0ASKER",
+            "user_name": "asker",
+            "command": "/ask",
+            "text": text,
+            "api_app_id": "A0APP",
+            "response_url": f"{self.fake_slack.response_prefix}{hook}",
+            "trigger_id": f"{time.time_ns()}.{uuid.uuid4().int % 10**9}.{uuid.uuid4().hex}",
+        }
+        form.update(fields)
+        return form
+
+    def body(self, text: str, **fields: str) -> bytes:
+        return urlencode(self.form(text, **fields)).encode()
+
+    def send(self, client: TestClient | httpx.Client, text: str = "", *, form: dict[str, str] | None = None,
+             **fields: str) -> httpx.Response:
+        body = urlencode(form).encode() if form is not None else self.body(text, **fields)
+        return client.post("/slack/events", content=body, headers=signature_headers(body))
+
+
+@pytest.fixture
+def commands(fake_slack: FakeSlack) -> SlashCommands:
+    return SlashCommands(fake_slack)
+
+
+@pytest.fixture
+def web(settings: Settings) -> Iterator[TestClient]:
+    """The real ASGI app, lifespan included."""
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def ack_text(response: httpx.Response) -> str:
+    """All the text a user sees in an ack body."""
+    body = response.json()
+    parts = [body.get("text", "")]
+    for block in body.get("blocks", []):
+        if "text" in block:
+            parts.append(block["text"]["text"])
+        for element in block.get("elements", []):
+            parts.append(element.get("text", ""))
+    return "\n".join(parts)
+
+
+# --- Workers -----------------------------------------------------------------------------------
+
+
+def drain(settings: Settings, *, poll_delay: float = 0.05) -> Worker:
+    """Run a real arq worker in this process until the queue (retries included) is empty."""
+
+    async def run() -> Worker:
+        worker = Worker(**worker_settings(settings), burst=True, handle_signals=False, poll_delay=poll_delay)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+        return worker
+
+    return asyncio.run(run())
+
+
+class WorkerProcess:
+    """``arq workers.WorkerSettings`` as its own process group, as Heroku runs it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        arq = Path(sys.executable).parent / "arq"
+        self.process = subprocess.Popen(
+            [str(arq), "workers.WorkerSettings"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def signal_group(self, signum: signal.Signals) -> None:
+        os.killpg(self.process.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in worker log:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with_suppressed = self.process.pid
+            try:
+                os.killpg(with_suppressed, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(**overrides: str) -> WorkerProcess:
+        worker = WorkerProcess({**env, **overrides}, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        worker.wait_for_log("worker.started")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def queued_job_ids(client: redis.Redis) -> list[str]:
+    """Ids of the jobs waiting in arq's default queue."""
+    return [member.decode() for member in client.zrange("arq:queue", 0, -1)]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 15, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,56 @@
+"""The whole path on real parts: signed /ask → arq job in Redis → fake Claude → ephemeral post."""
+
+from __future__ import annotations
+
+from starlette.testclient import TestClient
+
+from app.settings import Settings
+from tests.conftest import ANTHROPIC_KEY, SlashCommands, ack_text, drain, queued_job_ids
+from tests.fakes.anthropic import FakeAnthropic, api_key
+from tests.fakes.slack import FakeSlack
+
+
+def test_ask_acks_with_an_ephemeral_notice_echoing_the_question(web: TestClient, commands: SlashCommands) -> None:
+    response = commands.send(web, "how do I rotate an API key?")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["response_type"] == "ephemeral"
+    assert "Working on it" in ack_text(response)
+    assert "how do I rotate an API key?" in ack_text(response)
+
+
+def test_ask_enqueues_exactly_one_job(web: TestClient, commands: SlashCommands, redis_client) -> None:
+    commands.send(web, "what is a p99?")
+
+    assert len(queued_job_ids(redis_client)) == 1
+
+
+def test_worker_sends_the_question_to_claude_with_the_configured_prompt(
+    web: TestClient, commands: SlashCommands, settings: Settings, fake_anthropic: FakeAnthropic
+) -> None:
+    commands.send(web, "what is a p99?")
+    drain(settings)
+
+    [call] = fake_anthropic.received("/v1/messages")
+    assert call.body["model"] == settings.anthropic_model
+    assert call.body["max_tokens"] == settings.ai_max_tokens
+    assert call.body["system"] == settings.ai_system_prompt
+    assert call.body["messages"] == [{"role": "user", "content": "what is a p99?"}]
+    assert api_key(call.headers) == ANTHROPIC_KEY
+
+
+def test_answer_replaces_the_notice_as_an_ephemeral_message(
+    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack
+) -> None:
+    form = commands.form("what is a p99?")
+    commands.send(web, form=form)
+    drain(settings)
+
+    [post] = fake_slack.received("/response/")
+    assert post.path == form["response_url"].removeprefix(fake_slack.url)
+    assert post.body["response_type"] == "ephemeral"
+    assert post.body["replace_original"] is True
+    assert post.body["blocks"][0] == {"type": "markdown", "text": "Answer to: what is a p99?"}
+    assert "Answer to: what is a p99?" in post.body["text"]
+    assert fake_slack.received("/api/") == []

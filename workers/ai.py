@@ -1,0 +1,143 @@
+"""The Anthropic call, and the line between transient and permanent AI failures."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import anthropic
+import structlog
+from anthropic.types import TextBlock
+
+from app.settings import Settings
+from workers.errors import PermanentError, TransientError
+
+log = structlog.get_logger(__name__)
+
+#: Stop reasons where the text is usable but incomplete.
+CUT_SHORT = frozenset({"max_tokens", "model_context_window_exceeded"})
+
+#: Statuses worth another try besides 429 and 5xx.
+RETRYABLE_STATUSES = frozenset({408, 409})
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What Claude said, and what it cost."""
+
+    text: str
+    stop_reason: str | None
+    model: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    request_id: str | None
+
+    @property
+    def cut_short(self) -> bool:
+        """True when Claude stopped because of a length limit rather than by finishing."""
+        return self.stop_reason in CUT_SHORT
+
+
+class Claude:
+    """Asks Claude one question. Retries are arq's job, so the SDK's own are off."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client = anthropic.AsyncAnthropic(
+            api_key=settings.anthropic_api_key.get_secret_value(),
+            base_url=settings.anthropic_base_url,
+            # The SDK would otherwise wait out any retry-after, however long, inside our job.
+            max_retries=0,
+            timeout=settings.ai_timeout_seconds,
+        )
+
+    async def ask(self, question: str) -> Answer:
+        """Send the question in the user turn under the configured system prompt.
+
+        Raises TransientError or PermanentError; never an SDK exception.
+        """
+        started = time.perf_counter()
+        try:
+            response = await self._client.messages.create(
+                model=self._settings.anthropic_model,
+                max_tokens=self._settings.ai_max_tokens,
+                system=self._settings.ai_system_prompt,
+                messages=[{"role": "user", "content": question}],
+            )
+        except anthropic.APIError as error:
+            raise classify(error) from error
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+
+        if response.stop_reason == "refusal":
+            raise PermanentError("stop_reason refusal", reason="Claude declined to answer this question.")
+        text = "".join(block.text for block in response.content if isinstance(block, TextBlock)).strip()
+        if not text:
+            raise PermanentError(
+                f"empty answer, stop_reason {response.stop_reason}",
+                reason="Claude returned an empty answer. Try rephrasing the question.",
+            )
+        return Answer(
+            text=text,
+            stop_reason=response.stop_reason,
+            model=response.model,
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens,
+            latency_ms=latency_ms,
+            request_id=getattr(response, "_request_id", None),
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._client.close()
+
+
+def classify(error: anthropic.APIError) -> TransientError | PermanentError:
+    """Map an SDK exception to our two failure types."""
+    if isinstance(error, anthropic.APIConnectionError):  # includes APITimeoutError
+        return TransientError(type(error).__name__)
+    if not isinstance(error, anthropic.APIStatusError):
+        return PermanentError(type(error).__name__)
+
+    status = error.status_code
+    detail = f"anthropic {status} {error.type or ''} {error.error_code or ''}".strip()
+    if status == 429 and (error.error_code or "").endswith("spend_limit_reached"):
+        return PermanentError(detail, reason="the team's Claude usage limit has been reached.")
+    if status == 429 or status >= 500 or status in RETRYABLE_STATUSES:
+        return TransientError(detail, retry_after=retry_after_seconds(error.response.headers))
+    if status in (401, 403):
+        return PermanentError(
+            detail, reason="asklane is not allowed to use Claude; an admin needs to check its API key."
+        )
+    if status == 413:
+        return PermanentError(detail, reason="the question is too large for Claude.")
+    return PermanentError(detail, reason="Claude could not process this request.")
+
+
+def retry_after_seconds(headers: object) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), if present."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    millis = get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)

@@ -1,0 +1,36 @@
+"""The two kinds of failure a job can meet, decided at the edge (the Anthropic and Slack clients).
+
+The job's retry policy only looks at these types; see :mod:`workers.retry`.
+"""
+
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """Base class. ``reason`` is the short sentence shown to the user if this ends the job."""
+
+    default_reason = "something went wrong on our side."
+
+    def __init__(self, detail: str, *, reason: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.reason = reason or self.default_reason
+
+
+class TransientError(JobError):
+    """Worth trying again: rate limits, overload, 5xx, timeouts, dropped connections."""
+
+    default_reason = "Claude is busy or unreachable right now. Please try again in a few minutes."
+
+    def __init__(self, detail: str, *, retry_after: float | None = None, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        #: Seconds the other side asked us to wait, when it said.
+        self.retry_after = retry_after
+
+
+class PermanentError(JobError):
+    """Trying again cannot help: bad request, auth, refusal, a channel we cannot post to."""
+
+
+class InvalidPayload(PermanentError):
+    """The job in Redis does not match the AskJob contract (unknown version, malformed)."""

@@ -1,0 +1,105 @@
+"""arq worker configuration: `arq workers.WorkerSettings` reads :func:`worker_settings`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from arq.connections import RedisSettings
+from arq.worker import func
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.job import ANSWER_JOB, deserialize, serialize
+from app.logs import configure_logging
+from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings
+from app.settings import Settings
+from workers.ai import Claude
+from workers.answer import WorkerDeps, answer_question
+from workers.delivery import SlackDelivery
+from workers.retry import arq_max_tries
+
+log = structlog.get_logger(__name__)
+
+#: arq's own deadline for a job sits this far beyond ours, so ours always fires first.
+ARQ_TIMEOUT_MARGIN_SECONDS = 5.0
+
+
+class LoggedRedisRetry(RedisRetry):
+    """Retries Redis commands forever with capped backoff, logging the outage once per episode.
+
+    arq's poll loop has no error handling: without this, a Redis restart kills the worker.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
+        self._down = False
+
+    async def call_with_retry(self, do: Any, fail: Any) -> Any:
+        async def failed(error: Exception) -> None:
+            if not self._down:
+                self._down = True
+                log.error("redis.unavailable", error=type(error).__name__, detail=str(error))
+            await fail(error)
+
+        result = await super().call_with_retry(do, failed)
+        if self._down:
+            self._down = False
+            log.info("redis.reconnected")
+        return result
+
+
+def worker_redis_settings(settings: Settings) -> RedisSettings:
+    """REDIS_URL settings with reconnection suited to a long-running worker."""
+    conf = redis_settings(settings)
+    conf.conn_timeout = 5
+    conf.conn_retries = 1_000_000  # start-up waits for Redis instead of crashing
+    conf.conn_retry_delay = 1
+    conf.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
+    conf.retry = LoggedRedisRetry()
+    return conf
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Runs once per worker process, after arq has connected to Redis."""
+    settings: Settings = ctx["settings"]
+    # arq's CLI applies its own logging config after importing the settings; take it back.
+    configure_logging(settings)
+    ctx["deps"] = WorkerDeps(
+        settings=settings, redis=ctx["redis"], claude=Claude(settings), slack=SlackDelivery(settings)
+    )
+    log.info("worker.started", concurrency=settings.worker_concurrency, model=settings.anthropic_model)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Runs once when the worker stops."""
+    deps: WorkerDeps | None = ctx.get("deps")
+    if deps is not None:
+        await deps.claude.close()
+    log.info("worker.stopped")
+
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``arq.Worker``, from our settings."""
+    return {
+        "functions": [
+            func(
+                answer_question,
+                name=ANSWER_JOB,
+                max_tries=arq_max_tries(settings),
+                timeout=settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS,
+            )
+        ],
+        "redis_settings": worker_redis_settings(settings),
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "max_jobs": settings.worker_concurrency,
+        "keep_result": DEDUPE_WINDOW_SECONDS,
+        # On SIGTERM: stop picking jobs, give running ones this long, then re-queue the rest.
+        "job_completion_wait": settings.shutdown_grace_seconds,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "ctx": {"settings": settings},
+    }
