@@ -17,7 +17,8 @@ PositiveSeconds = Annotated[float, Field(gt=0)]
 class Settings(BaseSettings):
     """Every setting asklane reads; each field maps to the upper-case environment variable."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # An empty value (`SLACK_BOT_TOKEN=` in .env) counts as unset, so it is reported as missing.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True)
 
     redis_url: str = "redis://localhost:6379/0"
     redis_tls_verify: bool = True

@@ -1,0 +1,108 @@
+"""Posting the answer: response_url first, chat.postEphemeral as fallback, Slack's 429s respected."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import BOT_TOKEN, SlashCommands, drain, settings_from
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.server import Reply
+from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+
+ANSWER = "Answer to: what is a p99?"
+
+
+@pytest.mark.parametrize("status", [404, 410, 403])
+def test_refused_response_url_falls_back_to_post_ephemeral(
+    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack, status: int
+) -> None:
+    fake_slack.script(RESPONSE, Reply(status=status, json={"ok": False, "error": "expired_url"}))
+
+    commands.send(web, "what is a p99?")
+    drain(settings)
+
+    [fallback] = fake_slack.received(POST_EPHEMERAL)
+    assert fallback.body["channel"] == "C0CHANNEL"
+    assert fallback.body["user"] == "U0ASKER"
+    assert fallback.body["blocks"][0]["text"] == ANSWER
+    assert fallback.headers["authorization"] == f"Bearer {BOT_TOKEN}"
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_slack_429_on_the_post_delivers_once_without_a_second_ai_call(
+    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    fake_slack.script(RESPONSE, Reply(status=429, headers={"Retry-After": "1"}))
+
+    commands.send(web, "what is a p99?")
+    drain(settings)
+
+    first, second = fake_slack.received(RESPONSE)
+    assert second.at - first.at >= 1.0
+    assert len(fake_anthropic.calls) == 1
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_slack_5xx_on_the_post_retries_the_post_only(
+    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    fake_slack.script(RESPONSE, Reply(status=503))
+
+    commands.send(web, "what is a p99?")
+    drain(settings)
+
+    assert len(fake_anthropic.calls) == 1
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_post_ephemeral_rate_limit_is_retried_after_retry_after(
+    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    fake_slack.script(RESPONSE, Reply(status=404), Reply(status=404))
+    fake_slack.script(POST_EPHEMERAL, Reply(status=429, json={"ok": False, "error": "ratelimited"},
+                                            headers={"Retry-After": "1"}))
+
+    commands.send(web, "what is a p99?")
+    drain(settings)
+
+    first, second = fake_slack.received(POST_EPHEMERAL)
+    assert second.at - first.at >= 1.0
+    assert len(fake_anthropic.calls) == 1
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_channel_the_bot_cannot_post_in_fails_the_job_once(
+    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    fake_slack.script(RESPONSE, Reply(status=404), Reply(status=404))
+    fake_slack.script(POST_EPHEMERAL, *[Reply(json={"ok": False, "error": "channel_not_found"})] * 2)
+
+    commands.send(web, "what is a p99?")
+    worker = drain(settings)
+
+    assert worker.jobs_failed == 1
+    assert len(fake_anthropic.calls) == 1
+    assert fake_slack.delivered() == []
+
+
+def test_response_url_outside_the_allowed_prefixes_is_never_posted_to(
+    env: dict[str, str], commands: SlashCommands, fake_slack: FakeSlack, redis_client: redis.Redis
+) -> None:
+    # The web side accepts the command (Slack signed it); the worker guards where it POSTs.
+    web_settings = settings_from({**env, "SLACK_RESPONSE_URL_PREFIXES": f"{fake_slack.url}/"})
+    worker_settings = settings_from({**env, "SLACK_RESPONSE_URL_PREFIXES": "https://hooks.slack.com/"})
+
+    with TestClient(create_app(web_settings)) as web:
+        commands.send(web, "what is a p99?")
+    drain(worker_settings)
+
+    assert fake_slack.received(RESPONSE) == []
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]

@@ -1,0 +1,93 @@
+"""Real worker processes under signals, as Heroku sends them: to the whole process group."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import RedisServer, SlashCommands, WorkerProcess, settings_from, wait_until
+from tests.fakes.anthropic import MESSAGES, FakeAnthropic, message
+from tests.fakes.server import Reply
+from tests.fakes.slack import FakeSlack
+
+ANSWER = "Answer to: what is a p99?"
+
+
+def test_a_worker_process_answers_a_command_end_to_end(
+    web: TestClient, commands: SlashCommands, start_worker: Callable[..., WorkerProcess], fake_slack: FakeSlack
+) -> None:
+    start_worker()
+
+    commands.send(web, "what is a p99?")
+
+    wait_until(fake_slack.delivered)
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_sigterm_lets_the_job_in_flight_finish_and_post_then_exits(
+    web: TestClient, commands: SlashCommands, start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic, fake_slack: FakeSlack,
+) -> None:
+    worker = start_worker(SHUTDOWN_GRACE_SECONDS="3")
+    fake_anthropic.script(MESSAGES, Reply(json=message(ANSWER), delay=1.0))
+    commands.send(web, "what is a p99?")
+    fake_anthropic.wait_for(MESSAGES)
+
+    signalled = time.monotonic()
+    worker.signal_group(signal.SIGTERM)
+    worker.signal_group(signal.SIGTERM)  # Heroku may send it more than once
+    code = worker.wait(timeout=3 + 5)
+    exited_after = time.monotonic() - signalled
+
+    assert code == 0
+    assert exited_after < 3 + 5
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_sigterm_requeues_a_job_that_outlives_the_grace_period_for_another_worker(
+    web: TestClient, commands: SlashCommands, start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic, fake_slack: FakeSlack,
+) -> None:
+    slow = {"SHUTDOWN_GRACE_SECONDS": "1", "AI_TIMEOUT_SECONDS": "8", "JOB_TIMEOUT_SECONDS": "10"}
+    first = start_worker(**slow)
+    fake_anthropic.script(MESSAGES, Reply(json=message("too slow"), delay=4.0))
+    commands.send(web, "what is a p99?")
+    fake_anthropic.wait_for(MESSAGES)
+
+    signalled = time.monotonic()
+    first.signal_group(signal.SIGTERM)
+    first.wait(timeout=1 + 5)
+    assert time.monotonic() - signalled < 1 + 5
+    assert fake_slack.delivered() == []
+
+    start_worker(**slow)
+    wait_until(fake_slack.delivered)
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_worker_survives_a_redis_restart_and_answers_afterwards(
+    env: dict[str, str], commands: SlashCommands, start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack, tmp_path: Path,
+) -> None:
+    own_redis = RedisServer(tmp_path)
+    own_redis.start()
+    try:
+        worker = start_worker(REDIS_URL=own_redis.url)
+        own_redis.stop()
+        worker.wait_for_log("redis.unavailable")
+        time.sleep(1.0)
+        assert worker.process.poll() is None
+
+        own_redis.start()
+        worker.wait_for_log("redis.reconnected")
+        with TestClient(create_app(settings_from({**env, "REDIS_URL": own_redis.url}))) as web:
+            commands.send(web, "what is a p99?")
+        wait_until(fake_slack.delivered)
+        assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+    finally:
+        own_redis.stop()

@@ -1,0 +1,43 @@
+"""rediss:// against a self-signed certificate, as Heroku Redis serves it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import RedisServer, SlashCommands, drain, settings_from
+from tests.fakes.slack import FakeSlack
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, tls=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_rediss_with_verification_off_carries_a_command_end_to_end(
+    env: dict[str, str], tls_redis: RedisServer, commands: SlashCommands, fake_slack: FakeSlack
+) -> None:
+    settings = settings_from({**env, "REDIS_URL": tls_redis.url, "REDIS_TLS_VERIFY": "false"})
+
+    with TestClient(create_app(settings)) as web:
+        assert web.get("/healthz").status_code == 200
+        commands.send(web, "what is a p99?")
+    drain(settings)
+
+    assert [post["text"] for post in fake_slack.delivered()] == ["Answer to: what is a p99?"]
+
+
+def test_rediss_with_verification_on_refuses_a_self_signed_certificate(
+    env: dict[str, str], tls_redis: RedisServer
+) -> None:
+    settings = settings_from({**env, "REDIS_URL": tls_redis.url, "REDIS_TLS_VERIFY": "true"})
+
+    with TestClient(create_app(settings)) as web:
+        assert web.get("/healthz").status_code == 503

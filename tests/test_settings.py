@@ -1,0 +1,113 @@
+"""Configuration: validated once at start-up, with one clear line per bad start."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from tests.conftest import ROOT, settings_from
+
+REQUIRED = {
+    "SLACK_SIGNING_SECRET": "fake-secret",
+    "SLACK_BOT_TOKEN": "xoxb-fake",
+    "ANTHROPIC_API_KEY": "fake-key",
+}
+
+
+def _start(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k.upper() not in Settings.model_fields.keys() | {
+        name.upper() for name in Settings.model_fields}}
+    return subprocess.run(command, env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def _load(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    # Run from an empty folder so a developer's .env cannot fill the gap.
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from app.settings import load_settings; load_settings()"
+    return _start([sys.executable, "-c", code], env, tmp_path)
+
+
+def test_missing_required_setting_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in REQUIRED.items() if k != "SLACK_SIGNING_SECRET"}
+
+    result = _load(env, tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "SLACK_SIGNING_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_setting_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    result = _load({**REQUIRED, "WORKER_CONCURRENCY": "five"}, tmp_path)
+
+    assert result.returncode == 2
+    assert "WORKER_CONCURRENCY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_with_missing_setting_exits_with_one_clear_line(tmp_path: Path) -> None:
+    arq = Path(sys.executable).parent / "arq"
+    env = {k: v for k, v in REQUIRED.items() if k != "ANTHROPIC_API_KEY"}
+    env["PYTHONPATH"] = str(ROOT)
+
+    result = _start([str(arq), "workers.WorkerSettings"], env, tmp_path)
+
+    assert result.returncode == 2
+    assert "ANTHROPIC_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_defaults_match_the_documented_queue_semantics() -> None:
+    settings = settings_from(REQUIRED)
+
+    assert settings.worker_concurrency == 5
+    assert settings.jobs_per_second == 10
+    assert settings.job_max_retries == 3
+    assert settings.job_retry_base_seconds == 2.0
+    assert settings.shutdown_grace_seconds == 25
+    assert settings.slack_command == "/ask"
+    assert settings.slack_response_url_prefixes == ("https://hooks.slack.com/",)
+
+
+def test_durations_accept_fractions_of_a_second() -> None:
+    settings = settings_from({**REQUIRED, "JOB_RETRY_BASE_SECONDS": "0.25", "SHUTDOWN_GRACE_SECONDS": "1.5"})
+
+    assert settings.job_retry_base_seconds == 0.25
+    assert settings.shutdown_grace_seconds == 1.5
+
+
+def test_response_url_prefixes_are_comma_separated() -> None:
+    settings = settings_from({**REQUIRED, "SLACK_RESPONSE_URL_PREFIXES": "https://a.example/x/, https://b.example/"})
+
+    assert settings.slack_response_url_prefixes == ("https://a.example/x/", "https://b.example/")
+
+
+def test_ai_timeout_must_fit_inside_the_job_timeout() -> None:
+    with pytest.raises(ValueError, match="AI_TIMEOUT_SECONDS"):
+        settings_from({**REQUIRED, "AI_TIMEOUT_SECONDS": "60", "JOB_TIMEOUT_SECONDS": "30"})
+
+
+def test_default_model_is_not_deprecated_in_the_sdk() -> None:
+    from anthropic._data.deprecated_models import DEPRECATED_MODELS
+
+    assert settings_from(REQUIRED).anthropic_model not in DEPRECATED_MODELS
+
+
+def test_env_example_lists_every_setting_with_a_comment() -> None:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    documented = {}
+    for index, line in enumerate(lines):
+        match = re.match(r"^#?\s*([A-Z][A-Z0-9_]+)=", line)
+        if match:
+            comment = lines[index - 1] if index else ""
+            documented[match.group(1)] = comment
+
+    assert set(documented) == {name.upper() for name in Settings.model_fields}
+    for name, comment in documented.items():
+        assert comment.startswith("# ") and len(comment) > 10, f"{name} needs a one-line comment above it"
