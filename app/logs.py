@@ -52,7 +52,15 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     # Libraries that log every request at INFO would drown the job events.
     # arq.worker logs each job's arguments (the user's question) at INFO; our job.* events replace it.
-    for noisy in ("httpx", "httpx2", "anthropic", "slack_sdk", "aiohttp.access", "uvicorn.access", "arq.worker"):
+    for noisy in (
+        "httpx",
+        "httpx2",
+        "anthropic",
+        "slack_sdk",
+        "aiohttp.access",
+        "uvicorn.access",
+        "arq.worker",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # arq's CLI runs logging.config.dictConfig after import, which disables existing loggers.
     for existing in logging.root.manager.loggerDict.values():

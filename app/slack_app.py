@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import structlog
@@ -18,6 +19,16 @@ from app.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+class _DropTokenIgnoredWarnings(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment on its own and, since we give it a client
+    bound to SLACK_API_URL and an authorize function, warns at every start that the token is
+    unused. It is not: both carry the same token from our settings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("token" in message and ("will be unused" in message or "will be ignored" in message))
+
+
 def build_bolt_app(settings: Settings, redis: ArqRedis) -> AsyncApp:
     """Bolt app that verifies every request and answers the slash command."""
 
@@ -30,10 +41,16 @@ def build_bolt_app(settings: Settings, redis: ArqRedis) -> AsyncApp:
             bot_token=settings.slack_bot_token.get_secret_value(),
         )
 
+    bolt_logger = logging.getLogger("slack_bolt.asklane")
+    bolt_logger.addFilter(_DropTokenIgnoredWarnings())
     app = AsyncApp(
+        name="asklane",
+        logger=bolt_logger,
         signing_secret=settings.slack_signing_secret.get_secret_value(),
         authorize=authorize,
-        client=AsyncWebClient(base_url=settings.slack_api_url),
+        client=AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url
+        ),
         # Run the listener inline and answer when it returns: no background task, and no wait on
         # Bolt's 10 ms ack-polling timer.
         process_before_response=True,

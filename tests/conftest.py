@@ -65,20 +65,55 @@ class RedisServer:
         # A self-signed certificate, as Heroku Redis presents.
         cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-             "-days", "1", "-subj", "/CN=self-signed-redis"],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=self-signed-redis",
+            ],
+            check=True,
+            capture_output=True,
         )
-        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
-                "--tls-key-file", str(key), "--tls-auth-clients", "no"]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
         self.process = subprocess.Popen(
-            [binary, *self._listen_args(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
+            [
+                binary,
+                *self._listen_args(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -151,8 +186,9 @@ def fake_slack(_slack_server: FakeSlack) -> FakeSlack:
 
 
 @pytest.fixture
-def env(redis_client: redis.Redis, redis_server: RedisServer, fake_anthropic: FakeAnthropic,
-        fake_slack: FakeSlack) -> dict[str, str]:
+def env(
+    redis_client: redis.Redis, redis_server: RedisServer, fake_anthropic: FakeAnthropic, fake_slack: FakeSlack
+) -> dict[str, str]:
     """The environment of a test deployment: every URL points at loopback; short timings."""
     return {
         "REDIS_URL": redis_server.url,
@@ -182,7 +218,9 @@ def settings(env: dict[str, str]) -> Settings:
 # --- Signed slash commands and the web app -----------------------------------------------------
 
 
-def signature_headers(body: bytes, *, secret: str = SIGNING_SECRET, timestamp: int | None = None) -> dict[str, str]:
+def signature_headers(
+    body: bytes, *, secret: str = SIGNING_SECRET, timestamp: int | None = None
+) -> dict[str, str]:
     """Headers Slack would send with ``body``: v0 HMAC-SHA256 over ``v0:{timestamp}:{body}``."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
     digest = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
@@ -221,8 +259,14 @@ class SlashCommands:
     def body(self, text: str, **fields: str) -> bytes:
         return urlencode(self.form(text, **fields)).encode()
 
-    def send(self, client: TestClient | httpx.Client, text: str = "", *, form: dict[str, str] | None = None,
-             **fields: str) -> httpx.Response:
+    def send(
+        self,
+        client: TestClient | httpx.Client,
+        text: str = "",
+        *,
+        form: dict[str, str] | None = None,
+        **fields: str,
+    ) -> httpx.Response:
         body = urlencode(form).encode() if form is not None else self.body(text, **fields)
         return client.post("/slack/events", content=body, headers=signature_headers(body))
 

@@ -34,7 +34,10 @@ def test_refused_response_url_falls_back_to_post_ephemeral(
 
 
 def test_slack_429_on_the_post_delivers_once_without_a_second_ai_call(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
     fake_anthropic: FakeAnthropic,
 ) -> None:
     fake_slack.script(RESPONSE, Reply(status=429, headers={"Retry-After": "1"}))
@@ -49,7 +52,10 @@ def test_slack_429_on_the_post_delivers_once_without_a_second_ai_call(
 
 
 def test_slack_5xx_on_the_post_retries_the_post_only(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
     fake_anthropic: FakeAnthropic,
 ) -> None:
     fake_slack.script(RESPONSE, Reply(status=503))
@@ -62,12 +68,17 @@ def test_slack_5xx_on_the_post_retries_the_post_only(
 
 
 def test_post_ephemeral_rate_limit_is_retried_after_retry_after(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
     fake_anthropic: FakeAnthropic,
 ) -> None:
     fake_slack.script(RESPONSE, Reply(status=404), Reply(status=404))
-    fake_slack.script(POST_EPHEMERAL, Reply(status=429, json={"ok": False, "error": "ratelimited"},
-                                            headers={"Retry-After": "1"}))
+    fake_slack.script(
+        POST_EPHEMERAL,
+        Reply(status=429, json={"ok": False, "error": "ratelimited"}, headers={"Retry-After": "1"}),
+    )
 
     commands.send(web, "what is a p99?")
     drain(settings)
@@ -79,7 +90,10 @@ def test_post_ephemeral_rate_limit_is_retried_after_retry_after(
 
 
 def test_channel_the_bot_cannot_post_in_fails_the_job_once(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
     fake_anthropic: FakeAnthropic,
 ) -> None:
     fake_slack.script(RESPONSE, Reply(status=404), Reply(status=404))

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 from starlette.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import RedisServer, SlashCommands, WorkerProcess, settings_from, wait_until
+from tests.conftest import (
+    ROOT,
+    RedisServer,
+    SlashCommands,
+    WorkerProcess,
+    free_port,
+    settings_from,
+    wait_until,
+)
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, message
 from tests.fakes.server import Reply
 from tests.fakes.slack import FakeSlack
@@ -19,7 +31,10 @@ ANSWER = "Answer to: what is a p99?"
 
 
 def test_a_worker_process_answers_a_command_end_to_end(
-    web: TestClient, commands: SlashCommands, start_worker: Callable[..., WorkerProcess], fake_slack: FakeSlack
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack,
 ) -> None:
     start_worker()
 
@@ -30,8 +45,11 @@ def test_a_worker_process_answers_a_command_end_to_end(
 
 
 def test_sigterm_lets_the_job_in_flight_finish_and_post_then_exits(
-    web: TestClient, commands: SlashCommands, start_worker: Callable[..., WorkerProcess],
-    fake_anthropic: FakeAnthropic, fake_slack: FakeSlack,
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
 ) -> None:
     worker = start_worker(SHUTDOWN_GRACE_SECONDS="3")
     fake_anthropic.script(MESSAGES, Reply(json=message(ANSWER), delay=1.0))
@@ -50,8 +68,11 @@ def test_sigterm_lets_the_job_in_flight_finish_and_post_then_exits(
 
 
 def test_sigterm_requeues_a_job_that_outlives_the_grace_period_for_another_worker(
-    web: TestClient, commands: SlashCommands, start_worker: Callable[..., WorkerProcess],
-    fake_anthropic: FakeAnthropic, fake_slack: FakeSlack,
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
 ) -> None:
     slow = {"SHUTDOWN_GRACE_SECONDS": "1", "AI_TIMEOUT_SECONDS": "8", "JOB_TIMEOUT_SECONDS": "10"}
     first = start_worker(**slow)
@@ -71,8 +92,11 @@ def test_sigterm_requeues_a_job_that_outlives_the_grace_period_for_another_worke
 
 
 def test_worker_survives_a_redis_restart_and_answers_afterwards(
-    env: dict[str, str], commands: SlashCommands, start_worker: Callable[..., WorkerProcess],
-    fake_slack: FakeSlack, tmp_path: Path,
+    env: dict[str, str],
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack,
+    tmp_path: Path,
 ) -> None:
     own_redis = RedisServer(tmp_path)
     own_redis.start()
@@ -91,3 +115,40 @@ def test_worker_survives_a_redis_restart_and_answers_afterwards(
         assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
     finally:
         own_redis.stop()
+
+
+def test_procfile_web_line_serves_slack_on_port_and_stops_on_sigterm(
+    env: dict[str, str], commands: SlashCommands, tmp_path: Path
+) -> None:
+    web_line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    port = free_port()
+    log = (tmp_path / "web.log").open("wb")
+    bin_dir = str(Path(sys.executable).parent)
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", "exec " + web_line.removeprefix("web:").strip()],
+        cwd=ROOT,
+        env={**os.environ, **env, "PORT": str(port), "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            wait_until(lambda: _answers(client))
+            response = commands.send(client, "what is a p99?")
+            assert response.status_code == 200
+            assert "Working on it" in response.text
+
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False

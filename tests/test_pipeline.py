@@ -10,7 +10,9 @@ from tests.fakes.anthropic import FakeAnthropic, api_key
 from tests.fakes.slack import FakeSlack
 
 
-def test_ask_acks_with_an_ephemeral_notice_echoing_the_question(web: TestClient, commands: SlashCommands) -> None:
+def test_ask_acks_with_an_ephemeral_notice_echoing_the_question(
+    web: TestClient, commands: SlashCommands
+) -> None:
     response = commands.send(web, "how do I rotate an API key?")
 
     assert response.status_code == 200

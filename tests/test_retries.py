@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import redis
 from starlette.testclient import TestClient
@@ -19,7 +21,10 @@ def _texts(fake_slack: FakeSlack) -> list[str]:
 
 
 def test_transient_failures_then_success_posts_one_answer(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_anthropic: FakeAnthropic,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
     fake_anthropic.script(MESSAGES, error(529, "overloaded_error"), error(500, "api_error"))
@@ -32,7 +37,10 @@ def test_transient_failures_then_success_posts_one_answer(
 
 
 def test_retries_wait_the_configured_exponential_backoff(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_anthropic: FakeAnthropic,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
 ) -> None:
     fake_anthropic.script(MESSAGES, error(500, "api_error"), error(500, "api_error"), error(500, "api_error"))
 
@@ -40,7 +48,7 @@ def test_retries_wait_the_configured_exponential_backoff(
     drain(settings)
 
     starts = [request.at for request in fake_anthropic.received(MESSAGES)]
-    gaps = [later - earlier for earlier, later in zip(starts, starts[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
     base = settings.job_retry_base_seconds
     assert len(gaps) == 3
     for gap, nominal in zip(gaps, [base, 2 * base, 4 * base], strict=True):
@@ -49,7 +57,10 @@ def test_retries_wait_the_configured_exponential_backoff(
 
 
 def test_a_longer_retry_after_from_claude_is_honoured(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_anthropic: FakeAnthropic,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
 ) -> None:
     fake_anthropic.script(MESSAGES, error(429, "rate_limit_error", retry_after=1.0))
 
@@ -61,8 +72,12 @@ def test_a_longer_retry_after_from_claude_is_honoured(
 
 
 def test_exhausted_retries_end_with_an_error_message_with_a_reference(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_anthropic: FakeAnthropic,
-    fake_slack: FakeSlack, redis_client: redis.Redis,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    redis_client: redis.Redis,
 ) -> None:
     fake_anthropic.script(MESSAGES, *[error(529, "overloaded_error")] * 10)
 
@@ -89,8 +104,13 @@ def test_exhausted_retries_end_with_an_error_message_with_a_reference(
     ids=["400", "401", "403", "404", "spend-limit-429", "refusal"],
 )
 def test_permanent_failures_are_not_retried_and_the_user_is_told(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_anthropic: FakeAnthropic,
-    fake_slack: FakeSlack, reply: Reply, expected: str,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    reply: Reply,
+    expected: str,
 ) -> None:
     fake_anthropic.script(MESSAGES, reply)
 
@@ -104,7 +124,10 @@ def test_permanent_failures_are_not_retried_and_the_user_is_told(
 
 
 def test_an_ai_timeout_is_retried(
-    env: dict[str, str], commands: SlashCommands, fake_anthropic: FakeAnthropic, fake_slack: FakeSlack,
+    env: dict[str, str],
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
 ) -> None:
     settings = settings_from({**env, "AI_TIMEOUT_SECONDS": "0.5"})
     fake_anthropic.script(MESSAGES, Reply(action="hang"))
@@ -118,7 +141,10 @@ def test_an_ai_timeout_is_retried(
 
 
 def test_a_dropped_connection_is_retried(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_anthropic: FakeAnthropic,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
     fake_anthropic.script(MESSAGES, Reply(action="drop"))
@@ -131,7 +157,10 @@ def test_a_dropped_connection_is_retried(
 
 
 def test_an_answer_cut_short_by_max_tokens_is_delivered_with_a_note(
-    web: TestClient, commands: SlashCommands, settings: Settings, fake_anthropic: FakeAnthropic,
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
     fake_anthropic.script(MESSAGES, Reply(json=message("The first half of", stop_reason="max_tokens")))

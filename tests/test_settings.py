@@ -21,14 +21,20 @@ REQUIRED = {
 
 
 def _start(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k.upper() not in Settings.model_fields.keys() | {
-        name.upper() for name in Settings.model_fields}}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in {name.upper() for name in Settings.model_fields}
+    }
     return subprocess.run(command, env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def _load(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     # Run from an empty folder so a developer's .env cannot fill the gap.
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from app.settings import load_settings; load_settings()"
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+        "from app.settings import load_settings; load_settings()"
+    )
     return _start([sys.executable, "-c", code], env, tmp_path)
 
 
@@ -83,7 +89,9 @@ def test_durations_accept_fractions_of_a_second() -> None:
 
 
 def test_response_url_prefixes_are_comma_separated() -> None:
-    settings = settings_from({**REQUIRED, "SLACK_RESPONSE_URL_PREFIXES": "https://a.example/x/, https://b.example/"})
+    settings = settings_from(
+        {**REQUIRED, "SLACK_RESPONSE_URL_PREFIXES": "https://a.example/x/, https://b.example/"}
+    )
 
     assert settings.slack_response_url_prefixes == ("https://a.example/x/", "https://b.example/")
 

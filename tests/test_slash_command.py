@@ -16,9 +16,9 @@ from tests.conftest import (
     SlashCommands,
     ack_text,
     free_port,
+    queued_job_ids,
     settings_from,
     signature_headers,
-    queued_job_ids,
 )
 
 

@@ -25,7 +25,9 @@ def message(text: str, *, stop_reason: str = "end_turn", model: str = "claude-ha
     }
 
 
-def error(status: int, kind: str, *, error_code: str | None = None, retry_after: float | None = None) -> Reply:
+def error(
+    status: int, kind: str, *, error_code: str | None = None, retry_after: float | None = None
+) -> Reply:
     """An Anthropic error response."""
     body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
     if error_code:
@@ -39,7 +41,9 @@ def error(status: int, kind: str, *, error_code: str | None = None, retry_after:
 def api_key(headers: Any) -> str | None:
     """The key as the SDK sends it: ``x-api-key`` or ``Authorization: Bearer``."""
     bearer = headers.get("authorization", "")
-    return headers.get("x-api-key") or (bearer.removeprefix("Bearer ") if bearer.startswith("Bearer ") else None)
+    return headers.get("x-api-key") or (
+        bearer.removeprefix("Bearer ") if bearer.startswith("Bearer ") else None
+    )
 
 
 class FakeAnthropic(FakeServer):

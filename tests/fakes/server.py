@@ -87,7 +87,9 @@ class FakeServer:
 
     def record(self, path: str, headers: Any, body: Any, reply: Reply) -> None:
         with self._lock:
-            self.requests.append(Request(path, {k.lower(): v for k, v in headers.items()}, body, time.monotonic(), reply))
+            self.requests.append(
+                Request(path, {k.lower(): v for k, v in headers.items()}, body, time.monotonic(), reply)
+            )
 
     def received(self, prefix: str) -> list[Request]:
         with self._lock:
