@@ -4,6 +4,7 @@ and ways to run the real web app and real arq workers against them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
@@ -321,7 +322,8 @@ class WorkerProcess:
         arq = Path(sys.executable).parent / "arq"
         self.process = subprocess.Popen(
             [str(arq), "workers.WorkerSettings"],
-            cwd=ROOT,
+            # Outside the checkout, so a developer's .env cannot change what the test runs.
+            cwd=log_path.parent,
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -349,11 +351,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            with_suppressed = self.process.pid
-            try:
-                os.killpg(with_suppressed, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self._log.close()
 

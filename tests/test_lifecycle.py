@@ -126,7 +126,7 @@ def test_procfile_web_line_serves_slack_on_port_and_stops_on_sigterm(
     bin_dir = str(Path(sys.executable).parent)
     process = subprocess.Popen(
         ["/bin/sh", "-c", "exec " + web_line.removeprefix("web:").strip()],
-        cwd=ROOT,
+        cwd=tmp_path,
         env={**os.environ, **env, "PORT": str(port), "PATH": f"{bin_dir}:{os.environ['PATH']}"},
         stdout=log,
         stderr=subprocess.STDOUT,

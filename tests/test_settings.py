@@ -119,3 +119,15 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
     assert set(documented) == {name.upper() for name in Settings.model_fields}
     for name, comment in documented.items():
         assert comment.startswith("# ") and len(comment) > 10, f"{name} needs a one-line comment above it"
+
+
+def test_env_example_values_load_as_the_defaults(tmp_path: Path) -> None:
+    example = (ROOT / ".env.example").read_text()
+    for name, value in REQUIRED.items():
+        example = example.replace(f"{name}=\n", f"{name}={value}\n")
+    (tmp_path / ".env").write_text(example)
+
+    from_example = Settings(_env_file=tmp_path / ".env")
+    defaults = settings_from(REQUIRED)
+
+    assert from_example == defaults

@@ -1,0 +1,91 @@
+"""Operators read structured events; users' questions and secrets stay out of the logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from tests.conftest import ANTHROPIC_KEY, BOT_TOKEN, SIGNING_SECRET, SlashCommands, WorkerProcess, wait_until
+from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.fakes.slack import FakeSlack
+
+QUESTION = "which-unique-question-text-42?"
+
+
+def _events(worker: WorkerProcess) -> list[dict[str, Any]]:
+    events = []
+    for line in worker.log().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue  # arq prints two plain lines before the worker's logging is configured
+    return events
+
+
+def _run_one_job(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack,
+) -> WorkerProcess:
+    worker = start_worker()
+    commands.send(web, QUESTION)
+    wait_until(fake_slack.delivered)
+    worker.signal_group(signal.SIGTERM)
+    worker.wait(timeout=10)
+    return worker
+
+
+def test_every_job_event_carries_job_id_team_and_user(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    fake_anthropic.script(MESSAGES, error(500, "api_error"))
+
+    worker = _run_one_job(web, commands, start_worker, fake_slack)
+
+    job_events = [e for e in _events(worker) if e["event"].startswith(("job.", "ai."))]
+    assert {e["event"] for e in job_events} >= {
+        "job.started",
+        "job.retrying",
+        "ai.completed",
+        "job.completed",
+    }
+    for event in job_events:
+        assert event["job_id"].startswith("ask-")
+        assert event["team"] == "T0TEAM"
+        assert event["user"] == "U0ASKER"
+
+
+def test_ai_latency_and_token_usage_are_logged_per_job(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack,
+) -> None:
+    worker = _run_one_job(web, commands, start_worker, fake_slack)
+
+    [completed] = [e for e in _events(worker) if e["event"] == "ai.completed"]
+    assert completed["latency_ms"] >= 0
+    assert completed["input_tokens"] == 12
+    assert completed["output_tokens"] == 34
+
+
+def test_questions_and_secrets_are_not_logged_at_info(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack,
+) -> None:
+    worker = _run_one_job(web, commands, start_worker, fake_slack)
+
+    log = worker.log()
+    for secret in (QUESTION, BOT_TOKEN, ANTHROPIC_KEY, SIGNING_SECRET):
+        assert secret not in log
