@@ -70,3 +70,5 @@ def configure_logging(settings: Settings) -> None:
         lib_logger = logging.getLogger(owned)
         lib_logger.handlers[:] = []
         lib_logger.propagate = True
+        # uvicorn and arq set their own levels; LOG_LEVEL (on the root) decides instead.
+        lib_logger.setLevel(logging.NOTSET)
