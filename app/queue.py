@@ -29,6 +29,9 @@ def redis_settings(settings: Settings) -> RedisSettings:
         # Heroku Redis presents a self-signed certificate; from_dsn ignores ssl_cert_reqs in the URL.
         result.ssl_cert_reqs = "none"
         result.ssl_check_hostname = False
+    elif result.ssl:
+        # arq leaves hostname checking off by default, which would accept any CA-signed certificate.
+        result.ssl_check_hostname = True
     return result
 
 

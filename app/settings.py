@@ -43,8 +43,11 @@ class Settings(BaseSettings):
     jobs_per_second: PositiveSeconds = 10.0
     job_max_retries: Annotated[int, Field(ge=0, le=20)] = 3
     job_retry_base_seconds: PositiveSeconds = 2.0
+    job_retry_jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
     job_timeout_seconds: PositiveSeconds = 60.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 25.0
+    retain_completed_jobs: Annotated[int, Field(ge=0, le=100_000)] = 100
+    retain_failed_jobs: Annotated[int, Field(ge=0, le=100_000)] = 500
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

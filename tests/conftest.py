@@ -30,6 +30,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
+from workers.events import JobEvents
 from workers.worker import worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,6 +203,7 @@ def env(
         "AI_TIMEOUT_SECONDS": "2",
         "JOB_TIMEOUT_SECONDS": "6",
         "JOB_RETRY_BASE_SECONDS": "0.2",
+        "JOB_RETRY_JITTER": "0",
         "SHUTDOWN_GRACE_SECONDS": "3",
         "LOG_FORMAT": "json",
     }
@@ -299,11 +301,12 @@ def ack_text(response: httpx.Response) -> str:
 # --- Workers -----------------------------------------------------------------------------------
 
 
-def drain(settings: Settings, *, poll_delay: float = 0.05) -> Worker:
+def drain(settings: Settings, *, events: JobEvents | None = None, poll_delay: float = 0.05) -> Worker:
     """Run a real arq worker in this process until the queue (retries included) is empty."""
 
     async def run() -> Worker:
-        worker = Worker(**worker_settings(settings), burst=True, handle_signals=False, poll_delay=poll_delay)
+        kwargs = worker_settings(settings, events)
+        worker = Worker(**kwargs, burst=True, handle_signals=False, poll_delay=poll_delay)
         try:
             await worker.async_run()
         finally:

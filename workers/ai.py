@@ -22,6 +22,12 @@ CUT_SHORT = frozenset({"max_tokens", "model_context_window_exceeded"})
 #: Statuses worth another try besides 429 and 5xx.
 RETRYABLE_STATUSES = frozenset({408, 409})
 
+#: Statuses meaning "everyone slow down": rate limited, overloaded.
+THROTTLED_STATUSES = frozenset({429, 529})
+
+#: The limits Anthropic reports in anthropic-ratelimit-{kind}-remaining / -reset headers.
+RATE_LIMIT_KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -34,6 +40,8 @@ class Answer:
     output_tokens: int
     latency_ms: float
     request_id: str | None
+    #: Seconds until a rate limit that this call used up resets, from anthropic-ratelimit-*.
+    slow_down_for: float | None = None
 
     @property
     def cut_short(self) -> bool:
@@ -61,12 +69,13 @@ class Claude:
         """
         started = time.perf_counter()
         try:
-            response = await self._client.messages.create(
+            raw = await self._client.messages.with_raw_response.create(
                 model=self._settings.anthropic_model,
                 max_tokens=self._settings.ai_max_tokens,
                 system=self._settings.ai_system_prompt,
                 messages=[{"role": "user", "content": question}],
             )
+            response = await raw.parse()
         except anthropic.APIError as error:
             raise classify(error) from error
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -86,7 +95,8 @@ class Claude:
             input_tokens=response.usage.input_tokens,
             output_tokens=response.usage.output_tokens,
             latency_ms=latency_ms,
-            request_id=getattr(response, "_request_id", None),
+            request_id=raw.headers.get("request-id"),
+            slow_down_for=exhausted_limit_reset(raw.headers),
         )
 
     async def close(self) -> None:
@@ -106,7 +116,11 @@ def classify(error: anthropic.APIError) -> TransientError | PermanentError:
     if status == 429 and (error.error_code or "").endswith("spend_limit_reached"):
         return PermanentError(detail, reason="the team's Claude usage limit has been reached.")
     if status == 429 or status >= 500 or status in RETRYABLE_STATUSES:
-        return TransientError(detail, retry_after=retry_after_seconds(error.response.headers))
+        return TransientError(
+            detail,
+            retry_after=retry_after_seconds(error.response.headers),
+            throttled=status in THROTTLED_STATUSES,
+        )
     if status in (401, 403):
         return PermanentError(
             detail, reason="asklane is not allowed to use Claude; an admin needs to check its API key."
@@ -141,3 +155,31 @@ def retry_after_seconds(headers: object) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def exhausted_limit_reset(headers: object) -> float | None:
+    """Seconds until the latest reset among rate limits with nothing remaining, if any.
+
+    Pausing until then avoids the 429 the next call would get.
+    """
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    waits = []
+    for kind in RATE_LIMIT_KINDS:
+        remaining, reset = (
+            get(f"anthropic-ratelimit-{kind}-remaining"),
+            get(f"anthropic-ratelimit-{kind}-reset"),
+        )
+        if remaining is None or reset is None:
+            continue
+        try:
+            if int(remaining) > 0:
+                continue
+            when = datetime.fromisoformat(reset.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        waits.append((when - datetime.now(UTC)).total_seconds())
+    return max(waits) if waits and max(waits) > 0 else None

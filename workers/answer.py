@@ -1,8 +1,9 @@
-"""The answer job: ask Claude, post the answer, and apply the retry policy."""
+"""The answer job: ask Claude under the global rate limit, post the answer, apply the retry policy."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,14 +16,19 @@ from pydantic import ValidationError
 from app import messages
 from app.job import AskJob
 from app.settings import Settings
-from workers import store
+from workers import retention, store
 from workers.ai import Claude
 from workers.delivery import SlackDelivery
 from workers.errors import InvalidPayload, JobError, PermanentError, TransientError
+from workers.events import JobEvents
 from workers.formatting import answer_message
-from workers.retry import retry_delay, should_retry
+from workers.lease import lease
+from workers.ratelimit import RateLimiter, SlotTooFar
+from workers.retry import retry_delay, should_retry, too_old_to_wait
 
 log = structlog.get_logger(__name__)
+
+TOO_OLD_REASON = "the question waited too long in the queue. Please ask again."
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,19 @@ class WorkerDeps:
     redis: ArqRedis
     claude: Claude
     slack: SlackDelivery
+    limiter: RateLimiter
+    events: JobEvents
+
+
+@dataclass
+class Timings:
+    """What one run measured, for job.completed and the retention record."""
+
+    queued_ms: int | None = None
+    ai_ms: float | None = None
+    delivery_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 class JobFailed(Exception):
@@ -42,48 +61,116 @@ class JobFailed(Exception):
 async def answer_question(ctx: dict[str, Any], payload: object) -> str:
     """arq job: answer one AskJob. Returns how the answer was delivered."""
     deps: WorkerDeps = ctx["deps"]
-    attempt: int = ctx["job_try"]
+    run: int = ctx["job_try"]
     try:
         job = AskJob.model_validate(payload)
     except ValidationError as error:
         # No trustworthy response_url or user to tell; fail once, visibly to operators.
         fields = sorted({".".join(map(str, e["loc"])) for e in error.errors()})
-        log.error("job.invalid_payload", job_id=ctx["job_id"], fields=fields)
+        await deps.events.emit(
+            "job.failed",
+            level="error",
+            job_id=ctx["job_id"],
+            error="InvalidPayload",
+            detail=f"fields {fields}",
+            permanent=True,
+        )
+        await _retain(
+            deps, ctx["job_id"], None, payload, run, "failed", Timings(), error=f"invalid payload {fields}"
+        )
         raise InvalidPayload(f"payload does not match AskJob: {fields}") from None
 
     with structlog.contextvars.bound_contextvars(
-        job_id=job.job_id, team=job.team_id, user=job.user_id, reference=job.reference, attempt=attempt
+        job_id=job.job_id, team=job.team_id, user=job.user_id, reference=job.reference, run=run
     ):
         if await store.was_delivered(deps.redis, job.job_id):
             log.info("job.already_delivered")
             return "already-delivered"
-        log.info("job.started", queued_ms=_ms_since(job.enqueued_at))
-        try:
-            # Our own deadline sits inside arq's, so a timeout is a transient failure we handle
-            # rather than arq failing the job silently.
-            async with asyncio.timeout(deps.settings.job_timeout_seconds):
-                return await _answer_and_deliver(job, deps)
-        except TimeoutError as error:
-            failure: Exception = TransientError("job timed out")
-            failure.__cause__ = error
-        except JobError as error:
-            failure = error
-        except Exception as error:
-            log.exception("job.crashed")
-            failure = error
-
-        if should_retry(failure, attempt, deps.settings):
-            assert isinstance(failure, TransientError)
-            delay = retry_delay(failure, attempt, deps.settings)
-            log.warning("job.retrying", delay_s=round(delay, 3), reason=str(failure))
-            raise Retry(defer=delay) from failure
-        await _tell_user_it_failed(job, deps, failure)
-        raise JobFailed(f"{type(failure).__name__}: {failure}") from failure
+        async with lease(deps.redis, job.job_id) as predecessor:
+            if predecessor is not None:
+                await deps.events.emit(
+                    "job.stalled",
+                    level="warning",
+                    job_id=job.job_id,
+                    dead_worker=predecessor.get("worker"),
+                    recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
+                )
+            return await _run(job, deps, run)
 
 
-async def _answer_and_deliver(job: AskJob, deps: WorkerDeps) -> str:
+async def _run(job: AskJob, deps: WorkerDeps, run: int) -> str:
+    settings = deps.settings
+    timings = Timings(queued_ms=_ms_since(job.enqueued_at))
+    await deps.events.emit("job.started", job_id=job.job_id, queued_ms=timings.queued_ms)
+    try:
+        if too_old_to_wait(job, 0):
+            raise PermanentError("job older than MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON)
+        # Our own deadline sits inside arq's, so a timeout is a transient failure we handle
+        # rather than arq failing the job silently.
+        async with asyncio.timeout(settings.job_timeout_seconds):
+            via = await _answer_and_deliver(job, deps, timings)
+    except SlotTooFar as wait:
+        # Waiting for the rate limiter is not a failure: no retry is used up.
+        await deps.events.emit("job.deferred", job_id=job.job_id, delay_s=round(wait.wait, 3))
+        raise Retry(defer=wait.wait) from None
+    except TimeoutError as error:
+        failure: Exception = TransientError("job timed out")
+        failure.__cause__ = error
+    except JobError as error:
+        failure = error
+    except Exception as error:
+        log.exception("job.crashed")
+        failure = error
+    else:
+        await deps.events.emit(
+            "job.completed",
+            job_id=job.job_id,
+            via=via,
+            total_ms=_ms_since(job.enqueued_at),
+            queued_ms=timings.queued_ms,
+            ai_ms=timings.ai_ms,
+            delivery_ms=timings.delivery_ms,
+            input_tokens=timings.input_tokens,
+            output_tokens=timings.output_tokens,
+        )
+        await _retain(deps, job.job_id, job, job.model_dump(mode="json"), run, "completed", timings, via=via)
+        return via
+
+    if isinstance(failure, TransientError):
+        if failure.throttled:
+            await deps.limiter.pause(failure.retry_after or settings.job_retry_base_seconds, str(failure))
+        failures = await store.record_failure(deps.redis, job.job_id)
+        if should_retry(failure, failures, settings):
+            delay = retry_delay(failure, failures, settings)
+            if not too_old_to_wait(job, delay):
+                await deps.events.emit(
+                    "job.retrying",
+                    level="warning",
+                    job_id=job.job_id,
+                    attempt=failures,
+                    delay_s=round(delay, 3),
+                    reason=str(failure),
+                )
+                raise Retry(defer=delay) from failure
+    await _tell_user_it_failed(job, deps, failure)
+    await _retain(
+        deps,
+        job.job_id,
+        job,
+        job.model_dump(mode="json"),
+        run,
+        "failed",
+        timings,
+        error=f"{type(failure).__name__}: {failure}",
+    )
+    raise JobFailed(f"{type(failure).__name__}: {failure}") from failure
+
+
+async def _answer_and_deliver(job: AskJob, deps: WorkerDeps, timings: Timings) -> str:
     stored = await store.load_answer(deps.redis, job.job_id)
     if stored is None:
+        await deps.limiter.wait_for_slot()
+        # Nothing else may be awaited between the granted slot and the request.
         answer = await deps.claude.ask(job.text)
         log.info(
             "ai.completed",
@@ -94,29 +181,69 @@ async def _answer_and_deliver(job: AskJob, deps: WorkerDeps) -> str:
             stop_reason=answer.stop_reason,
             request_id=answer.request_id,
         )
+        timings.ai_ms = answer.latency_ms
+        timings.input_tokens, timings.output_tokens = answer.input_tokens, answer.output_tokens
+        if answer.slow_down_for:
+            await deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
         stored = store.StoredAnswer(text=answer.text, cut_short=answer.cut_short)
         await store.save_answer(deps.redis, job.job_id, stored)
     else:
         log.info("job.answer_reused")
+    started = time.perf_counter()
     via = await deps.slack.send(job, answer_message(stored.text, cut_short=stored.cut_short))
+    timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)
     await store.mark_delivered(deps.redis, job.job_id, via)
-    log.info("job.completed", via=via, total_ms=_ms_since(job.enqueued_at))
     return via
 
 
 async def _tell_user_it_failed(job: AskJob, deps: WorkerDeps, failure: Exception) -> None:
     reason = failure.reason if isinstance(failure, JobError) else JobError.default_reason
-    log.error(
+    await deps.events.emit(
         "job.failed",
+        level="error",
+        job_id=job.job_id,
         error=type(failure).__name__,
         detail=str(failure),
-        permanent=isinstance(failure, PermanentError),
+        permanent=not isinstance(failure, TransientError),
     )
     try:
         via = await deps.slack.send(job, messages.failed(reason, job.reference))
         await store.mark_delivered(deps.redis, job.job_id, via)
     except Exception as error:
         log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
+
+
+async def _retain(
+    deps: WorkerDeps,
+    job_id: str,
+    job: AskJob | None,
+    payload: object,
+    run: int,
+    state: retention.State,
+    timings: Timings,
+    *,
+    via: str | None = None,
+    error: str | None = None,
+) -> None:
+    limit = deps.settings.retain_completed_jobs if state == "completed" else deps.settings.retain_failed_jobs
+    record = retention.JobRecord(
+        job_id=job_id,
+        reference=job.reference if job else None,
+        state=state,
+        payload=payload,
+        attempts=run,
+        enqueued_at=job.enqueued_at if job else None,
+        finished_at=datetime.now(UTC),
+        queued_ms=timings.queued_ms,
+        ai_ms=timings.ai_ms,
+        delivery_ms=timings.delivery_ms,
+        input_tokens=timings.input_tokens,
+        output_tokens=timings.output_tokens,
+        via=via,
+        error=error,
+    )
+    if limit > 0:
+        await retention.keep(deps.redis, record, limit)
 
 
 def _ms_since(moment: datetime) -> int:

@@ -22,10 +22,20 @@ class TransientError(JobError):
 
     default_reason = "Claude is busy or unreachable right now. Please try again in a few minutes."
 
-    def __init__(self, detail: str, *, retry_after: float | None = None, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        throttled: bool = False,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(detail, reason=reason)
         #: Seconds the other side asked us to wait, when it said.
         self.retry_after = retry_after
+        #: The provider is throttling everyone (429/529), not just failing this call: every
+        #: worker should hold its AI calls, not only this job.
+        self.throttled = throttled
 
 
 class PermanentError(JobError):

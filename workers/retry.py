@@ -1,41 +1,55 @@
 """Retry policy for the answer job, in one place.
 
-| failure          | what happens                                                           |
-|------------------|------------------------------------------------------------------------|
-| TransientError   | retry after JOB_RETRY_BASE_SECONDS * 2**(attempt-1), or the upstream's |
-|                  | retry-after when longer, capped at JOB_TIMEOUT_SECONDS; at most        |
-|                  | JOB_MAX_RETRIES retries, then fail                                     |
-| PermanentError   | fail now                                                               |
-| anything else    | a bug: fail now                                                        |
+| failure          | what happens                                                            |
+|------------------|-------------------------------------------------------------------------|
+| TransientError   | retry after JOB_RETRY_BASE_SECONDS * 2**(failures-1), plus up to        |
+|                  | JOB_RETRY_JITTER of it, or the upstream's retry-after when longer;      |
+|                  | capped at JOB_TIMEOUT_SECONDS; at most JOB_MAX_RETRIES retries, and     |
+|                  | never past MAX_JOB_AGE_SECONDS; then fail                               |
+| throttled (429,  | as above, and every worker holds its AI calls for the retry-after       |
+| 529)             | (the shared pause in :mod:`workers.ratelimit`)                          |
+| SlotTooFar       | wait for the rate limiter: deferred, not counted as a failure           |
+| PermanentError   | fail now                                                                |
+| anything else    | a bug: fail now                                                         |
 
 "fail" means the user gets an error message with a reference id and the job is recorded as
-failed with its real cause.
+failed with its real cause. Failures are counted by the job itself in Redis, not by arq's
+``job_try``, which also counts rate-limit deferrals and SIGTERM re-queues.
 """
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime, timedelta
+
+from app.job import AskJob
 from app.settings import Settings
 from workers.errors import TransientError
 
-#: arq counts a SIGTERM re-queue as a try too. These spare tries keep arq from failing a job
-#: silently ("max retries exceeded", no hook) after shutdowns; the job itself decides when
-#: transient failures are exhausted.
-SPARE_TRIES_FOR_SHUTDOWNS = 3
+#: Slack's response_url lives 30 minutes; an answer later than this could not reach the user the
+#: way they asked, so a job that would still be retrying by then gives up and says so.
+MAX_JOB_AGE_SECONDS = 25 * 60
+
+#: arq's own try limit, only a backstop: the policy above decides when a job has failed, and
+#: arq's "max retries exceeded" would fail a job silently.
+ARQ_MAX_TRIES = 10_000
 
 
-def should_retry(error: BaseException, attempt: int, settings: Settings) -> bool:
-    """True when the failure is transient and retries remain. ``attempt`` starts at 1."""
-    return isinstance(error, TransientError) and attempt <= settings.job_max_retries
+def should_retry(error: BaseException, failures: int, settings: Settings) -> bool:
+    """True when the failure is transient and retries remain. ``failures`` counts this one."""
+    return isinstance(error, TransientError) and failures <= settings.job_max_retries
 
 
-def retry_delay(error: TransientError, attempt: int, settings: Settings) -> float:
-    """Seconds to wait before the next attempt."""
-    backoff = settings.job_retry_base_seconds * 2.0 ** (attempt - 1)
+def retry_delay(error: TransientError, failures: int, settings: Settings) -> float:
+    """Seconds to wait before the next attempt, after ``failures`` failed attempts."""
+    backoff = settings.job_retry_base_seconds * 2.0 ** (failures - 1)
+    backoff += backoff * random.uniform(0.0, settings.job_retry_jitter)
     delay = max(backoff, error.retry_after or 0.0)
     # A retry-after longer than a whole job's run means the answer would arrive too late to matter.
     return min(delay, settings.job_timeout_seconds)
 
 
-def arq_max_tries(settings: Settings) -> int:
-    """The ``max_tries`` given to arq for the answer job."""
-    return settings.job_max_retries + 1 + SPARE_TRIES_FOR_SHUTDOWNS
+def too_old_to_wait(job: AskJob, delay: float) -> bool:
+    """True when running again after ``delay`` would pass MAX_JOB_AGE_SECONDS."""
+    deadline = job.enqueued_at + timedelta(seconds=MAX_JOB_AGE_SECONDS)
+    return datetime.now(UTC) + timedelta(seconds=delay) > deadline

@@ -19,7 +19,9 @@ from app.settings import Settings
 from workers.ai import Claude
 from workers.answer import WorkerDeps, answer_question
 from workers.delivery import SlackDelivery
-from workers.retry import arq_max_tries
+from workers.events import JobEvents
+from workers.ratelimit import RateLimiter
+from workers.retry import ARQ_MAX_TRIES
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +70,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     # arq's CLI applies its own logging config after importing the settings; take it back.
     configure_logging(settings)
     ctx["deps"] = WorkerDeps(
-        settings=settings, redis=ctx["redis"], claude=Claude(settings), slack=SlackDelivery(settings)
+        settings=settings,
+        redis=ctx["redis"],
+        claude=Claude(settings),
+        slack=SlackDelivery(settings),
+        limiter=RateLimiter(ctx["redis"], settings.jobs_per_second),
+        events=ctx["events"],
     )
     log.info("worker.started", concurrency=settings.worker_concurrency, model=settings.anthropic_model)
 
@@ -81,14 +88,17 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     log.info("worker.stopped")
 
 
-def worker_settings(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``arq.Worker``, from our settings."""
+def worker_settings(settings: Settings, events: JobEvents | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``arq.Worker``, from our settings.
+
+    ``events`` lets the caller subscribe hooks to the job lifecycle events before the worker runs.
+    """
     return {
         "functions": [
             func(
                 answer_question,
                 name=ANSWER_JOB,
-                max_tries=arq_max_tries(settings),
+                max_tries=ARQ_MAX_TRIES,
                 timeout=settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS,
             )
         ],
@@ -101,5 +111,5 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "job_completion_wait": settings.shutdown_grace_seconds,
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "ctx": {"settings": settings},
+        "ctx": {"settings": settings, "events": events or JobEvents()},
     }

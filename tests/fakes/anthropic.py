@@ -49,6 +49,13 @@ def api_key(headers: Any) -> str | None:
 class FakeAnthropic(FakeServer):
     """Answers "Answer to: <question>" unless scripted otherwise."""
 
+    #: Seconds every unscripted answer takes.
+    default_delay = 0.0
+
+    def reset(self) -> None:
+        super().reset()
+        self.default_delay = 0.0
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post(MESSAGES, self._messages)
 
@@ -59,7 +66,11 @@ class FakeAnthropic(FakeServer):
             reply = error(401, "authentication_error")
         elif reply is None:
             question = body["messages"][-1]["content"]
-            reply = Reply(json=message(f"Answer to: {question}"), headers={"request-id": "req_fake"})
+            reply = Reply(
+                json=message(f"Answer to: {question}"),
+                headers={"request-id": "req_fake"},
+                delay=self.default_delay,
+            )
         self.record(MESSAGES, request.headers, body, reply)
         return await self.respond(request, reply)
 

@@ -46,6 +46,9 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
+        #: Requests being answered right now, and the most there ever were at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._scripts: dict[str, list[Reply]] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -74,6 +77,7 @@ class FakeServer:
         with self._lock:
             self.requests.clear()
             self._scripts.clear()
+            self.in_flight = self.max_in_flight = 0
 
     def script(self, kind: str, *replies: Reply) -> None:
         """Queue replies for requests of ``kind``; once used up, the default reply applies."""
@@ -106,15 +110,20 @@ class FakeServer:
         raise AssertionError(f"expected {count} request(s) to {prefix}, got {len(self.received(prefix))}")
 
     async def respond(self, request: web.Request, reply: Reply) -> web.StreamResponse:
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
-        if reply.action == "hang":
-            await asyncio.sleep(3600)
-        if reply.action == "drop":
-            assert request.transport is not None
-            request.transport.abort()
-            raise asyncio.CancelledError
-        return web.json_response(reply.json, status=reply.status, headers=reply.headers)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+            if reply.action == "hang":
+                await asyncio.sleep(3600)
+            if reply.action == "drop":
+                assert request.transport is not None
+                request.transport.abort()
+                raise asyncio.CancelledError
+            return web.json_response(reply.json, status=reply.status, headers=reply.headers)
+        finally:
+            self.in_flight -= 1
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

@@ -1,0 +1,234 @@
+"""Queue semantics across worker processes: global rate limit, shared pause, concurrency,
+crash recovery, retention, events, and deferrals that cost no retry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from starlette.testclient import TestClient
+
+from app.job import AskJob
+from app.queue import enqueue_ask, open_redis
+from app.settings import Settings
+from tests.conftest import SlashCommands, WorkerProcess, drain, settings_from, wait_until
+from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.fakes.slack import FakeSlack
+from workers.events import JobEvents
+from workers.retention import COMPLETED_KEY, FAILED_KEY
+
+
+def _max_in_any_window(times: list[float], window: float = 1.0) -> int:
+    times = sorted(times)
+    best, first = 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] >= window:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+def _events(worker: WorkerProcess, name: str) -> list[dict[str, Any]]:
+    found = []
+    for line in worker.log().splitlines():
+        if f'"{name}"' in line:
+            found.append(json.loads(line))
+    return found
+
+
+def test_global_rate_limit_holds_across_two_worker_processes(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    limit = {"JOBS_PER_SECOND": "4"}
+    start_worker(**limit)
+    start_worker(**limit)
+
+    for n in range(16):
+        commands.send(web, f"question {n}")
+    wait_until(lambda: len(fake_slack.delivered()) == 16, timeout=30)
+
+    starts = [request.at for request in fake_anthropic.received(MESSAGES)]
+    assert len(starts) == 16
+    assert _max_in_any_window(starts) <= 4
+
+
+def test_waiting_for_the_rate_limiter_uses_no_retries(
+    env: dict[str, str],
+    web: TestClient,
+    commands: SlashCommands,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    # One call per second and no retries at all: the later jobs can only succeed if their
+    # deferrals are not counted as failures.
+    settings = settings_from({**env, "JOBS_PER_SECOND": "1", "JOB_MAX_RETRIES": "0"})
+    for n in range(4):
+        commands.send(web, f"question {n}")
+
+    worker = drain(settings)
+
+    assert worker.jobs_failed == 0
+    assert len(fake_slack.delivered()) == 4
+    starts = [request.at for request in fake_anthropic.received(MESSAGES)]
+    assert _max_in_any_window(starts) <= 1
+
+
+def test_concurrency_never_exceeds_worker_concurrency(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    fake_anthropic.default_delay = 0.4
+    start_worker(WORKER_CONCURRENCY="2", JOBS_PER_SECOND="100")
+
+    for n in range(8):
+        commands.send(web, f"question {n}")
+    wait_until(lambda: len(fake_slack.delivered()) == 8, timeout=30)
+
+    assert fake_anthropic.max_in_flight == 2
+
+
+def test_a_429_pauses_every_worker_until_its_retry_after(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    workers = [start_worker(), start_worker()]
+    fake_anthropic.script(MESSAGES, error(429, "rate_limit_error", retry_after=2))
+    commands.send(web, "the question that meets the 429")
+    [limited] = fake_anthropic.wait_for(MESSAGES)
+    wait_until(lambda: any(_events(w, "ai.paused") for w in workers))
+
+    for n in range(6):
+        commands.send(web, f"question {n}")
+    wait_until(lambda: len(fake_slack.delivered()) == 7, timeout=30)
+
+    later = [request.at for request in fake_anthropic.received(MESSAGES)[1:]]
+    assert min(later) >= limited.at + 2.0 - 0.05
+    assert sum(len(_events(w, "ai.paused")) for w in workers) == 1
+
+
+def test_sigkill_mid_job_is_recovered_by_another_worker_with_one_answer(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    fake_anthropic.default_delay = 1.5  # under AI_TIMEOUT_SECONDS, long enough to kill mid-call
+    doomed = start_worker()
+    commands.send(web, "what is a p99?")
+    fake_anthropic.wait_for(MESSAGES)
+
+    doomed.signal_group(signal.SIGKILL)
+    doomed.wait(timeout=5)
+    killed_at = time.monotonic()
+    rescuer = start_worker()
+    wait_until(lambda: len(fake_slack.delivered()) == 1, timeout=30)
+    time.sleep(0.5)
+
+    assert [post["text"] for post in fake_slack.delivered()] == ["Answer to: what is a p99?"]
+    [stalled] = _events(rescuer, "job.stalled")
+    assert stalled["recovered_after_s"] > 0
+    # Recovery is measured by bench/queue.py; here it only has to beat arq's own job_timeout + 10 s.
+    assert fake_anthropic.received(MESSAGES)[1].at - killed_at < 15
+
+
+def test_retention_keeps_only_the_newest_completed_and_failed_jobs(
+    env: dict[str, str],
+    web: TestClient,
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    redis_client: redis.Redis,
+) -> None:
+    settings = settings_from({**env, "RETAIN_COMPLETED_JOBS": "3", "RETAIN_FAILED_JOBS": "2"})
+    for n in range(5):
+        commands.send(web, f"good question {n}")
+    drain(settings)
+    fake_anthropic.script(MESSAGES, *[error(400, "invalid_request_error")] * 4)
+    for n in range(4):
+        commands.send(web, f"bad question {n}")
+    drain(settings)
+
+    completed = [json.loads(item) for item in redis_client.lrange(COMPLETED_KEY, 0, -1)]
+    failed = [json.loads(item) for item in redis_client.lrange(FAILED_KEY, 0, -1)]
+    assert [r["payload"]["text"] for r in completed] == [
+        "good question 4",
+        "good question 3",
+        "good question 2",
+    ]
+    assert [r["payload"]["text"] for r in failed] == ["bad question 3", "bad question 2"]
+    assert (
+        completed[0]["reference"] and completed[0]["attempts"] == 1 and completed[0]["via"] == "response_url"
+    )
+    assert "PermanentError" in failed[0]["error"]
+
+
+def test_lifecycle_events_reach_subscribed_hooks(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def hook(event: str, fields: dict[str, Any]) -> None:
+        seen.append((event, fields))
+
+    events = JobEvents()
+    events.subscribe("*", hook)
+    fake_anthropic.script(MESSAGES, error(500, "api_error"))
+    commands.send(web, "what is a p99?")
+
+    drain(settings, events=events)
+
+    assert [name for name, _ in seen] == ["job.started", "job.retrying", "job.started", "job.completed"]
+    retrying = seen[1][1]
+    assert retrying["attempt"] == 1 and retrying["delay_s"] == settings.job_retry_base_seconds
+    completed = seen[3][1]
+    assert completed["input_tokens"] == 12 and completed["ai_ms"] is not None
+
+
+def test_a_job_too_old_to_answer_in_time_tells_the_user(
+    settings: Settings,
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    form = commands.form("an old question")
+    job = AskJob(
+        team_id=form["team_id"],
+        channel_id=form["channel_id"],
+        user_id=form["user_id"],
+        command="/ask",
+        text=form["text"],
+        response_url=form["response_url"],
+        trigger_id=form["trigger_id"],
+        enqueued_at=datetime.now(UTC) - timedelta(minutes=40),
+    )
+
+    async def enqueue() -> None:
+        client = open_redis(settings)
+        await enqueue_ask(client, job)
+        await client.aclose()
+
+    asyncio.run(enqueue())
+    drain(settings)
+
+    assert fake_anthropic.calls == []
+    [text] = [post["text"] for post in fake_slack.delivered()]
+    assert "waited too long" in text

@@ -1,0 +1,120 @@
+"""The global AI-call limiter and the shared pause, both kept atomically in Redis.
+
+Every worker process books the moment of its next AI call here. One Lua script, on Redis's own
+clock (``TIME``), keeps a sliding-window log of booked start times:
+
+* a booking is never earlier than the newest booking, nor than the pause (set when Anthropic
+  answers 429/529 with retry-after), nor than ``W`` after the N-th newest booking, where
+  ``W`` is one second plus 20 ms of margin for network jitter;
+* so in every sliding window of one second at most ``JOBS_PER_SECOND`` calls are booked, across
+  all workers, and no fixed-window boundary lets 2N through.
+
+A job whose booking would be near sleeps until it and then calls the AI with no other await in
+between. When the next free moment is far off, nothing is booked: the job is deferred until
+about then without being charged an attempt (see :class:`SlotTooFar`), so waiting neither holds a
+concurrency slot for long nor polls Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import structlog
+from arq.connections import ArqRedis
+
+log = structlog.get_logger(__name__)
+
+WINDOW_KEY = "asklane:ratelimit:bookings"
+PAUSE_KEY = "asklane:ratelimit:pause"
+
+#: The window, in microseconds: one second plus 20 ms for the jitter between a grant and the
+#: request reaching Anthropic (a process's first request opens its connection). It costs 2% of
+#: the rate: at most 97.9% of JOBS_PER_SECOND is granted.
+WINDOW_US = 1_020_000
+
+#: Bookings nearer than this are slept out inside the job; farther ones defer the job instead.
+MAX_INLINE_WAIT_SECONDS = 1.0
+
+# KEYS: bookings zset, pause key.  ARGV: limit, window_us, max_wait_us, member.
+# Returns {booked (0/1), wait_us}. Scores are absolute microseconds on Redis's clock.
+_BOOK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local at = now
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > at then at = paused end
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) > at then at = tonumber(newest[2]) end
+local count = redis.call('ZCARD', KEYS[1])
+if count >= limit then
+  local nth = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+  local free = tonumber(nth[2]) + window
+  if free > at then at = free end
+end
+if at - now > max_wait then
+  return {0, at - now}
+end
+redis.call('ZADD', KEYS[1], at, ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], math.floor((at + window) / 1000) + 1000)
+return {1, at - now}
+"""
+
+# KEYS: pause key.  ARGV: pause_us.  Returns 1 when this call moved the pause later.
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_us = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_us <= current then return 0 end
+redis.call('SET', KEYS[1], until_us, 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 1000)
+return 1
+"""
+
+
+class SlotTooFar(Exception):
+    """No AI slot within MAX_INLINE_WAIT_SECONDS; defer the job by ``wait`` without charging it."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"next AI slot in {wait:.3f}s")
+        self.wait = wait
+
+
+class RateLimiter:
+    """Books AI-call start times for every worker sharing the Redis."""
+
+    def __init__(self, redis: ArqRedis, per_second: float) -> None:
+        self._redis = redis
+        # The log counts whole calls: a rate of 2.5 allows 2 per second; below 1 it allows one call
+        # per 1/rate seconds.
+        self._limit = max(1, int(per_second))
+        self._window_us = WINDOW_US if per_second >= 1 else int(WINDOW_US / per_second)
+        self._book = redis.register_script(_BOOK)
+        self._pause = redis.register_script(_PAUSE)
+
+    async def wait_for_slot(self) -> None:
+        """Return at the booked moment of an AI call, or raise SlotTooFar.
+
+        The caller must start its AI request right after this returns, with no other await.
+        """
+        member = uuid.uuid4().hex
+        booked, wait_us = await self._book(
+            keys=[WINDOW_KEY, PAUSE_KEY],
+            args=[self._limit, self._window_us, int(MAX_INLINE_WAIT_SECONDS * 1_000_000), member],
+        )
+        wait = int(wait_us) / 1_000_000
+        if not booked:
+            raise SlotTooFar(wait)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def pause(self, seconds: float, reason: str) -> None:
+        """Hold every worker's new AI calls for ``seconds``; logs once per pause, not per job."""
+        if seconds <= 0:
+            return
+        if await self._pause(keys=[PAUSE_KEY], args=[int(seconds * 1_000_000)]):
+            log.warning("ai.paused", seconds=round(seconds, 3), reason=reason)
