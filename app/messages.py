@@ -15,6 +15,8 @@ class SlackMessage:
 
     text: str
     blocks: list[dict[str, Any]] = field(default_factory=list)
+    #: The whole message as plain mrkdwn text, sent instead when Slack rejects the blocks.
+    plain: str | None = None
 
 
 def escape_mrkdwn(text: str) -> str:

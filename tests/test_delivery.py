@@ -9,7 +9,7 @@ from starlette.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import BOT_TOKEN, SlashCommands, drain, settings_from
-from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.fakes.server import Reply
 from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
 
@@ -119,4 +119,40 @@ def test_response_url_outside_the_allowed_prefixes_is_never_posted_to(
     drain(worker_settings)
 
     assert fake_slack.received(RESPONSE) == []
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_blocks_slack_rejects_are_resent_as_plain_text(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    fake_slack.script(RESPONSE, Reply(status=400, json={"ok": False, "error": "invalid_blocks"}))
+
+    commands.send(web, "what is a p99?")
+    drain(settings)
+
+    [delivered] = fake_slack.delivered()
+    assert delivered["text"] == ANSWER
+    assert not delivered.get("blocks")
+    assert len(fake_anthropic.calls) == 1
+
+
+def test_a_generated_answer_gets_its_own_retries_to_reach_slack(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    # Claude fails until the last allowed attempt; then Slack rate-limits the post.
+    fake_anthropic.script(MESSAGES, *[error(529, "overloaded_error")] * settings.job_max_retries)
+    fake_slack.script(RESPONSE, Reply(status=429, headers={"Retry-After": "0"}))
+
+    commands.send(web, "what is a p99?")
+    drain(settings)
+
+    assert len(fake_anthropic.calls) == settings.job_max_retries + 1
     assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]

@@ -7,6 +7,7 @@ import json
 import pickle
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import redis
 from arq.connections import ArqRedis
@@ -87,14 +88,32 @@ def test_malformed_payload_fails_once_without_calling_claude(
     assert fake_anthropic.calls == []
 
 
+class _Canary:
+    """Unpickling this writes a file: proof that a worker ran code it was handed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (_touch, (self.path, "unpickled"))
+
+
+def _touch(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
 def test_a_pickled_job_is_never_unpickled(
-    settings: Settings, redis_client: redis.Redis, fake_anthropic: FakeAnthropic
+    settings: Settings, redis_client: redis.Redis, fake_anthropic: FakeAnthropic, tmp_path: Path
 ) -> None:
     # Anyone who can write to Redis could otherwise run code on a worker.
-    redis_client.set("arq:job:evil", pickle.dumps({"t": 1, "f": ANSWER_JOB, "a": [], "k": {}, "et": 0}))
+    canary = tmp_path / "canary"
+    job = {"t": 1, "f": ANSWER_JOB, "a": [_Canary(str(canary))], "k": {}, "et": int(time.time() * 1000)}
+    redis_client.set("arq:job:evil", pickle.dumps(job))
     redis_client.zadd("arq:queue", {"evil": int(time.time() * 1000)})
 
     worker = drain(settings)
 
+    assert not canary.exists()
     assert worker.jobs_failed == 1
     assert fake_anthropic.calls == []

@@ -53,6 +53,7 @@ def test_malformed_setting_stops_with_one_line_naming_it(tmp_path: Path) -> None
     result = _load({**REQUIRED, "WORKER_CONCURRENCY": "five"}, tmp_path)
 
     assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
     assert "WORKER_CONCURRENCY" in result.stderr
     assert "Traceback" not in result.stderr
 

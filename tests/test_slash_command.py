@@ -12,14 +12,17 @@ from starlette.testclient import TestClient
 
 from app.ask import MAX_QUESTION_CHARS
 from app.main import create_app
+from app.settings import Settings
 from tests.conftest import (
     SlashCommands,
     ack_text,
+    drain,
     free_port,
     queued_job_ids,
     settings_from,
     signature_headers,
 )
+from tests.fakes.slack import FakeSlack
 
 
 @pytest.mark.parametrize("text", ["", "   ", "help", "HELP", "?"])
@@ -109,6 +112,25 @@ def test_duplicate_delivery_makes_one_job(
     assert first.status_code == second.status_code == 200
     assert "Working on it" in ack_text(second)
     assert len(queued_job_ids(redis_client)) == 1
+
+
+def test_redelivery_after_the_answer_was_posted_is_not_answered_again(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
+    redis_client: redis.Redis,
+) -> None:
+    form = commands.form("what is a p99?")
+    commands.send(web, form=form)
+    drain(settings)
+
+    again = commands.send(web, form=form)
+    drain(settings)
+
+    assert again.status_code == 200
+    assert queued_job_ids(redis_client) == []
+    assert len(fake_slack.delivered()) == 1
 
 
 def test_command_missing_fields_gets_a_reference_and_no_job(

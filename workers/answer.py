@@ -19,7 +19,7 @@ from app.settings import Settings
 from workers import retention, store
 from workers.ai import Claude
 from workers.delivery import SlackDelivery
-from workers.errors import InvalidPayload, JobError, PermanentError, TransientError
+from workers.errors import DeliveryFailed, InvalidPayload, JobError, PermanentError, TransientError
 from workers.events import JobEvents
 from workers.formatting import answer_message
 from workers.lease import lease
@@ -139,7 +139,8 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int) -> str:
     if isinstance(failure, TransientError):
         if failure.throttled:
             await deps.limiter.pause(failure.retry_after or settings.job_retry_base_seconds, str(failure))
-        failures = await store.record_failure(deps.redis, job.job_id)
+        phase: store.Phase = "delivery" if isinstance(failure, DeliveryFailed) else "ai"
+        failures = await store.record_failure(deps.redis, job.job_id, phase)
         if should_retry(failure, failures, settings):
             delay = retry_delay(failure, failures, settings)
             if not too_old_to_wait(job, delay):
@@ -192,8 +193,17 @@ async def _answer_and_deliver(job: AskJob, deps: WorkerDeps, timings: Timings) -
     started = time.perf_counter()
     via = await deps.slack.send(job, answer_message(stored.text, cut_short=stored.cut_short))
     timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)
-    await store.mark_delivered(deps.redis, job.job_id, via)
+    await _record_delivery(deps, job, via)
     return via
+
+
+async def _record_delivery(deps: WorkerDeps, job: AskJob, via: str) -> None:
+    # The user has their message now: a bookkeeping error must not turn into an error post
+    # that replaces it. The cost is a possible second post if this job runs again.
+    try:
+        await store.mark_delivered(deps.redis, job.job_id, via)
+    except Exception as error:
+        log.error("job.delivery_unrecorded", via=via, error=type(error).__name__, detail=str(error))
 
 
 async def _tell_user_it_failed(job: AskJob, deps: WorkerDeps, failure: Exception) -> None:
@@ -208,9 +218,10 @@ async def _tell_user_it_failed(job: AskJob, deps: WorkerDeps, failure: Exception
     )
     try:
         via = await deps.slack.send(job, messages.failed(reason, job.reference))
-        await store.mark_delivered(deps.redis, job.job_id, via)
     except Exception as error:
         log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
+    else:
+        await _record_delivery(deps, job, via)
 
 
 async def _retain(

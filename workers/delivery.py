@@ -18,7 +18,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from app.job import AskJob
 from app.messages import SlackMessage
 from app.settings import Settings
-from workers.errors import PermanentError, TransientError
+from workers.errors import DeliveryFailed, PermanentError
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +53,17 @@ class SlackDelivery:
 
         Raises TransientError (rate limited, Slack unreachable) or PermanentError.
         """
+        try:
+            return await self._send(job, message)
+        except BlocksRejected as rejected:
+            if message.plain is None:
+                raise PermanentError(str(rejected), reason=UNDELIVERABLE) from rejected
+            # Slack's block limits are not all documented (a markdown block expands into several);
+            # the same answer as plain text always fits.
+            log.warning("delivery.blocks_rejected", detail=str(rejected))
+            return await self._send(job, SlackMessage(text=message.plain))
+
+    async def _send(self, job: AskJob, message: SlackMessage) -> str:
         if self.allows(job.response_url):
             if await self._via_response_url(job.response_url, message):
                 return "response_url"
@@ -74,14 +85,16 @@ class SlackDelivery:
                 replace_original=True,
             )
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise TransientError(f"response_url {type(error).__name__}") from error
+            raise DeliveryFailed(f"response_url {type(error).__name__}") from error
         status = response.status_code
         if 200 <= status < 300:
             return True
         if status == 429:
-            raise TransientError("response_url 429", retry_after=_retry_after(response.headers))
+            raise DeliveryFailed("response_url 429", retry_after=_retry_after(response.headers))
         if status >= 500:
-            raise TransientError(f"response_url {status}")
+            raise DeliveryFailed(f"response_url {status}")
+        if message.blocks and _rejects_blocks(str(response.body)):
+            raise BlocksRejected(f"response_url {status} {str(response.body)[:100]}")
         log.info("delivery.response_url_refused", status=status, body=str(response.body)[:100])
         return False
 
@@ -91,15 +104,30 @@ class SlackDelivery:
                 channel=job.channel_id, user=job.user_id, text=message.text, blocks=message.blocks
             )
         except SlackApiError as error:
-            status = error.response.status_code
-            code = str(error.response.get("error", "")) if error.response.data else ""
-            if status == 429 or status >= 500 or code in TRANSIENT_API_ERRORS:
-                raise TransientError(
-                    f"chat.postEphemeral {status} {code}", retry_after=_retry_after(error.response.headers)
+            # slack-sdk puts its own response here, or aiohttp's when Slack's body was not JSON.
+            status = int(
+                getattr(error.response, "status_code", None) or getattr(error.response, "status", None) or 0
+            )
+            data = getattr(error.response, "data", None)
+            code = str(data.get("error", "")) if isinstance(data, dict) else ""
+            headers = getattr(error.response, "headers", None)
+            if status == 429 or status >= 500 or code in TRANSIENT_API_ERRORS or not code:
+                raise DeliveryFailed(
+                    f"chat.postEphemeral {status} {code}", retry_after=_retry_after(headers)
                 ) from error
+            if message.blocks and _rejects_blocks(code):
+                raise BlocksRejected(f"chat.postEphemeral {code}") from error
             raise PermanentError(f"chat.postEphemeral {status} {code}", reason=UNDELIVERABLE) from error
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise TransientError(f"chat.postEphemeral {type(error).__name__}") from error
+            raise DeliveryFailed(f"chat.postEphemeral {type(error).__name__}") from error
+
+
+class BlocksRejected(Exception):
+    """Slack refused the message's blocks (invalid_blocks, msg_blocks_too_long)."""
+
+
+def _rejects_blocks(error: str) -> bool:
+    return "blocks" in error or "too_long" in error
 
 
 def _retry_after(headers: object) -> float | None:

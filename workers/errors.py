@@ -38,6 +38,13 @@ class TransientError(JobError):
         self.throttled = throttled
 
 
+class DeliveryFailed(TransientError):
+    """Slack did not take the message (rate limited, 5xx, unreachable). Counted apart from AI
+    failures: a generated answer gets its own retries to reach the user."""
+
+    default_reason = "I had an answer, but Slack would not accept it. Please try again."
+
+
 class PermanentError(JobError):
     """Trying again cannot help: bad request, auth, refusal, a channel we cannot post to."""
 

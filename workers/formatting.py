@@ -15,6 +15,10 @@ from app.messages import SlackMessage, escape_mrkdwn
 #: Slack rejects messages whose markdown blocks add up to more than this (msg_blocks_too_long).
 MARKDOWN_LIMIT = 12_000
 
+#: Characters of the answer in the plain-text resend used when Slack rejects the markdown block
+#: (Slack's own limit on message text is 40,000; a section of mrkdwn shows well up to a few thousand).
+PLAIN_LIMIT = 12_000
+
 #: Characters of the answer in the top-level ``text``, which Slack shows in notifications.
 FALLBACK_CHARS = 300
 
@@ -33,7 +37,10 @@ def answer_message(answer: str, *, cut_short: bool = False) -> SlackMessage:
     blocks: list[dict[str, Any]] = [{"type": "markdown", "text": body}]
     if notes:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": "\n".join(notes)}]})
-    return SlackMessage(text=fallback_text(answer), blocks=blocks)
+    plain, _ = fit_markdown(escape_mrkdwn(answer), PLAIN_LIMIT)
+    return SlackMessage(
+        text=fallback_text(answer), blocks=blocks, plain="\n\n".join([plain, *notes]) if notes else plain
+    )
 
 
 def fallback_text(answer: str) -> str:

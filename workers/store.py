@@ -6,11 +6,17 @@ delivered marker stops a re-run (retry, SIGTERM re-queue) from posting a second 
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
 #: Per-job state outlives any run of the job: a job gives up at MAX_JOB_AGE_SECONDS (25 min).
 STATE_TTL_SECONDS = 2 * 3600
+
+
+#: Failures are counted per phase: a generated answer gets its own retries to reach Slack.
+Phase = Literal["ai", "delivery"]
 
 
 class StoredAnswer(BaseModel):
@@ -28,8 +34,8 @@ def _delivered_key(job_id: str) -> str:
     return f"asklane:delivered:{job_id}"
 
 
-def _failures_key(job_id: str) -> str:
-    return f"asklane:failures:{job_id}"
+def _failures_key(job_id: str, phase: str) -> str:
+    return f"asklane:failures:{phase}:{job_id}"
 
 
 async def load_answer(redis: ArqRedis, job_id: str) -> StoredAnswer | None:
@@ -43,16 +49,12 @@ async def save_answer(redis: ArqRedis, job_id: str, answer: StoredAnswer) -> Non
     await redis.set(_answer_key(job_id), answer.model_dump_json(), ex=STATE_TTL_SECONDS)
 
 
-async def failures(redis: ArqRedis, job_id: str) -> int:
-    """Transient failures this job has had so far."""
-    return int(await redis.get(_failures_key(job_id)) or 0)
-
-
-async def record_failure(redis: ArqRedis, job_id: str) -> int:
-    """Count one more transient failure; returns the new count."""
+async def record_failure(redis: ArqRedis, job_id: str, phase: Phase) -> int:
+    """Count one more transient failure in ``phase``; returns that phase's new count."""
+    key = _failures_key(job_id, phase)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(_failures_key(job_id))
-        pipe.expire(_failures_key(job_id), STATE_TTL_SECONDS)
+        pipe.incr(key)
+        pipe.expire(key, STATE_TTL_SECONDS)
         count, _ = await pipe.execute()
     return int(count)
 
@@ -66,5 +68,5 @@ async def mark_delivered(redis: ArqRedis, job_id: str, via: str) -> None:
     """Record the final post and drop the state that only served to get there."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(_delivered_key(job_id), via, ex=STATE_TTL_SECONDS)
-        pipe.delete(_answer_key(job_id), _failures_key(job_id))
+        pipe.delete(_answer_key(job_id), *(_failures_key(job_id, phase) for phase in get_args(Phase)))
         await pipe.execute()

@@ -18,15 +18,16 @@ from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings
 from app.settings import Settings
 from workers.ai import Claude
 from workers.answer import WorkerDeps, answer_question
-from workers.delivery import SlackDelivery
+from workers.delivery import SLACK_TIMEOUT_SECONDS, SlackDelivery
 from workers.events import JobEvents
 from workers.ratelimit import RateLimiter
 from workers.retry import ARQ_MAX_TRIES
 
 log = structlog.get_logger(__name__)
 
-#: arq's own deadline for a job sits this far beyond ours, so ours always fires first.
-ARQ_TIMEOUT_MARGIN_SECONDS = 5.0
+#: arq's own deadline for a job sits this far beyond ours, so ours fires first and the failure
+#: notice after it (a response_url post, then maybe chat.postEphemeral) still has time to go out.
+ARQ_TIMEOUT_MARGIN_SECONDS = 2 * SLACK_TIMEOUT_SECONDS + 5.0
 
 
 class LoggedRedisRetry(RedisRetry):
