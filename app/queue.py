@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any, Literal, cast
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
 from redis.exceptions import RedisError
 
 from app.job import ANSWER_JOB, AskJob, deserialize, serialize
@@ -16,6 +21,39 @@ ENQUEUE_TIMEOUT_SECONDS = 1.0
 #: How long a finished job's result (and so its id) is kept; Slack re-deliveries within this
 #: window map to the same job id and are refused by arq instead of answered twice.
 DEDUPE_WINDOW_SECONDS = 3600
+
+
+#: Idle workers block on this list; every enqueue pushes a token (see workers/arq_worker.py).
+WAKE_KEY = "asklane:wake"
+#: Tokens kept at most: enough to wake every idle worker of a large deployment, never unbounded.
+WAKE_TOKENS = 64
+
+Priority = Literal["interactive", "background"]
+
+#: Priorities share arq's one queue, ordered by score (milliseconds). An interactive job is
+#: scored as if queued this long earlier, so it starts before any background job; within a level
+#: scores come from Redis's clock and a per-level "last score" (below), so jobs queued in the same
+#: millisecond, from any web process, still start in the order they were queued.
+PRIORITY_OFFSET_MS: dict[Priority, int] = {"interactive": 10**12, "background": 0}
+_LAST_SCORE_KEY = "asklane:queue:last-score"
+
+# KEYS: job, result, queue, last score of the level, wake list.
+# ARGV: serialized job, job id, priority offset ms, job expiry ms, wake tokens kept.
+# arq's own enqueue, plus a score that is strictly increasing within a level and a wake token.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+local t = redis.call('TIME')
+local score = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - tonumber(ARGV[3])
+local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+if score <= last then score = last + 0.001 end
+local text = string.format('%.3f', score)
+redis.call('SET', KEYS[4], text, 'PX', 86400000)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[3], text, ARGV[2])
+redis.call('LPUSH', KEYS[5], '1')
+redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
+return 1
+"""
 
 
 class QueueUnavailable(Exception):
@@ -60,17 +98,32 @@ def open_redis(settings: Settings, *, timeout: float = ENQUEUE_TIMEOUT_SECONDS) 
     )
 
 
-async def enqueue_ask(redis: ArqRedis, job: AskJob) -> bool:
+async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "interactive") -> bool:
     """Queue the job once. Returns False when a job with the same id exists (a duplicate delivery).
 
     Raises QueueUnavailable when Redis does not answer within ENQUEUE_TIMEOUT_SECONDS.
     """
+    body = serialize_job(
+        ANSWER_JOB, (job.model_dump(mode="json"),), {}, None, int(time.time() * 1000), serializer=serialize
+    )
+    keys_and_args: list[Any] = [
+        job_key_prefix + job.job_id,
+        result_key_prefix + job.job_id,
+        default_queue_name,
+        f"{_LAST_SCORE_KEY}:{priority}",
+        WAKE_KEY,
+        body,
+        job.job_id,
+        PRIORITY_OFFSET_MS[priority],
+        expires_extra_ms,
+        WAKE_TOKENS,
+    ]
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-            queued = await redis.enqueue_job(ANSWER_JOB, job.model_dump(mode="json"), _job_id=job.job_id)
+            queued = await cast(Awaitable[int], redis.eval(_ENQUEUE, 5, *keys_and_args))
     except (RedisError, OSError, TimeoutError) as error:
         raise QueueUnavailable(type(error).__name__) from error
-    return queued is not None
+    return bool(queued)
 
 
 async def redis_answers(redis: ArqRedis) -> bool:

@@ -30,6 +30,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
+from workers.arq_worker import AsklaneWorker
 from workers.events import JobEvents
 from workers.worker import worker_settings
 
@@ -301,12 +302,11 @@ def ack_text(response: httpx.Response) -> str:
 # --- Workers -----------------------------------------------------------------------------------
 
 
-def drain(settings: Settings, *, events: JobEvents | None = None, poll_delay: float = 0.05) -> Worker:
-    """Run a real arq worker in this process until the queue (retries included) is empty."""
+def drain(settings: Settings, *, events: JobEvents | None = None) -> Worker:
+    """Run a real worker in this process until the queue (retries included) is empty."""
 
     async def run() -> Worker:
-        kwargs = worker_settings(settings, events)
-        worker = Worker(**kwargs, burst=True, handle_signals=False, poll_delay=poll_delay)
+        worker = AsklaneWorker(**worker_settings(settings, events), burst=True, handle_signals=False)
         try:
             await worker.async_run()
         finally:

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -17,7 +18,7 @@ from starlette.testclient import TestClient
 from app.job import AskJob
 from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
-from tests.conftest import SlashCommands, WorkerProcess, drain, settings_from, wait_until
+from tests.conftest import RedisServer, SlashCommands, WorkerProcess, drain, settings_from, wait_until
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.fakes.slack import FakeSlack
 from workers.events import JobEvents
@@ -232,3 +233,70 @@ def test_a_job_too_old_to_answer_in_time_tells_the_user(
     assert fake_anthropic.calls == []
     [text] = [post["text"] for post in fake_slack.delivered()]
     assert "waited too long" in text
+
+
+def _ask_job(commands: SlashCommands, text: str) -> AskJob:
+    form = commands.form(text)
+    return AskJob(
+        team_id=form["team_id"],
+        channel_id=form["channel_id"],
+        user_id=form["user_id"],
+        command="/ask",
+        text=text,
+        response_url=form["response_url"],
+        trigger_id=form["trigger_id"],
+        enqueued_at=datetime.now(UTC),
+    )
+
+
+def _enqueue_all(settings: Settings, jobs: list[tuple[AskJob, str]]) -> None:
+    async def run() -> None:
+        client = open_redis(settings)
+        for job, priority in jobs:
+            assert await enqueue_ask(client, job, priority)  # type: ignore[arg-type]
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_interactive_job_queued_behind_500_background_jobs_starts_next(
+    settings: Settings, commands: SlashCommands, redis_client: redis.Redis
+) -> None:
+    # Enqueued back to back, many of these share a millisecond: order must still hold.
+    background = [_ask_job(commands, f"background {n}") for n in range(500)]
+    urgent = _ask_job(commands, "urgent")
+    _enqueue_all(settings, [(job, "background") for job in background] + [(urgent, "interactive")])
+
+    order = [member.decode() for member in redis_client.zrange("arq:queue", 0, -1)]
+
+    assert order == [urgent.job_id] + [job.job_id for job in background]
+
+
+def test_a_worker_starts_jobs_by_priority_then_in_queue_order(
+    env: dict[str, str], commands: SlashCommands, fake_anthropic: FakeAnthropic
+) -> None:
+    settings = settings_from({**env, "WORKER_CONCURRENCY": "1", "JOBS_PER_SECOND": "1000"})
+    background = [_ask_job(commands, f"background {n}") for n in range(5)]
+    urgent = _ask_job(commands, "urgent")
+    _enqueue_all(settings, [(job, "background") for job in background] + [(urgent, "interactive")])
+
+    drain(settings)
+
+    asked = [call["messages"][0]["content"] for call in fake_anthropic.calls]
+    assert asked == ["urgent"] + [f"background {n}" for n in range(5)]
+
+
+def test_sigterm_with_redis_down_still_exits_within_the_grace_period(
+    env: dict[str, str], start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    own_redis = RedisServer(tmp_path)
+    own_redis.start()
+    worker = start_worker(REDIS_URL=own_redis.url, SHUTDOWN_GRACE_SECONDS="2")
+    own_redis.stop()
+    worker.wait_for_log("redis.unavailable")
+
+    signalled = time.monotonic()
+    worker.signal_group(signal.SIGTERM)
+    worker.wait(timeout=2 + 5)
+
+    assert time.monotonic() - signalled < 2 + 5

@@ -12,7 +12,9 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
         from app.settings import load_settings
+        from workers.arq_worker import install
         from workers.worker import worker_settings
 
+        install()
         return worker_settings(load_settings())
     raise AttributeError(f"module 'workers' has no attribute {name!r}")

@@ -25,33 +25,11 @@ from workers.retry import ARQ_MAX_TRIES
 
 log = structlog.get_logger(__name__)
 
+REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
+
 #: arq's own deadline for a job sits this far beyond ours, so ours fires first and the failure
 #: notice after it (a response_url post, then maybe chat.postEphemeral) still has time to go out.
 ARQ_TIMEOUT_MARGIN_SECONDS = 2 * SLACK_TIMEOUT_SECONDS + 5.0
-
-
-class LoggedRedisRetry(RedisRetry):
-    """Retries Redis commands forever with capped backoff, logging the outage once per episode.
-
-    arq's poll loop has no error handling: without this, a Redis restart kills the worker.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
-        self._down = False
-
-    async def call_with_retry(self, do: Any, fail: Any) -> Any:
-        async def failed(error: Exception) -> None:
-            if not self._down:
-                self._down = True
-                log.error("redis.unavailable", error=type(error).__name__, detail=str(error))
-            await fail(error)
-
-        result = await super().call_with_retry(do, failed)
-        if self._down:
-            self._down = False
-            log.info("redis.reconnected")
-        return result
 
 
 def worker_redis_settings(settings: Settings) -> RedisSettings:
@@ -60,8 +38,10 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     conf.conn_timeout = 5
     conf.conn_retries = 1_000_000  # start-up waits for Redis instead of crashing
     conf.conn_retry_delay = 1
+    # Ride out a blip (a failover, a restart) inside each command; a longer outage surfaces as an
+    # error that the worker loop logs and retries (workers/arq_worker.py).
     conf.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
-    conf.retry = LoggedRedisRetry()
+    conf.retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=4)
     return conf
 
 
@@ -70,6 +50,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     # arq's CLI applies its own logging config after importing the settings; take it back.
     configure_logging(settings)
+    # arq cannot pass a read timeout; without one a hung Redis blocks the worker silently. Waits
+    # on Redis (BLPOP in the worker loop) stay well under it.
+    ctx["redis"].connection_pool.connection_kwargs["socket_timeout"] = REDIS_SOCKET_TIMEOUT_SECONDS
     ctx["deps"] = WorkerDeps(
         settings=settings,
         redis=ctx["redis"],
