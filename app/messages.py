@@ -61,6 +61,22 @@ def working_on_it(question: str) -> SlackMessage:
     return SlackMessage(text=text, blocks=[_section(text), _context(_quote(question))])
 
 
+def queued(question: str, ahead: int) -> SlackMessage:
+    """Interim update for a question still waiting for a worker."""
+    if ahead == 0:
+        where = "it is next in line"
+    else:
+        where = "it is queued behind " + ("1 other question" if ahead == 1 else f"{ahead} other questions")
+    text = f":hourglass_flowing_sand: Busy right now: {where}."
+    return SlackMessage(text=text, blocks=[_section(text), _context(_quote(question))])
+
+
+def retrying(question: str, delay: float) -> SlackMessage:
+    """Interim update for a question whose answer is being retried."""
+    text = f":hourglass_flowing_sand: Claude is busy, retrying in {max(1, round(delay))} s…"
+    return SlackMessage(text=text, blocks=[_section(text), _context(_quote(question))])
+
+
 def unavailable(reference: str) -> SlackMessage:
     """Redis (the queue) did not take the job."""
     text = (

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     job_retry_jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
     job_timeout_seconds: PositiveSeconds = 60.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 25.0
+    progress_after_seconds: PositiveSeconds = 3.0
     retain_completed_jobs: Annotated[int, Field(ge=0, le=100_000)] = 100
     retain_failed_jobs: Annotated[int, Field(ge=0, le=100_000)] = 500
 

@@ -8,6 +8,7 @@ to loopback). Nothing here talks to any other host.
 from __future__ import annotations
 
 import http.client
+import json
 import math
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -35,6 +37,8 @@ __all__ = [
     "RedisServer",
     "WebProcess",
     "deployment_env",
+    "log_events",
+    "max_in_window",
     "percentile",
 ]
 
@@ -118,3 +122,32 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def max_in_window(times: Sequence[float], window: float = 1.0) -> int:
+    """Most events in any half-open window ``[t, t + window)``; the worst one starts at an event."""
+    ordered = sorted(times)
+    best, first = 0, 0
+    for last, at in enumerate(ordered):
+        while at - ordered[first] >= window:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+def log_events(log: str, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines (LOG_FORMAT=json) whose ``event`` is ``event``, in order.
+
+    Lines that are not JSON (a traceback, arq's own start-up output) are skipped.
+    """
+    found = []
+    for line in log.splitlines():
+        if f'"{event}"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == event:
+            found.append(record)
+    return found

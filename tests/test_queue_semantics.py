@@ -35,6 +35,10 @@ def _max_in_any_window(times: list[float], window: float = 1.0) -> int:
     return best
 
 
+def _answers(fake_slack: FakeSlack) -> list[str]:
+    return [post["text"] for post in fake_slack.delivered() if post["text"].startswith("Answer to:")]
+
+
 def _events(worker: WorkerProcess, name: str) -> list[dict[str, Any]]:
     found = []
     for line in worker.log().splitlines():
@@ -139,10 +143,11 @@ def test_sigkill_mid_job_is_recovered_by_another_worker_with_one_answer(
     doomed.wait(timeout=5)
     killed_at = time.monotonic()
     rescuer = start_worker()
-    wait_until(lambda: len(fake_slack.delivered()) == 1, timeout=30)
+    wait_until(lambda: _answers(fake_slack), timeout=30)
     time.sleep(0.5)
 
-    assert [post["text"] for post in fake_slack.delivered()] == ["Answer to: what is a p99?"]
+    # The user may also have been told the question was waiting; the answer comes once.
+    assert _answers(fake_slack) == ["Answer to: what is a p99?"]
     [stalled] = _events(rescuer, "job.stalled")
     assert stalled["recovered_after_s"] > 0
     # Recovery is measured by bench/queue.py; here it only has to beat arq's own job_timeout + 10 s.

@@ -11,12 +11,13 @@ from typing import Any
 import structlog
 from arq import Retry
 from arq.connections import ArqRedis
+from arq.constants import default_queue_name
 from pydantic import ValidationError
 
 from app import messages
 from app.job import AskJob
 from app.settings import Settings
-from workers import retention, store
+from workers import progress, retention, store
 from workers.ai import Claude
 from workers.delivery import SlackDelivery
 from workers.errors import DeliveryFailed, InvalidPayload, JobError, PermanentError, TransientError
@@ -95,10 +96,10 @@ async def answer_question(ctx: dict[str, Any], payload: object) -> str:
                     dead_worker=predecessor.get("worker"),
                     recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
                 )
-            return await _run(job, deps, run)
+            return await _run(job, deps, run, ctx["score"])
 
 
-async def _run(job: AskJob, deps: WorkerDeps, run: int) -> str:
+async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int) -> str:
     settings = deps.settings
     timings = Timings(queued_ms=_ms_since(job.enqueued_at))
     await deps.events.emit("job.started", job_id=job.job_id, queued_ms=timings.queued_ms)
@@ -112,6 +113,9 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int) -> str:
     except SlotTooFar as wait:
         # Waiting for the rate limiter is not a failure: no retry is used up.
         await deps.events.emit("job.deferred", job_id=job.job_id, delay_s=round(wait.wait, 3))
+        if _ms_since(job.enqueued_at) >= settings.progress_after_seconds * 1000:
+            ahead = await deps.redis.zcount(default_queue_name, "-inf", f"({score}")
+            await progress.tell_queued(deps.redis, deps.slack, job, ahead)
         raise Retry(defer=wait.wait) from None
     except TimeoutError as error:
         failure: Exception = TransientError("job timed out")
@@ -152,7 +156,7 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int) -> str:
                     delay_s=round(delay, 3),
                     reason=str(failure),
                 )
-                raise Retry(defer=delay) from failure
+                raise Retry(defer=await _tell_user_we_retry(job, deps, delay)) from failure
     await _tell_user_it_failed(job, deps, failure)
     await _retain(
         deps,
@@ -165,6 +169,16 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int) -> str:
         error=f"{type(failure).__name__}: {failure}",
     )
     raise JobFailed(f"{type(failure).__name__}: {failure}") from failure
+
+
+async def _tell_user_we_retry(job: AskJob, deps: WorkerDeps, delay: float) -> float:
+    """Post "retrying in N s" for a long wait; returns the delay left after posting it."""
+    if delay < deps.settings.progress_after_seconds:
+        return delay
+    started = time.monotonic()
+    await progress.post_update(deps.redis, deps.slack, job, messages.retrying(job.text, delay))
+    # The post took some of the wait; the retry still starts when promised.
+    return max(delay - (time.monotonic() - started), 0.0)
 
 
 async def _answer_and_deliver(job: AskJob, deps: WorkerDeps, timings: Timings) -> str:

@@ -63,6 +63,20 @@ class SlackDelivery:
             log.warning("delivery.blocks_rejected", detail=str(rejected))
             return await self._send(job, SlackMessage(text=message.plain))
 
+    async def update_notice(self, job: AskJob, message: SlackMessage) -> bool:
+        """Replace the user's notice through the response_url only; True when Slack took it.
+
+        Interim updates never fall back to chat.postEphemeral (which would add a message rather
+        than replace one) and never raise: the answer matters, the update does not.
+        """
+        if not self.allows(job.response_url):
+            return False
+        try:
+            return await self._via_response_url(job.response_url, message)
+        except Exception as error:
+            log.info("delivery.update_failed", error=type(error).__name__)
+            return False
+
     async def _send(self, job: AskJob, message: SlackMessage) -> str:
         if self.allows(job.response_url):
             if await self._via_response_url(job.response_url, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from app.job import ANSWER_JOB, deserialize, serialize
 from app.logs import configure_logging
 from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings
 from app.settings import Settings
+from workers import progress
 from workers.ai import Claude
 from workers.answer import WorkerDeps, answer_question
 from workers.delivery import SLACK_TIMEOUT_SECONDS, SlackDelivery
@@ -61,11 +63,17 @@ async def startup(ctx: dict[str, Any]) -> None:
         limiter=RateLimiter(ctx["redis"], settings.jobs_per_second),
         events=ctx["events"],
     )
+    ctx["progress_sweep"] = asyncio.create_task(
+        progress.sweep_forever(ctx["redis"], ctx["deps"].slack, settings.progress_after_seconds)
+    )
     log.info("worker.started", concurrency=settings.worker_concurrency, model=settings.anthropic_model)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """Runs once when the worker stops."""
+    sweep: asyncio.Task[None] | None = ctx.get("progress_sweep")
+    if sweep is not None:
+        sweep.cancel()
     deps: WorkerDeps | None = ctx.get("deps")
     if deps is not None:
         await deps.claude.close()

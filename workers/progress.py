@@ -1,0 +1,118 @@
+"""Interim updates to the user's "Working on it" notice while a question waits.
+
+A question waiting PROGRESS_AFTER_SECONDS or more is told why: "queued behind N other
+questions" (found by a sweep of the queue that one worker at a time runs) or "Claude is busy,
+retrying in 8 s" (posted by the job as it defers itself). A job gets at most
+MAX_INTERIM_UPDATES, counted in Redis, so Slack's five uses of a response_url still leave room
+for the answer and a retry of its post.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+from typing import Any, cast
+
+import structlog
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
+from arq.jobs import DeserializationError, deserialize_job
+from pydantic import ValidationError
+
+from app import messages
+from app.job import AskJob, deserialize
+from app.messages import SlackMessage
+from app.queue import PRIORITY_OFFSET_MS
+from workers.delivery import SlackDelivery
+
+log = structlog.get_logger(__name__)
+
+MAX_INTERIM_UPDATES = 2
+
+#: How often the queue is swept, and how far down it is looked at.
+SWEEP_EVERY_SECONDS = 1.0
+SWEEP_DEPTH = 200
+
+_SWEEP_LOCK = "asklane:progress:sweep-lock"
+_STATE_TTL_SECONDS = 3600
+
+
+def _count_key(job_id: str) -> str:
+    return f"asklane:progress:count:{job_id}"
+
+
+def _queued_key(job_id: str) -> str:
+    return f"asklane:progress:queued:{job_id}"
+
+
+async def _claim(redis: ArqRedis, job_id: str) -> bool:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(_count_key(job_id))
+        pipe.expire(_count_key(job_id), _STATE_TTL_SECONDS)
+        count, _ = await pipe.execute()
+    return int(count) <= MAX_INTERIM_UPDATES
+
+
+async def post_update(redis: ArqRedis, slack: SlackDelivery, job: AskJob, message: SlackMessage) -> bool:
+    """Post an interim update if this job still has one to spend. True when posted."""
+    if not await _claim(redis, job.job_id):
+        return False
+    posted = await slack.update_notice(job, message)
+    log.info("job.progress", job_id=job.job_id, posted=posted, text=message.text)
+    return posted
+
+
+async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: AskJob, ahead: int) -> None:
+    """Tell the user their question is queued, once per job."""
+    if await redis.set(_queued_key(job.job_id), 1, nx=True, ex=_STATE_TTL_SECONDS):
+        await post_update(redis, slack, job, messages.queued(job.text, ahead))
+
+
+async def sweep_once(redis: ArqRedis, slack: SlackDelivery, wait_after: float) -> None:
+    """Tell every question waiting ``wait_after`` seconds or more, not yet told, where it stands."""
+    # One worker sweeps per period, however many there are.
+    if not await redis.set(_SWEEP_LOCK, 1, nx=True, px=int(SWEEP_EVERY_SECONDS * 1000)):
+        return
+    now_ms = time.time() * 1000
+    head = await cast(
+        Awaitable[list[tuple[bytes, float]]],
+        redis.zrangebyscore(default_queue_name, "-inf", now_ms, start=0, num=SWEEP_DEPTH, withscores=True),
+    )
+    ahead = 0
+    for member, score in head:
+        job_id = member.decode()
+        if await redis.exists(in_progress_key_prefix + job_id):
+            continue
+        waited = (now_ms - _enqueued_ms(score, now_ms)) / 1000
+        if waited >= wait_after and not await redis.exists(_queued_key(job_id)):
+            job = await _load(redis, job_id)
+            if job is not None:
+                await tell_queued(redis, slack, job, ahead)
+        ahead += 1
+
+
+async def sweep_forever(redis: ArqRedis, slack: SlackDelivery, wait_after: float) -> None:
+    """Run :func:`sweep_once` every SWEEP_EVERY_SECONDS until cancelled."""
+    while True:
+        with contextlib.suppress(Exception):
+            await sweep_once(redis, slack, wait_after)
+        await asyncio.sleep(SWEEP_EVERY_SECONDS)
+
+
+def _enqueued_ms(score: float, now_ms: float) -> float:
+    # Interactive jobs are scored PRIORITY_OFFSET_MS early (app/queue.py); undo that.
+    offset = PRIORITY_OFFSET_MS["interactive"]
+    return score + offset if score < now_ms - offset / 2 else score
+
+
+async def _load(redis: ArqRedis, job_id: str) -> AskJob | None:
+    raw = await redis.get(job_key_prefix + job_id)
+    if raw is None:
+        return None
+    try:
+        definition: Any = deserialize_job(raw, deserializer=deserialize)
+        return AskJob.model_validate(definition.args[0])
+    except (ValidationError, IndexError, DeserializationError):
+        return None
