@@ -99,6 +99,22 @@ class Claude:
             slow_down_for=exhausted_limit_reset(raw.headers),
         )
 
+    async def warm_up(self) -> None:
+        """Make one cheap call (list one model) before the first question.
+
+        A process's first request pays for lazy imports and for opening the connection (DNS, TLS)
+        — tens of milliseconds between the rate limiter's grant and the request reaching
+        Anthropic. Paying it at start-up keeps later grants and arrivals in step, and shows an
+        operator a bad key or an unreachable API at once.
+        """
+        started = time.perf_counter()
+        try:
+            await self._client.models.list(limit=1, timeout=5.0)
+        except anthropic.APIError as error:
+            log.warning("ai.warm_up_failed", error=type(error).__name__, detail=str(classify(error)))
+        else:
+            log.info("ai.warmed_up", latency_ms=round((time.perf_counter() - started) * 1000, 1))
+
     async def close(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import structlog
@@ -19,8 +20,9 @@ from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings
 from app.settings import Settings
 from workers import progress
 from workers.ai import Claude
-from workers.answer import WorkerDeps, answer_question
+from workers.answer import JobFailed, WorkerDeps, answer_question
 from workers.delivery import SLACK_TIMEOUT_SECONDS, SlackDelivery
+from workers.errors import InvalidPayload
 from workers.events import JobEvents
 from workers.ratelimit import RateLimiter
 from workers.retry import ARQ_MAX_TRIES
@@ -47,11 +49,21 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     return conf
 
 
+class _DropReportedFailures(logging.Filter):
+    """arq logs every failed job with a traceback; ours were already reported as a job.failed
+    event carrying job_id, team and user, so arq's copy is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (JobFailed, InvalidPayload))
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     """Runs once per worker process, after arq has connected to Redis."""
     settings: Settings = ctx["settings"]
     # arq's CLI applies its own logging config after importing the settings; take it back.
     configure_logging(settings)
+    logging.getLogger("arq.worker").addFilter(_DropReportedFailures())
     # arq cannot pass a read timeout; without one a hung Redis blocks the worker silently. Waits
     # on Redis (BLPOP in the worker loop) stay well under it.
     ctx["redis"].connection_pool.connection_kwargs["socket_timeout"] = REDIS_SOCKET_TIMEOUT_SECONDS
@@ -63,6 +75,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         limiter=RateLimiter(ctx["redis"], settings.jobs_per_second),
         events=ctx["events"],
     )
+    await ctx["deps"].claude.warm_up()
     ctx["progress_sweep"] = asyncio.create_task(
         progress.sweep_forever(ctx["redis"], ctx["deps"].slack, settings.progress_after_seconds)
     )

@@ -58,6 +58,20 @@ class FakeAnthropic(FakeServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(MESSAGES, self._messages)
+        app.router.add_get("/v1/models", self._models)
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        if not api_key(request.headers):
+            return web.json_response(error(401, "authentication_error").json, status=401)
+        model = {
+            "type": "model",
+            "id": "claude-haiku-5-5",
+            "display_name": "Claude Haiku 5.5",
+            "created_at": "2026-01-01T00:00:00Z",
+        }
+        return web.json_response(
+            {"data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]}
+        )
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
