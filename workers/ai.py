@@ -111,9 +111,9 @@ class Claude:
         try:
             await self._client.models.list(limit=1, timeout=5.0)
         except anthropic.APIError as error:
-            log.warning("ai.warm_up_failed", error=type(error).__name__, detail=str(classify(error)))
+            log.warning("worker.ai_unreachable", error=type(error).__name__, detail=str(classify(error)))
         else:
-            log.info("ai.warmed_up", latency_ms=round((time.perf_counter() - started) * 1000, 1))
+            log.info("worker.ai_ready", latency_ms=round((time.perf_counter() - started) * 1000, 1))
 
     async def close(self) -> None:
         """Close the HTTP connection pool."""
