@@ -16,11 +16,12 @@ import redis
 from starlette.testclient import TestClient
 
 from app.job import AskJob
-from app.queue import enqueue_ask, open_redis
+from app.queue import WAKE_KEY, WAKE_TOKENS, enqueue_ask, open_redis
 from app.settings import Settings
 from tests.conftest import RedisServer, SlashCommands, WorkerProcess, drain, settings_from, wait_until
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
-from tests.fakes.slack import FakeSlack
+from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
+from tests.fakes.server import Reply
+from tests.fakes.slack import RESPONSE, FakeSlack
 from workers.events import JobEvents
 from workers.retention import COMPLETED_KEY, FAILED_KEY
 
@@ -305,3 +306,47 @@ def test_sigterm_with_redis_down_still_exits_within_the_grace_period(
     worker.wait(timeout=2 + 5)
 
     assert time.monotonic() - signalled < 2 + 5
+
+
+def test_every_key_a_job_leaves_in_redis_expires_or_is_capped(
+    env: dict[str, str],
+    web: TestClient,
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    redis_client: redis.Redis,
+) -> None:
+    settings = settings_from({**env, "PROGRESS_AFTER_SECONDS": "0.1"})
+    fake_anthropic.script(
+        MESSAGES, error(529, "overloaded_error", retry_after=0.2), error(400, "invalid_request_error")
+    )
+    fake_slack.script(RESPONSE, Reply(status=429, headers={"Retry-After": "0"}))
+    for n in range(6):
+        commands.send(web, f"question {n}")
+    drain(settings)
+
+    capped = {COMPLETED_KEY, FAILED_KEY, WAKE_KEY}
+    for key in (k.decode() for k in redis_client.scan_iter()):
+        assert key in capped or redis_client.ttl(key) > 0, f"{key} never expires"
+    assert redis_client.llen(WAKE_KEY) <= WAKE_TOKENS
+
+
+def test_a_used_up_rate_limit_header_slows_every_call_down_before_a_429(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    reset = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+    headers = {
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": reset,
+    }
+    fake_anthropic.script(MESSAGES, Reply(json=message("first answer"), headers=headers))
+    commands.send(web, "first")
+    drain(settings)
+    commands.send(web, "second")
+    drain(settings)
+
+    first, second = (request.at for request in fake_anthropic.received(MESSAGES))
+    assert second - first >= 1.0
