@@ -101,9 +101,8 @@ def main() -> int:
         answered = len(slack.delivered())
         memory = client.info("memory")["used_memory_human"]
 
-        print(
-            f"{args.jobs:,} jobs ({failing:,} failing permanently) in {elapsed:.1f} s; {answered:,} messages posted"
-        )
+        print(f"{args.jobs:,} jobs ({failing:,} failing permanently) in {elapsed:.1f} s")
+        print(f"{answered:,} messages posted")
         print(f"redis: {sum(kinds.values()):,} keys, used_memory {memory}")
         print()
         print(f"{'key kind':<40}{'keys':>10}{'no TTL':>10}  size")
