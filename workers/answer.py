@@ -112,11 +112,12 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int) -> str:
             via = await _answer_and_deliver(job, deps, timings)
     except SlotTooFar as wait:
         # Waiting for the rate limiter is not a failure: no retry is used up.
-        await deps.events.emit("job.deferred", job_id=job.job_id, delay_s=round(wait.wait, 3))
+        defer = wait.defer
+        await deps.events.emit("job.deferred", job_id=job.job_id, delay_s=round(defer, 3))
         if _ms_since(job.enqueued_at) >= settings.progress_after_seconds * 1000:
             ahead = await deps.redis.zcount(default_queue_name, "-inf", f"({score}")
             await progress.tell_queued(deps.redis, deps.slack, job, ahead)
-        raise Retry(defer=wait.wait) from None
+        raise Retry(defer=defer) from None
     except TimeoutError as error:
         failure: Exception = TransientError("job timed out")
         failure.__cause__ = error

@@ -5,9 +5,10 @@ arq's worker sleeps ``poll_delay`` (0.5 s) between looks at the queue, so a new 
 on average and a retry deferred to a precise moment starts up to 500 ms late. Here the loop
 instead waits, after each look, for the first of:
 
-* a wake-up token that every enqueue pushes (``BLPOP`` on :data:`app.queue.WAKE_KEY`);
-* the moment the next deferred job is due (a retry, a rate-limit deferral);
-* a running job finishing, when every slot was busy;
+* a wake-up token that every enqueue pushes (``BLPOP`` on :data:`app.queue.WAKE_KEY`, held by
+  one long-lived listener per worker);
+* the moment the next deferred job is due (a retry, a rate-limit deferral), on an asyncio timer;
+* a running job finishing (it may have just deferred itself);
 * IDLE_WAIT_SECONDS, so jobs whose dead worker's lease expired are still picked up promptly.
 
 A Redis error in the loop is logged once per outage and retried; arq's own loop would die of it.
@@ -16,6 +17,7 @@ A Redis error in the loop is logged once per outage and retried; arq's own loop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import signal
@@ -50,11 +52,17 @@ class AsklaneWorker(arq.worker.Worker):
         super().__init__(*args, **kwargs)
         self._redis_down = False
         self._stopping = False
+        self._woken = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
 
     async def _poll_iteration(self) -> None:
+        # Read before arq's own poll: a job due between this reading and arq's is then seen as
+        # "upcoming" below and polled again at once, rather than missed until the idle timeout.
+        polled_at_ms = time.time() * 1000
+        self._woken.clear()
         try:
             await super()._poll_iteration()
-            await self._wait_for_work()
+            await self._wait_for_work(polled_at_ms)
         except (RedisError, OSError) as error:
             if not self._redis_down:
                 self._redis_down = True
@@ -65,33 +73,74 @@ class AsklaneWorker(arq.worker.Worker):
             self._redis_down = False
             log.info("redis.reconnected")
 
-    async def _wait_for_work(self) -> None:
+    async def _wait_for_work(self, polled_at_ms: float) -> None:
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen_for_wake_ups())
         running = [task for task in self.tasks.values() if not task.done()]
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             # Nothing can start until a running job ends (or, when stopping, at all).
-            if running:
-                await asyncio.wait(running, timeout=IDLE_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-            else:
-                await asyncio.sleep(IDLE_WAIT_SECONDS if not self.allow_pick_jobs else 0.01)
+            await self._first_of(running, IDLE_WAIT_SECONDS, wake_ups=False)
             return
-        timeout = IDLE_WAIT_SECONDS
-        now_ms = time.time() * 1000
         upcoming = await cast(
             Awaitable[list[tuple[bytes, float]]],
             self.pool.zrangebyscore(
-                self.queue_name, min=f"({now_ms}", max="+inf", start=0, num=1, withscores=True
+                self.queue_name, min=f"({polled_at_ms}", max="+inf", start=0, num=1, withscores=True
             ),
         )
         if upcoming:
-            timeout = min(timeout, max((upcoming[0][1] - now_ms) / 1000, 0.001))
+            due_in = (upcoming[0][1] - time.time() * 1000) / 1000
+            await self._first_of(running, min(max(due_in, 0.0), IDLE_WAIT_SECONDS), wake_ups=True)
         elif self.burst:
             # `arq --burst` (and the tests) stop once the queue is empty: do not linger.
-            if running:
-                await asyncio.wait(running, timeout=IDLE_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            await self._first_of(running, IDLE_WAIT_SECONDS, wake_ups=False)
+        else:
+            await self._first_of(running, IDLE_WAIT_SECONDS, wake_ups=True)
+
+    async def _first_of(self, running: list[asyncio.Task[Any]], seconds: float, *, wake_ups: bool) -> None:
+        """Wait for a running job to end (it may have deferred itself), a wake-up, or the timeout.
+
+        The timeout is an asyncio timer, precise to the millisecond, so a job deferred to a moment
+        starts at that moment.
+        """
+        if seconds <= 0:
             return
-        # A wake token means a job was just queued; the next poll picks it up.
-        # redis-py types the timeout as int; Redis 6+ takes fractions of a second.
-        await cast(Awaitable[Any], self.pool.blpop([WAKE_KEY], timeout=cast(int, timeout)))
+        waits: list[asyncio.Future[Any]] = list(running)
+        woken = asyncio.ensure_future(self._woken.wait()) if wake_ups else None
+        if woken is not None:
+            waits.append(woken)
+        if waits:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(seconds)
+        if woken is not None:
+            woken.cancel()
+
+    async def _listen_for_wake_ups(self) -> None:
+        """Hold one BLPOP on the wake list for the worker's life, turning tokens into an event.
+
+        A long-lived listener, rather than a BLPOP per wait, is never cancelled mid-command (which
+        would cost a reconnect) and leaves timing to asyncio: Redis ends blocking commands only on
+        its 100 ms timer tick. A worker with no free slot leaves tokens to workers that have one.
+        """
+        while True:
+            if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                token = await cast(Awaitable[Any], self.pool.blpop([WAKE_KEY], timeout=1))
+            except (RedisError, OSError):
+                await asyncio.sleep(OUTAGE_BACKOFF_SECONDS)
+                continue
+            if token:
+                self._woken.set()
+
+    async def close(self) -> None:
+        """Stop the wake-up listener, then close as arq does."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await super().close()
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """SIGTERM: stop picking, let running jobs finish within the grace period, then exit.

@@ -18,6 +18,7 @@ concurrency slot for long nor polls Redis.
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 
 import structlog
@@ -82,6 +83,15 @@ class SlotTooFar(Exception):
     def __init__(self, wait: float) -> None:
         super().__init__(f"next AI slot in {wait:.3f}s")
         self.wait = wait
+
+    @property
+    def defer(self) -> float:
+        """How long to defer the job: the wait, spread over the inline window.
+
+        Jobs deferred together would otherwise all come back at the same free moment, one would
+        get it, and the rest would be deferred again and again.
+        """
+        return self.wait + random.uniform(0.0, MAX_INLINE_WAIT_SECONDS)
 
 
 class RateLimiter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -79,6 +80,10 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["progress_sweep"] = asyncio.create_task(
         progress.sweep_forever(ctx["redis"], ctx["deps"].slack, settings.progress_after_seconds)
     )
+    # Everything imported so far lives as long as the process: keep it out of the collector, so a
+    # full collection cannot stall the loop between a rate-limit grant and its request.
+    gc.collect()
+    gc.freeze()
     log.info("worker.started", concurrency=settings.worker_concurrency, model=settings.anthropic_model)
 
 
