@@ -126,6 +126,15 @@ async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "intera
     return bool(queued)
 
 
+async def wake_workers(redis: ArqRedis, count: int) -> None:
+    """Push ``count`` wake-up tokens, so idle workers look at the queue now."""
+    if count > 0:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(WAKE_KEY, *["1"] * count)
+            pipe.ltrim(WAKE_KEY, 0, WAKE_TOKENS - 1)
+            await pipe.execute()
+
+
 async def redis_answers(redis: ArqRedis) -> bool:
     """True when Redis answers PING within ENQUEUE_TIMEOUT_SECONDS."""
     try:

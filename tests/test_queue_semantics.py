@@ -162,7 +162,10 @@ def test_retention_keeps_only_the_newest_completed_and_failed_jobs(
     fake_anthropic: FakeAnthropic,
     redis_client: redis.Redis,
 ) -> None:
-    settings = settings_from({**env, "RETAIN_COMPLETED_JOBS": "3", "RETAIN_FAILED_JOBS": "2"})
+    # One at a time, so jobs finish (and are recorded) in the order they were asked.
+    settings = settings_from(
+        {**env, "RETAIN_COMPLETED_JOBS": "3", "RETAIN_FAILED_JOBS": "2", "WORKER_CONCURRENCY": "1"}
+    )
     for n in range(5):
         commands.send(web, f"good question {n}")
     drain(settings)

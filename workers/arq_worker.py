@@ -73,6 +73,18 @@ class AsklaneWorker(arq.worker.Worker):
             self._redis_down = False
             log.info("redis.reconnected")
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Start due jobs, unless the rate limiter has no slot for them yet."""
+        if self._held_for() > 0:
+            return
+        await super().start_jobs(job_ids)
+
+    def _held_for(self) -> float:
+        # The answer job's limiter (workers/ratelimit.py) records when its next slot is near.
+        deps = self.ctx.get("deps")
+        limiter = getattr(deps, "limiter", None)
+        return max(0.0, float(getattr(limiter, "no_slot_until", 0.0)) - time.monotonic())
+
     async def _wait_for_work(self, polled_at_ms: float) -> None:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen_for_wake_ups())
@@ -80,6 +92,10 @@ class AsklaneWorker(arq.worker.Worker):
         if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
             # Nothing can start until a running job ends (or, when stopping, at all).
             await self._first_of(running, IDLE_WAIT_SECONDS, wake_ups=False)
+            return
+        held = self._held_for()
+        if held > 0:
+            await self._first_of([], min(held, IDLE_WAIT_SECONDS), wake_ups=False)
             return
         upcoming = await cast(
             Awaitable[list[tuple[bytes, float]]],

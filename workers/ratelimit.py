@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 
 import structlog
@@ -33,6 +34,9 @@ PAUSE_KEY = "asklane:ratelimit:pause"
 #: request reaching Anthropic (a process's first request opens its connection). It costs 2% of
 #: the rate: at most 97.9% of JOBS_PER_SECOND is granted.
 WINDOW_US = 1_020_000
+
+#: A job woken later than this after its booked moment books again rather than call late.
+LATE_TOLERANCE_SECONDS = 0.010
 
 #: Bookings nearer than this are slept out inside the job; farther ones defer the job instead.
 MAX_INLINE_WAIT_SECONDS = 1.0
@@ -105,22 +109,38 @@ class RateLimiter:
         self._window_us = WINDOW_US if per_second >= 1 else int(WINDOW_US / per_second)
         self._book = redis.register_script(_BOOK)
         self._pause = redis.register_script(_PAUSE)
+        #: Monotonic time before which a newly started job would only be deferred again.
+        self.no_slot_until = 0.0
 
     async def wait_for_slot(self) -> None:
         """Return at the booked moment of an AI call, or raise SlotTooFar.
 
         The caller must start its AI request right after this returns, with no other await.
         """
-        member = uuid.uuid4().hex
-        booked, wait_us = await self._book(
-            keys=[WINDOW_KEY, PAUSE_KEY],
-            args=[self._limit, self._window_us, int(MAX_INLINE_WAIT_SECONDS * 1_000_000), member],
-        )
-        wait = int(wait_us) / 1_000_000
-        if not booked:
-            raise SlotTooFar(wait)
-        if wait > 0:
+        while True:
+            booked, wait_us = await self._book(
+                keys=[WINDOW_KEY, PAUSE_KEY],
+                args=[
+                    self._limit,
+                    self._window_us,
+                    int(MAX_INLINE_WAIT_SECONDS * 1_000_000),
+                    uuid.uuid4().hex,
+                ],
+            )
+            wait = int(wait_us) / 1_000_000
+            if not booked:
+                # Tell this process's worker loop to leave the backlog alone until a slot is near,
+                # instead of starting job after job that can only defer itself.
+                self.no_slot_until = time.monotonic() + max(0.0, wait - MAX_INLINE_WAIT_SECONDS / 2)
+                raise SlotTooFar(wait)
+            if wait <= 0:
+                return
+            due = time.monotonic() + wait
             await asyncio.sleep(wait)
+            if time.monotonic() - due <= LATE_TOLERANCE_SECONDS:
+                return
+            # Woken late (a busy CPU): a request sent now could share a second with a call booked
+            # one window after ours. Book afresh; the stale booking still counts, conservatively.
 
     async def pause(self, seconds: float, reason: str) -> None:
         """Hold every worker's new AI calls for ``seconds``; logs once per pause, not per job."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from typing import Any
@@ -13,11 +14,12 @@ from arq.worker import func
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.job import ANSWER_JOB, deserialize, serialize
 from app.logs import configure_logging
-from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings
+from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings, wake_workers
 from app.settings import Settings
 from workers import progress
 from workers.ai import Claude
@@ -95,6 +97,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     deps: WorkerDeps | None = ctx.get("deps")
     if deps is not None:
         await deps.claude.close()
+    # Jobs cut off by the grace period are back in the queue by now; let idle workers take them
+    # at once rather than at their next look.
+    with contextlib.suppress(RedisError, OSError):
+        await wake_workers(ctx["redis"], ctx["settings"].worker_concurrency)
     log.info("worker.stopped")
 
 
