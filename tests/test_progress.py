@@ -52,10 +52,10 @@ def test_interim_updates_never_exceed_two_per_question(
     drain(settings)
 
     posts = _posts_to(fake_slack, form["response_url"])
+    # Three retries, each worth an update, but only two are spent: Slack allows five posts to a
+    # response_url, and the answer must still have room for a retry of its own post.
     assert len(posts) == MAX_INTERIM_UPDATES + 1
     assert posts[-1] == "Answer to: what is a p99?"
-    # Slack allows five posts to a response_url: the answer still had room for a retry.
-    assert len(posts) <= 5 - 1
 
 
 def test_a_question_waiting_in_the_queue_is_told_where_it_stands(
@@ -71,7 +71,9 @@ def test_a_question_waiting_in_the_queue_is_told_where_it_stands(
     for form in forms:
         commands.send(web, form=form)
 
-    wait_until(lambda: len(fake_slack.delivered()) >= 3 + 2, timeout=20)
+    wait_until(
+        lambda: sum(post["text"].startswith("Answer to:") for post in fake_slack.delivered()) == 3, timeout=20
+    )
 
     last = _posts_to(fake_slack, forms[2]["response_url"])
     assert "queued behind 1 other question" in last[0]

@@ -13,6 +13,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from app import messages
 from app.job import AskJob
@@ -84,19 +85,30 @@ async def answer_question(ctx: dict[str, Any], payload: object) -> str:
     with structlog.contextvars.bound_contextvars(
         job_id=job.job_id, team=job.team_id, user=job.user_id, reference=job.reference, run=run
     ):
-        if await store.was_delivered(deps.redis, job.job_id):
-            log.info("job.already_delivered")
-            return "already-delivered"
-        async with lease(deps.redis, job.job_id) as predecessor:
-            if predecessor is not None:
-                await deps.events.emit(
-                    "job.stalled",
-                    level="warning",
-                    job_id=job.job_id,
-                    dead_worker=predecessor.get("worker"),
-                    recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
-                )
-            return await _run(job, deps, run, ctx["score"])
+        try:
+            return await _run_with_lease(job, deps, run, ctx["score"])
+        except RedisError as error:
+            # Redis failed outside the retry policy (which itself needs Redis): try the whole job
+            # again shortly, uncounted, rather than let arq fail it without telling anyone.
+            log.warning("job.redis_unavailable", error=type(error).__name__, detail=str(error))
+            raise Retry(defer=deps.settings.job_retry_base_seconds) from error
+
+
+async def _run_with_lease(job: AskJob, deps: WorkerDeps, run: int, score: int) -> str:
+    """Skip a job already answered; otherwise run it under its lease, noting a stalled predecessor."""
+    if await store.was_delivered(deps.redis, job.job_id):
+        log.info("job.already_delivered")
+        return "already-delivered"
+    async with lease(deps.redis, job.job_id) as predecessor:
+        if predecessor is not None:
+            await deps.events.emit(
+                "job.stalled",
+                level="warning",
+                job_id=job.job_id,
+                dead_worker=predecessor.get("worker"),
+                recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
+            )
+        return await _run(job, deps, run, score)
 
 
 async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int) -> str:
@@ -120,6 +132,9 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int) -> str:
         raise Retry(defer=defer) from None
     except TimeoutError as error:
         failure: Exception = TransientError("job timed out")
+        failure.__cause__ = error
+    except RedisError as error:
+        failure = TransientError(f"redis {type(error).__name__}")
         failure.__cause__ = error
     except JobError as error:
         failure = error

@@ -77,7 +77,20 @@ class AsklaneWorker(arq.worker.Worker):
         """Start due jobs, unless the rate limiter has no slot for them yet."""
         if self._held_for() > 0:
             return
-        await super().start_jobs(job_ids)
+        try:
+            await super().start_jobs(job_ids)
+        except (RedisError, OSError):
+            # arq takes a slot (semaphore and job_counter) before its WATCH/MULTI and does not
+            # give it back when Redis fails there; recount from the jobs actually running.
+            self._recount_slots()
+            raise
+
+    def _recount_slots(self) -> None:
+        running = sum(1 for task in self.tasks.values() if not task.done())
+        self.job_counter = running
+        self.sem = asyncio.BoundedSemaphore(self.max_jobs + 1)
+        # Each running job releases one permit when it ends (arq's done-callback).
+        self.sem._value -= running  # no public way to take permits without awaiting
 
     def _held_for(self) -> float:
         # The answer job's limiter (workers/ratelimit.py) records when its next slot is near.

@@ -73,7 +73,9 @@ async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: AskJob, ahead:
 async def sweep_once(redis: ArqRedis, slack: SlackDelivery, wait_after: float) -> None:
     """Tell every question waiting ``wait_after`` seconds or more, not yet told, where it stands."""
     # One worker sweeps per period, however many there are.
-    if not await redis.set(_SWEEP_LOCK, 1, nx=True, px=int(SWEEP_EVERY_SECONDS * 1000)):
+    # The lock ends a little before the next sweep is due, so the worker that holds it can
+    # always sweep again on time.
+    if not await redis.set(_SWEEP_LOCK, 1, nx=True, px=int(SWEEP_EVERY_SECONDS * 900)):
         return
     now_ms = time.time() * 1000
     head = await cast(

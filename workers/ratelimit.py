@@ -69,7 +69,8 @@ redis.call('PEXPIREAT', KEYS[1], math.floor((at + window) / 1000) + 1000)
 return {1, at - now}
 """
 
-# KEYS: pause key.  ARGV: pause_us.  Returns 1 when this call moved the pause later.
+# KEYS: pause key.  ARGV: pause_us.  Returns 1 when this call started a pause (none was in
+# force), 0 when it only moved one later or changed nothing: one log line per pause, not per job.
 _PAUSE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -77,6 +78,7 @@ local until_us = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if until_us <= current then return 0 end
 redis.call('SET', KEYS[1], until_us, 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 1000)
+if current > now then return 0 end
 return 1
 """
 
