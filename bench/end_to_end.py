@@ -15,12 +15,9 @@ How: a private redis-server, the fake Slack and fake Anthropic servers, the web 
 command's answer (matched on its response_url, unique per command), then the next. The fake
 Anthropic is scripted with one reply per command, delayed by ``--fake-ai-latency`` seconds.
 
-arq workers look for new jobs every ``poll_delay`` seconds (0.5 s by default, which WorkerSettings
-does not change), so with an instant AI most of the end-to-end time is a job waiting for the next
-poll. Because the next command is sent as soon as the previous answer lands, and the worker's polls
-tick at a fixed period, back-to-back commands would all arrive at the same phase of the poll cycle
-and see the same wait; a random pause of up to ``--gap`` seconds before each command spreads the
-arrivals over the cycle, as real users' are. ``--gap 0`` shows the phase-locked case.
+Workers are woken by every enqueue (workers/arq_worker.py) rather than polling, so queue wait is a
+millisecond or two. A random pause of up to ``--gap`` seconds before each command spreads arrivals
+as real users' are; it mattered when arq polled on a fixed 0.5 s cycle and is kept for comparison.
 
 Run from the repo root: ``.venv/bin/python bench/end_to_end.py [--commands M] [--fake-ai-latency S]``.
 Exits non-zero when any ack was wrong or any answer was lost, wrong, or arrived more than once.
@@ -30,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import inspect
 import json
 import random
 import shutil
@@ -42,15 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from arq.worker import Worker
 from harness import FakeAnthropic, FakeSlack, RedisServer, WebProcess, deployment_env, percentile
 
 from app.job import job_id_for
-from tests.conftest import SlashCommands, WorkerProcess, settings_from, signature_headers
+from tests.conftest import SlashCommands, WorkerProcess, signature_headers
 from tests.fakes.anthropic import MESSAGES, message
 from tests.fakes.server import Reply
 from tests.fakes.slack import POST_EPHEMERAL, RESPONSE
-from workers.worker import worker_settings
 
 WORKING = "Working on it"
 
@@ -74,14 +68,6 @@ def worker_queue_waits(log: str) -> dict[str, int]:
             continue
         waits[event["job_id"]] = int(event["queued_ms"])
     return waits
-
-
-def effective_poll_delay(env: dict[str, str]) -> tuple[float, bool]:
-    """The worker's poll_delay and whether it is arq's default (not set by worker_settings)."""
-    configured = worker_settings(settings_from(env))
-    if "poll_delay" in configured:
-        return float(configured["poll_delay"]), False
-    return float(inspect.signature(Worker).parameters["poll_delay"].default), True
 
 
 def main() -> int:
@@ -221,12 +207,6 @@ def main() -> int:
         )
     print()
     print(f"answered {len(samples)}/{args.commands}, errors {len(errors)}")
-    poll_delay, is_default = effective_poll_delay(env)
-    origin = "arq's default; WorkerSettings does not set it" if is_default else "set by WorkerSettings"
-    print(
-        f"note: the worker polls Redis every {poll_delay:g} s ({origin}). A new job waits for the next "
-        "poll, up to that long; with a fast AI that wait dominates end-to-end time."
-    )
     if errors:
         print()
         print(f"logs kept in {workdir}")

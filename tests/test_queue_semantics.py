@@ -358,3 +358,27 @@ def test_a_used_up_rate_limit_header_slows_every_call_down_before_a_429(
 
     first, second = (request.at for request in fake_anthropic.received(MESSAGES))
     assert second - first >= 1.0
+
+
+def test_a_job_that_kills_its_worker_again_is_given_up_with_a_message(
+    settings: Settings,
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    redis_client: redis.Redis,
+) -> None:
+    # What a worker SIGKILLed mid-job leaves behind, the second time: its run marker, and the
+    # stall already counted when the first crash was recovered.
+    job = _ask_job(commands, "the question that crashes workers")
+    _enqueue_all(settings, [(job, "interactive")])
+    redis_client.set(
+        f"asklane:running:{job.job_id}", json.dumps({"worker": "dead:1", "heartbeat": time.time()})
+    )
+    redis_client.set(f"asklane:failures:stalled:{job.job_id}", 1)
+
+    worker = drain(settings)
+
+    assert worker.jobs_failed == 1
+    assert fake_anthropic.calls == []
+    [text] = [post["text"] for post in fake_slack.delivered()]
+    assert "crashed the assistant twice" in text

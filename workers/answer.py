@@ -6,7 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from arq import Retry
@@ -26,11 +26,12 @@ from workers.events import JobEvents
 from workers.formatting import answer_message
 from workers.lease import lease
 from workers.ratelimit import RateLimiter, SlotTooFar
-from workers.retry import retry_delay, should_retry, too_old_to_wait
+from workers.retry import MAX_STALLS, retry_delay, should_retry, too_old_to_wait
 
 log = structlog.get_logger(__name__)
 
 TOO_OLD_REASON = "the question waited too long in the queue. Please ask again."
+CRASHED_REASON = "answering it crashed the assistant twice, so it was given up. Please try rephrasing."
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,12 @@ async def _run_with_lease(job: AskJob, deps: WorkerDeps, run: int, score: int) -
                 dead_worker=predecessor.get("worker"),
                 recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
             )
+            if await store.record_failure(deps.redis, job.job_id, "stalled") > MAX_STALLS:
+                # A job that kills its worker every time would otherwise be re-run until it is too old.
+                crashed = PermanentError(
+                    f"worker died {MAX_STALLS + 1} times running it", reason=CRASHED_REASON
+                )
+                await _fail(job, deps, run, crashed, Timings())
         return await _run(job, deps, run, score)
 
 
@@ -173,6 +180,11 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int) -> str:
                     reason=str(failure),
                 )
                 raise Retry(defer=await _tell_user_we_retry(job, deps, delay)) from failure
+    await _fail(job, deps, run, failure, timings)
+
+
+async def _fail(job: AskJob, deps: WorkerDeps, run: int, failure: Exception, timings: Timings) -> NoReturn:
+    """Tell the user, keep the failed-job record, and fail the job in arq with its cause."""
     await _tell_user_it_failed(job, deps, failure)
     await _retain(
         deps,

@@ -10,6 +10,7 @@
 | 529)             | (the shared pause in :mod:`workers.ratelimit`)                          |
 | SlotTooFar       | wait for the rate limiter: deferred, not counted as a failure           |
 | PermanentError   | fail now                                                                |
+| worker died      | re-run by another worker (job.stalled); after MAX_STALLS re-runs, fail  |
 | anything else    | a bug: fail now                                                         |
 
 "fail" means the user gets an error message with a reference id and the job is recorded as
@@ -29,6 +30,10 @@ from workers.errors import TransientError
 #: Slack's response_url lives 30 minutes; an answer later than this could not reach the user the
 #: way they asked, so a job that would still be retrying by then gives up and says so.
 MAX_JOB_AGE_SECONDS = 25 * 60
+
+#: Re-runs after the job's worker died mid-job (job.stalled); one more crash fails the job, as
+#: BullMQ's maxStalledCount does.
+MAX_STALLS = 1
 
 #: arq's own try limit, only a backstop: the policy above decides when a job has failed, and
 #: arq's "max retries exceeded" would fail a job silently.

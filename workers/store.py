@@ -15,8 +15,9 @@ from pydantic import BaseModel
 STATE_TTL_SECONDS = 2 * 3600
 
 
-#: Failures are counted per phase: a generated answer gets its own retries to reach Slack.
-Phase = Literal["ai", "delivery"]
+#: Failures are counted per phase: a generated answer gets its own retries to reach Slack, and
+#: crashes of the job's worker are counted apart from both.
+Phase = Literal["ai", "delivery", "stalled"]
 
 
 class StoredAnswer(BaseModel):
