@@ -37,7 +37,32 @@ Priority = Literal["interactive", "background"]
 PRIORITY_OFFSET_MS: dict[Priority, int] = {"interactive": 10**12, "background": 0}
 _LAST_SCORE_KEY = "asklane:queue:last-score"
 
-# KEYS: job, result, queue, last score of the level, wake list.
+#: Ids of queued interactive jobs. arq re-scores a retried or deferred job to "now + delay",
+#: which drops it out of the interactive lane; workers put it back when it comes due
+#: (:data:`PROMOTE_DUE_INTERACTIVE`).
+INTERACTIVE_KEY = "asklane:queue:interactive"
+
+# KEYS: queue, interactive ids.  ARGV: offset ms.  Moves interactive jobs that are due but
+# scored in the background lane back ahead of it; forgets ids no longer queued.
+PROMOTE_DUE_INTERACTIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local offset = tonumber(ARGV[1])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if not score then
+    redis.call('SREM', KEYS[2], id)
+  else
+    score = tonumber(score)
+    if score > now - offset / 2 and score <= now then
+      redis.call('ZADD', KEYS[1], 'XX', string.format('%.3f', score - offset), id)
+    end
+  end
+end
+return 0
+"""
+
+# KEYS: job, result, queue, last score of the level, wake list, interactive job ids.
 # ARGV: serialized job, job id, priority offset ms, job expiry ms, wake tokens kept.
 # arq's own enqueue, plus a score that is strictly increasing within a level and a wake token.
 _ENQUEUE = """
@@ -50,6 +75,7 @@ local text = string.format('%.3f', score)
 redis.call('SET', KEYS[4], text, 'PX', 86400000)
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[3], text, ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('SADD', KEYS[6], ARGV[2]) end
 redis.call('LPUSH', KEYS[5], '1')
 redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
 return 1
@@ -112,6 +138,7 @@ async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "intera
         default_queue_name,
         f"{_LAST_SCORE_KEY}:{priority}",
         WAKE_KEY,
+        INTERACTIVE_KEY,
         body,
         job.job_id,
         PRIORITY_OFFSET_MS[priority],
@@ -120,7 +147,7 @@ async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "intera
     ]
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-            queued = await cast(Awaitable[int], redis.eval(_ENQUEUE, 5, *keys_and_args))
+            queued = await cast(Awaitable[int], redis.eval(_ENQUEUE, 6, *keys_and_args))
     except (RedisError, OSError, TimeoutError) as error:
         raise QueueUnavailable(type(error).__name__) from error
     return bool(queued)

@@ -16,7 +16,15 @@ import redis
 from starlette.testclient import TestClient
 
 from app.job import AskJob
-from app.queue import WAKE_KEY, WAKE_TOKENS, enqueue_ask, open_redis
+from app.queue import (
+    INTERACTIVE_KEY,
+    PRIORITY_OFFSET_MS,
+    PROMOTE_DUE_INTERACTIVE,
+    WAKE_KEY,
+    WAKE_TOKENS,
+    enqueue_ask,
+    open_redis,
+)
 from app.settings import Settings
 from tests.conftest import RedisServer, SlashCommands, WorkerProcess, drain, settings_from, wait_until
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
@@ -330,6 +338,12 @@ def test_every_key_a_job_leaves_in_redis_expires_or_is_capped(
         commands.send(web, f"question {n}")
     drain(settings)
 
+    # The set of queued interactive ids is kept bounded by pruning, which every worker loop runs;
+    # once more here, after the last job, it must leave nothing behind.
+    redis_client.eval(
+        PROMOTE_DUE_INTERACTIVE, 2, "arq:queue", INTERACTIVE_KEY, PRIORITY_OFFSET_MS["interactive"]
+    )
+    assert not redis_client.exists(INTERACTIVE_KEY)
     capped = {COMPLETED_KEY, FAILED_KEY, WAKE_KEY}
     for key in (k.decode() for k in redis_client.scan_iter()):
         # -2: it expired between SCAN and PTTL, which is the point.
@@ -382,3 +396,22 @@ def test_a_job_that_kills_its_worker_again_is_given_up_with_a_message(
     assert fake_anthropic.calls == []
     [text] = [post["text"] for post in fake_slack.delivered()]
     assert "crashed the assistant twice" in text
+
+
+def test_an_interactive_job_keeps_its_priority_after_a_retry(
+    env: dict[str, str], commands: SlashCommands, fake_anthropic: FakeAnthropic
+) -> None:
+    settings = settings_from({**env, "WORKER_CONCURRENCY": "1", "JOBS_PER_SECOND": "1000"})
+    urgent = _ask_job(commands, "urgent")
+    background = [_ask_job(commands, f"background {n}") for n in range(20)]
+    _enqueue_all(settings, [(urgent, "interactive")] + [(job, "background") for job in background])
+    fake_anthropic.default_delay = 0.05
+    fake_anthropic.script(MESSAGES, error(529, "overloaded_error", retry_after=0.2))
+
+    drain(settings)
+
+    asked = [call["messages"][0]["content"] for call in fake_anthropic.calls]
+    assert asked[0] == "urgent"
+    # Its retry comes due after about 0.2 s of 50 ms background calls: it must start then, not
+    # after all twenty (arq alone would re-score it into the background lane).
+    assert asked.index("urgent", 1) <= 8

@@ -29,7 +29,7 @@ import arq.worker
 import structlog
 from redis.exceptions import RedisError
 
-from app.queue import WAKE_KEY
+from app.queue import INTERACTIVE_KEY, PRIORITY_OFFSET_MS, PROMOTE_DUE_INTERACTIVE, WAKE_KEY
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,7 @@ class AsklaneWorker(arq.worker.Worker):
         self._stopping = False
         self._woken = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        self._promote: Any = None
 
     async def _poll_iteration(self) -> None:
         # Read before arq's own poll: a job due between this reading and arq's is then seen as
@@ -61,6 +62,11 @@ class AsklaneWorker(arq.worker.Worker):
         polled_at_ms = time.time() * 1000
         self._woken.clear()
         try:
+            if self._promote is None:
+                self._promote = self.pool.register_script(PROMOTE_DUE_INTERACTIVE)
+            await self._promote(
+                keys=[self.queue_name, INTERACTIVE_KEY], args=[PRIORITY_OFFSET_MS["interactive"]]
+            )
             await super()._poll_iteration()
             await self._wait_for_work(polled_at_ms)
         except (RedisError, OSError) as error:
