@@ -83,6 +83,16 @@ return 1
 """
 
 
+# KEYS: pause key.  Returns the microseconds of pause left on Redis's clock, 0 when none.
+_PAUSED_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+if paused > now then return paused - now end
+return 0
+"""
+
+
 class SlotTooFar(Exception):
     """No AI slot within MAX_INLINE_WAIT_SECONDS; defer the job by ``wait`` without charging it."""
 
@@ -111,6 +121,7 @@ class RateLimiter:
         self._window_us = WINDOW_US if per_second >= 1 else int(WINDOW_US / per_second)
         self._book = redis.register_script(_BOOK)
         self._pause = redis.register_script(_PAUSE)
+        self._paused_for = redis.register_script(_PAUSED_FOR)
         #: Monotonic time before which a newly started job would only be deferred again.
         self.no_slot_until = 0.0
 
@@ -139,10 +150,14 @@ class RateLimiter:
                 return
             due = time.monotonic() + wait
             await asyncio.sleep(wait)
-            if time.monotonic() - due <= LATE_TOLERANCE_SECONDS:
+            if time.monotonic() - due > LATE_TOLERANCE_SECONDS:
+                # Woken late (a busy CPU): a request sent now could share a second with a call
+                # booked one window after ours. Book afresh; the stale booking still counts.
+                continue
+            # A pause may have begun while we slept (another worker met a 429): the booking
+            # stands only if none is in force now. This check is the grant; the call follows it.
+            if not int(await self._paused_for(keys=[PAUSE_KEY])):
                 return
-            # Woken late (a busy CPU): a request sent now could share a second with a call booked
-            # one window after ours. Book afresh; the stale booking still counts, conservatively.
 
     async def pause(self, seconds: float, reason: str) -> None:
         """Hold every worker's new AI calls for ``seconds``; logs once per pause, not per job."""

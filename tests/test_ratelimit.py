@@ -1,0 +1,37 @@
+"""The limiter itself, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from app.queue import open_redis
+from app.settings import Settings
+from workers.ratelimit import RateLimiter, SlotTooFar
+
+
+def test_a_call_booked_before_a_pause_waits_out_the_pause(settings: Settings) -> None:
+    async def run() -> None:
+        redis = open_redis(settings, timeout=5)
+        limiter = RateLimiter(redis, per_second=1)
+        await limiter.wait_for_slot()  # takes this second's only slot
+        with pytest.raises(SlotTooFar):
+            await limiter.wait_for_slot()  # the next is more than a second away: deferred
+        await asyncio.sleep(0.3)
+        # Now the next slot is under a second away: this call books it and sleeps inline...
+        booked = asyncio.create_task(limiter.wait_for_slot())
+        await asyncio.sleep(0.1)
+        # ...and meanwhile another worker meets a 429 with retry-after 2 s.
+        paused_at = time.monotonic()
+        await limiter.pause(2.0, "429 from Anthropic")
+        try:
+            await booked
+        except SlotTooFar:
+            pass  # deferred past the pause: also never called during it
+        else:
+            assert time.monotonic() - paused_at >= 2.0 - 0.02
+        await redis.aclose()
+
+    asyncio.run(run())
