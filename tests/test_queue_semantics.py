@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -415,3 +416,28 @@ def test_an_interactive_job_keeps_its_priority_after_a_retry(
     # Its retry comes due after about 0.2 s of 50 ms background calls: it must start then, not
     # after all twenty (arq alone would re-score it into the background lane).
     assert asked.index("urgent", 1) <= 8
+
+
+def test_a_run_whose_lease_was_taken_over_neither_posts_nor_fails(
+    env: dict[str, str],
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    redis_client: redis.Redis,
+) -> None:
+    # Renewals stall (say Redis hung) long enough for another worker to take the job over: the
+    # first run must then leave the answer to the new owner.
+    settings = settings_from({**env, "AI_TIMEOUT_SECONDS": "6", "JOB_TIMEOUT_SECONDS": "8"})
+    job = _ask_job(commands, "a slow question")
+    _enqueue_all(settings, [(job, "interactive")])
+    fake_anthropic.default_delay = 3.5  # longer than one lease renewal period (3 s)
+    marker = json.dumps({"worker": "other:1", "heartbeat": time.time(), "token": "someone-else"})
+    takeover = threading.Timer(1.0, lambda: redis_client.set(f"asklane:running:{job.job_id}", marker))
+    takeover.start()
+
+    worker = drain(settings)
+    takeover.join()
+
+    assert len(fake_anthropic.calls) == 1
+    assert fake_slack.delivered() == []
+    assert worker.jobs_failed == 0

@@ -24,7 +24,7 @@ from workers.delivery import SlackDelivery
 from workers.errors import DeliveryFailed, InvalidPayload, JobError, PermanentError, TransientError
 from workers.events import JobEvents
 from workers.formatting import answer_message
-from workers.lease import lease
+from workers.lease import Lease, lease
 from workers.ratelimit import RateLimiter, SlotTooFar
 from workers.retry import MAX_STALLS, retry_delay, should_retry, too_old_to_wait
 
@@ -55,6 +55,10 @@ class Timings:
     delivery_ms: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+
+
+class LeaseLost(Exception):
+    """This run's lease lapsed and another run has the job: stop without calling or posting."""
 
 
 class JobFailed(Exception):
@@ -100,7 +104,8 @@ async def _run_with_lease(job: AskJob, deps: WorkerDeps, run: int, score: int) -
     if await store.was_delivered(deps.redis, job.job_id):
         log.info("job.already_delivered")
         return "already-delivered"
-    async with lease(deps.redis, job.job_id) as predecessor:
+    async with lease(deps.redis, job.job_id) as held:
+        predecessor = held.predecessor
         if predecessor is not None:
             await deps.events.emit(
                 "job.stalled",
@@ -115,10 +120,10 @@ async def _run_with_lease(job: AskJob, deps: WorkerDeps, run: int, score: int) -
                     f"worker died {MAX_STALLS + 1} times running it", reason=CRASHED_REASON
                 )
                 await _fail(job, deps, run, crashed, Timings())
-        return await _run(job, deps, run, score)
+        return await _run(job, deps, run, score, held)
 
 
-async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int) -> str:
+async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int, held: Lease) -> str:
     settings = deps.settings
     timings = Timings(queued_ms=_ms_since(job.enqueued_at))
     await deps.events.emit("job.started", job_id=job.job_id, queued_ms=timings.queued_ms)
@@ -128,7 +133,10 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int) -> str:
         # Our own deadline sits inside arq's, so a timeout is a transient failure we handle
         # rather than arq failing the job silently.
         async with asyncio.timeout(settings.job_timeout_seconds):
-            via = await _answer_and_deliver(job, deps, timings)
+            via = await _answer_and_deliver(job, deps, timings, held)
+    except LeaseLost:
+        log.warning("job.abandoned", reason="another run has this job")
+        return "abandoned"
     except SlotTooFar as wait:
         # Waiting for the rate limiter is not a failure: no retry is used up.
         defer = wait.defer
@@ -209,9 +217,11 @@ async def _tell_user_we_retry(job: AskJob, deps: WorkerDeps, delay: float) -> fl
     return max(delay - (time.monotonic() - started), 0.0)
 
 
-async def _answer_and_deliver(job: AskJob, deps: WorkerDeps, timings: Timings) -> str:
+async def _answer_and_deliver(job: AskJob, deps: WorkerDeps, timings: Timings, held: Lease) -> str:
     stored = await store.load_answer(deps.redis, job.job_id)
     if stored is None:
+        if held.lost:
+            raise LeaseLost()
         await deps.limiter.wait_for_slot()
         # Nothing else may be awaited between the granted slot and the request.
         answer = await deps.claude.ask(job.text)
@@ -232,6 +242,9 @@ async def _answer_and_deliver(job: AskJob, deps: WorkerDeps, timings: Timings) -
         await store.save_answer(deps.redis, job.job_id, stored)
     else:
         log.info("job.answer_reused")
+    # Another run may have taken the job over while this one waited on Claude: one answer only.
+    if held.lost or await store.was_delivered(deps.redis, job.job_id):
+        raise LeaseLost()
     started = time.perf_counter()
     via = await deps.slack.send(job, answer_message(stored.text, cut_short=stored.cut_short))
     timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import structlog
@@ -37,40 +38,72 @@ def _marker_key(job_id: str) -> str:
     return f"asklane:running:{job_id}"
 
 
-async def _renew(redis: ArqRedis, job_id: str) -> None:
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.pexpire(in_progress_key_prefix + job_id, int(LEASE_SECONDS * 1000))
-        pipe.set(
-            _marker_key(job_id),
-            json.dumps({"worker": WORKER_ID, "heartbeat": time.time()}),
-            ex=MARKER_SECONDS,
+# KEYS: arq's in-progress key, run marker.  ARGV: owner token, new marker value, lease ms,
+# marker seconds.  Extends the lease only while the marker still names this run; 0 when another
+# run has taken the job over (this one's lease had lapsed).
+_RENEW = """
+local marker = redis.call('GET', KEYS[2])
+if marker and cjson.decode(marker)['token'] ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+return 1
+"""
+
+
+class Lease:
+    """This run's hold on a job."""
+
+    def __init__(self, redis: ArqRedis, job_id: str, predecessor: dict[str, object] | None) -> None:
+        self._redis = redis
+        self._job_id = job_id
+        self._token = uuid.uuid4().hex
+        self._renew = redis.register_script(_RENEW)
+        #: The dead predecessor's marker (``worker``, ``heartbeat`` as a Unix time) when this run
+        #: recovers a job whose worker died, else None.
+        self.predecessor = predecessor
+        #: True once another run has taken the job over; this one must then not call or post.
+        self.lost = False
+
+    async def renew(self) -> None:
+        """Extend the lease, or learn that it was lost."""
+        marker = json.dumps({"worker": WORKER_ID, "heartbeat": time.time(), "token": self._token})
+        held = await self._renew(
+            keys=[in_progress_key_prefix + self._job_id, _marker_key(self._job_id)],
+            args=[self._token, marker, int(LEASE_SECONDS * 1000), MARKER_SECONDS],
         )
-        await pipe.execute()
+        if not held and not self.lost:
+            self.lost = True
+            log.error("lease.lost", job_id=self._job_id)
 
+    async def keep_renewing(self) -> None:
+        """Renew every RENEW_EVERY_SECONDS until cancelled."""
+        while not self.lost:
+            await asyncio.sleep(RENEW_EVERY_SECONDS)
+            try:
+                await self.renew()
+            except Exception as error:  # a missed renewal is retried; the lease has slack for two
+                log.warning("lease.renew_failed", error=type(error).__name__)
 
-async def _keep_renewing(redis: ArqRedis, job_id: str) -> None:
-    while True:
-        await asyncio.sleep(RENEW_EVERY_SECONDS)
-        try:
-            await _renew(redis, job_id)
-        except Exception as error:  # a missed renewal is retried; the lease has slack for two
-            log.warning("lease.renew_failed", error=type(error).__name__)
+    async def release(self) -> None:
+        """Drop the run marker, if it is still ours."""
+        raw = await self._redis.get(_marker_key(self._job_id))
+        if raw and json.loads(raw).get("token") == self._token:
+            await self._redis.delete(_marker_key(self._job_id))
 
 
 @contextlib.asynccontextmanager
-async def lease(redis: ArqRedis, job_id: str) -> AsyncIterator[dict[str, object] | None]:
-    """Hold the job's lease while the block runs.
-
-    Yields the dead predecessor's marker (``worker``, ``heartbeat`` as a Unix time) when this run
-    recovers a job whose worker died, else None.
-    """
+async def lease(redis: ArqRedis, job_id: str) -> AsyncIterator[Lease]:
+    """Hold the job's lease while the block runs; the Lease tells of a dead predecessor."""
     previous = await redis.get(_marker_key(job_id))
-    await _renew(redis, job_id)
-    renewer = asyncio.create_task(_keep_renewing(redis, job_id))
+    # A predecessor's marker is taken over, not checked: it left it when its worker died.
+    await redis.delete(_marker_key(job_id))
+    held = Lease(redis, job_id, json.loads(previous) if previous else None)
+    await held.renew()
+    renewer = asyncio.create_task(held.keep_renewing())
     try:
-        yield json.loads(previous) if previous else None
+        yield held
     finally:
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
-        await redis.delete(_marker_key(job_id))
+        await held.release()
