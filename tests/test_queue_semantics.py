@@ -220,6 +220,7 @@ def test_lifecycle_events_reach_subscribed_hooks(
     assert [name for name, _ in seen] == ["job.started", "job.retrying", "job.started", "job.completed"]
     retrying = seen[1][1]
     assert retrying["attempt"] == 1 and retrying["delay_s"] == settings.job_retry_base_seconds
+    assert [fields["attempt"] for name, fields in seen if name == "job.started"] == [1, 2]
     completed = seen[3][1]
     assert completed["input_tokens"] == 12 and completed["ai_ms"] is not None
 

@@ -50,6 +50,7 @@ class WorkerDeps:
 class Timings:
     """What one run measured, for job.completed and the retention record."""
 
+    attempt: int = 1
     queued_ms: int | None = None
     ai_ms: float | None = None
     delivery_ms: float | None = None
@@ -83,7 +84,7 @@ async def answer_question(ctx: dict[str, Any], payload: object) -> str:
             permanent=True,
         )
         await _retain(
-            deps, ctx["job_id"], None, payload, run, "failed", Timings(), error=f"invalid payload {fields}"
+            deps, ctx["job_id"], None, payload, "failed", Timings(), error=f"invalid payload {fields}"
         )
         raise InvalidPayload(f"payload does not match AskJob: {fields}") from None
 
@@ -91,7 +92,7 @@ async def answer_question(ctx: dict[str, Any], payload: object) -> str:
         job_id=job.job_id, team=job.team_id, user=job.user_id, reference=job.reference, run=run
     ):
         try:
-            return await _run_with_lease(job, deps, run, ctx["score"])
+            return await _run_with_lease(job, deps, ctx["score"])
         except RedisError as error:
             # Redis failed outside the retry policy (which itself needs Redis): try the whole job
             # again shortly, uncounted, rather than let arq fail it without telling anyone.
@@ -99,7 +100,7 @@ async def answer_question(ctx: dict[str, Any], payload: object) -> str:
             raise Retry(defer=deps.settings.job_retry_base_seconds) from error
 
 
-async def _run_with_lease(job: AskJob, deps: WorkerDeps, run: int, score: int) -> str:
+async def _run_with_lease(job: AskJob, deps: WorkerDeps, score: int) -> str:
     """Skip a job already answered; otherwise run it under its lease, noting a stalled predecessor."""
     if await store.was_delivered(deps.redis, job.job_id):
         log.info("job.already_delivered")
@@ -119,14 +120,20 @@ async def _run_with_lease(job: AskJob, deps: WorkerDeps, run: int, score: int) -
                 crashed = PermanentError(
                     f"worker died {MAX_STALLS + 1} times running it", reason=CRASHED_REASON
                 )
-                await _fail(job, deps, run, crashed, Timings())
-        return await _run(job, deps, run, score, held)
+                await _fail(job, deps, crashed, Timings())
+        return await _run(job, deps, score, held)
 
 
-async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int, held: Lease) -> str:
+async def _run(job: AskJob, deps: WorkerDeps, score: int, held: Lease) -> str:
     settings = deps.settings
-    timings = Timings(queued_ms=_ms_since(job.enqueued_at))
-    await deps.events.emit("job.started", job_id=job.job_id, queued_ms=timings.queued_ms)
+    # Attempts that did work: earlier failed ones and this one (arq's try count also counts
+    # rate-limit deferrals and shutdown re-queues).
+    timings = Timings(
+        queued_ms=_ms_since(job.enqueued_at), attempt=await store.failure_count(deps.redis, job.job_id) + 1
+    )
+    await deps.events.emit(
+        "job.started", job_id=job.job_id, attempt=timings.attempt, queued_ms=timings.queued_ms
+    )
     try:
         if too_old_to_wait(job, 0):
             raise PermanentError("job older than MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON)
@@ -168,7 +175,7 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int, held: Lease)
             input_tokens=timings.input_tokens,
             output_tokens=timings.output_tokens,
         )
-        await _retain(deps, job.job_id, job, job.model_dump(mode="json"), run, "completed", timings, via=via)
+        await _retain(deps, job.job_id, job, job.model_dump(mode="json"), "completed", timings, via=via)
         return via
 
     if isinstance(failure, TransientError):
@@ -188,10 +195,10 @@ async def _run(job: AskJob, deps: WorkerDeps, run: int, score: int, held: Lease)
                     reason=str(failure),
                 )
                 raise Retry(defer=await _tell_user_we_retry(job, deps, delay)) from failure
-    await _fail(job, deps, run, failure, timings)
+    await _fail(job, deps, failure, timings)
 
 
-async def _fail(job: AskJob, deps: WorkerDeps, run: int, failure: Exception, timings: Timings) -> NoReturn:
+async def _fail(job: AskJob, deps: WorkerDeps, failure: Exception, timings: Timings) -> NoReturn:
     """Tell the user, keep the failed-job record, and fail the job in arq with its cause."""
     await _tell_user_it_failed(job, deps, failure)
     await _retain(
@@ -199,7 +206,6 @@ async def _fail(job: AskJob, deps: WorkerDeps, run: int, failure: Exception, tim
         job.job_id,
         job,
         job.model_dump(mode="json"),
-        run,
         "failed",
         timings,
         error=f"{type(failure).__name__}: {failure}",
@@ -284,7 +290,6 @@ async def _retain(
     job_id: str,
     job: AskJob | None,
     payload: object,
-    run: int,
     state: retention.State,
     timings: Timings,
     *,
@@ -297,7 +302,7 @@ async def _retain(
         reference=job.reference if job else None,
         state=state,
         payload=payload,
-        attempts=run,
+        attempts=timings.attempt,
         enqueued_at=job.enqueued_at if job else None,
         finished_at=datetime.now(UTC),
         queued_ms=timings.queued_ms,

@@ -50,6 +50,12 @@ async def save_answer(redis: ArqRedis, job_id: str, answer: StoredAnswer) -> Non
     await redis.set(_answer_key(job_id), answer.model_dump_json(), ex=STATE_TTL_SECONDS)
 
 
+async def failure_count(redis: ArqRedis, job_id: str) -> int:
+    """Transient failures this job has had so far, AI and delivery together."""
+    counts = await redis.mget([_failures_key(job_id, "ai"), _failures_key(job_id, "delivery")])
+    return sum(int(count) for count in counts if count)
+
+
 async def record_failure(redis: ArqRedis, job_id: str, phase: Phase) -> int:
     """Count one more transient failure in ``phase``; returns that phase's new count."""
     key = _failures_key(job_id, phase)
