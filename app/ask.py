@@ -15,6 +15,7 @@ from arq.connections import ArqRedis
 from pydantic import ValidationError
 
 from app import messages
+from app.events import JobEvents
 from app.job import AskJob, reference_for
 from app.messages import SlackMessage
 from app.queue import QueueUnavailable, enqueue_ask
@@ -36,7 +37,7 @@ def clean_question(text: str) -> str:
     return _CONTROL.sub("", text).strip()
 
 
-async def handle_ask(command: Mapping[str, Any], redis: ArqRedis) -> SlackMessage:
+async def handle_ask(command: Mapping[str, Any], redis: ArqRedis, events: JobEvents) -> SlackMessage:
     """Validate one slash command, queue its job, and return the message to ack with."""
     name = str(command.get("command") or "/ask")
     question = clean_question(str(command.get("text") or ""))
@@ -73,5 +74,15 @@ async def handle_ask(command: Mapping[str, Any], redis: ArqRedis) -> SlackMessag
     except QueueUnavailable as error:
         bound.error("command.queue_unavailable", error=str(error))
         return messages.unavailable(job.reference)
-    bound.info("job.enqueued" if queued else "command.duplicate", length=len(question))
+    if queued:
+        await events.emit(
+            "job.enqueued",
+            job_id=job.job_id,
+            team=job.team_id,
+            user=job.user_id,
+            reference=job.reference,
+            length=len(question),
+        )
+    else:
+        bound.info("command.duplicate", length=len(question))
     return messages.working_on_it(question)

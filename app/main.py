@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.events import JobEvents
 from app.logs import configure_logging
 from app.queue import open_redis, redis_answers
 from app.settings import Settings, load_settings
@@ -23,12 +24,15 @@ from app.slack_app import build_bolt_app
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """Build the ASGI app; with no settings given, read them from the environment."""
+def create_app(settings: Settings | None = None, events: JobEvents | None = None) -> Starlette:
+    """Build the ASGI app; with no settings given, read them from the environment.
+
+    ``events`` lets the caller subscribe hooks (``job.enqueued``) before requests arrive.
+    """
     settings = settings or load_settings()
     configure_logging(settings)
     redis = open_redis(settings)
-    slack = AsyncSlackRequestHandler(build_bolt_app(settings, redis))
+    slack = AsyncSlackRequestHandler(build_bolt_app(settings, redis, events or JobEvents()))
 
     async def slack_events(request: Request) -> Response:
         return await slack.handle(request)

@@ -13,6 +13,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from app import messages
 from app.ask import handle_ask
+from app.events import JobEvents
 from app.job import reference_for
 from app.settings import Settings
 
@@ -29,7 +30,7 @@ class _DropTokenIgnoredWarnings(logging.Filter):
         return not ("token" in message and ("will be unused" in message or "will be ignored" in message))
 
 
-def build_bolt_app(settings: Settings, redis: ArqRedis) -> AsyncApp:
+def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> AsyncApp:
     """Bolt app that verifies every request and answers the slash command."""
 
     async def authorize(enterprise_id: str | None, team_id: str | None, **_: Any) -> AuthorizeResult:
@@ -59,7 +60,7 @@ def build_bolt_app(settings: Settings, redis: ArqRedis) -> AsyncApp:
     @app.command(settings.slack_command)
     async def ask(ack: AsyncAck, command: dict[str, Any]) -> None:
         try:
-            reply = await handle_ask(command, redis)
+            reply = await handle_ask(command, redis, events)
         except Exception:
             reference = reference_for(str(command.get("trigger_id") or "unknown"))
             log.exception("command.crashed", reference=reference)

@@ -26,12 +26,12 @@ import redis
 from arq.worker import Worker
 from starlette.testclient import TestClient
 
+from app.events import JobEvents
 from app.main import create_app
 from app.settings import Settings
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
 from workers.arq_worker import AsklaneWorker
-from workers.events import JobEvents
 from workers.worker import worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from starlette.testclient import TestClient
 
+from app.events import JobEvents
 from app.job import AskJob
 from app.queue import (
     INTERACTIVE_KEY,
@@ -31,7 +32,6 @@ from tests.conftest import RedisServer, SlashCommands, WorkerProcess, drain, set
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
 from tests.fakes.server import Reply
 from tests.fakes.slack import RESPONSE, FakeSlack
-from workers.events import JobEvents
 from workers.retention import COMPLETED_KEY, FAILED_KEY
 
 

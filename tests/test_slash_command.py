@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from starlette.testclient import TestClient
 
 from app.ask import MAX_QUESTION_CHARS
+from app.events import JobEvents
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import (
@@ -192,3 +194,22 @@ def test_healthz_is_503_when_redis_is_unreachable(env: dict[str, str]) -> None:
         response = web.get("/healthz")
 
     assert response.status_code == 503
+
+
+def test_enqueueing_a_job_reaches_subscribed_hooks_once(settings: Settings, commands: SlashCommands) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def hook(event: str, fields: dict[str, Any]) -> None:
+        seen.append(fields)
+
+    events = JobEvents()
+    events.subscribe("job.enqueued", hook)
+    form = commands.form("what is a p99?")
+
+    with TestClient(create_app(settings, events)) as web:
+        commands.send(web, form=form)
+        commands.send(web, form=form)  # a re-delivery is no new job
+
+    [enqueued] = seen
+    assert enqueued["job_id"].startswith("ask-")
+    assert enqueued["team"] == "T0TEAM" and enqueued["user"] == "U0ASKER"

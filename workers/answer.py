@@ -16,13 +16,13 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from app import messages
+from app.events import JobEvents
 from app.job import AskJob
 from app.settings import Settings
 from workers import progress, retention, store
 from workers.ai import Claude
 from workers.delivery import SlackDelivery
 from workers.errors import DeliveryFailed, InvalidPayload, JobError, PermanentError, TransientError
-from workers.events import JobEvents
 from workers.formatting import answer_message
 from workers.lease import Lease, lease
 from workers.ratelimit import RateLimiter, SlotTooFar

@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.events import JobEvents
 from app.job import ANSWER_JOB, deserialize, serialize
 from app.logs import configure_logging
 from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings, wake_workers
@@ -26,7 +27,6 @@ from workers.ai import Claude
 from workers.answer import JobFailed, WorkerDeps, answer_question
 from workers.delivery import SLACK_TIMEOUT_SECONDS, SlackDelivery
 from workers.errors import InvalidPayload
-from workers.events import JobEvents
 from workers.ratelimit import RateLimiter
 from workers.retry import ARQ_MAX_TRIES
 

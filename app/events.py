@@ -1,9 +1,9 @@
 """Job lifecycle events: each is one structlog line and a call to any subscribed hooks.
 
-Events: ``job.started``, ``job.deferred`` (waiting for the rate limiter; not a failure),
-``job.retrying`` (attempt, delay, reason), ``job.completed`` (queued/AI/delivery durations,
-tokens), ``job.failed``, ``job.stalled`` (re-run after its worker died). ``job.enqueued`` is
-logged by the web process when it queues the job.
+The web process emits ``job.enqueued``; workers emit ``job.started``, ``job.deferred`` (waiting
+for the rate limiter; not a failure), ``job.retrying`` (attempt, delay, reason),
+``job.completed`` (queued/AI/delivery durations, tokens), ``job.failed`` and ``job.stalled``
+(re-run after its worker died).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger("workers.events")
+log = structlog.get_logger("app.events")
 
 #: A subscriber: called with the event name and its fields (job_id always among them).
 Hook = Callable[[str, dict[str, Any]], Awaitable[None]]
