@@ -35,7 +35,14 @@ from tests.fakes.slack import RESPONSE, FakeSlack
 from workers.retention import COMPLETED_KEY, FAILED_KEY
 
 
-def _max_in_any_window(times: list[float], window: float = 1.0) -> int:
+#: The limiter guarantees N per second at the moment it grants a slot; the fake sees each request
+#: a little later, by however long the OS takes to schedule the worker (up to ~20 ms on a busy
+#: 2-core CI machine). Windows a little under a second absorb that; a fixed-window limiter, which
+#: lets 2N through at a boundary, still fails them.
+JITTER_SECONDS = 0.025
+
+
+def _max_in_any_window(times: list[float], window: float = 1.0 - JITTER_SECONDS) -> int:
     times = sorted(times)
     best, first = 0, 0
     for last, at in enumerate(times):
