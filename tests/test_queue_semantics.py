@@ -34,7 +34,6 @@ from tests.fakes.server import Reply
 from tests.fakes.slack import RESPONSE, FakeSlack
 from workers.retention import COMPLETED_KEY, FAILED_KEY
 
-
 #: The limiter guarantees N per second at the moment it grants a slot; the fake sees each request
 #: a little later, by however long the OS takes to schedule the worker (up to ~20 ms on a busy
 #: 2-core CI machine). Windows a little under a second absorb that; a fixed-window limiter, which
