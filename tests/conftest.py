@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIGNING_SECRET = "fake-signing-secret-for-tests"
 BOT_TOKEN = "xoxb-fake-bot-token-for-tests"
 ANTHROPIC_KEY = "fake-anthropic-key-for-tests"
+DRAIN_TIMEOUT_SECONDS = 90
 
 
 def free_port() -> int:
@@ -313,7 +314,8 @@ def drain(settings: Settings, *, events: JobEvents | None = None) -> Worker:
             await worker.close()
         return worker
 
-    return asyncio.run(run())
+    # A bound, so a worker that never drains fails the test instead of hanging the whole run.
+    return asyncio.run(asyncio.wait_for(run(), DRAIN_TIMEOUT_SECONDS))
 
 
 class WorkerProcess:
