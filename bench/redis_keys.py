@@ -15,14 +15,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.job import AskJob  # noqa: E402
 from app.queue import enqueue_ask, open_redis  # noqa: E402
 from bench.harness import FakeAnthropic, FakeSlack, RedisServer, deployment_env  # noqa: E402
 from tests.conftest import SlashCommands, settings_from  # noqa: E402
@@ -44,17 +42,7 @@ def kind_of(key: str) -> str:
 async def enqueue(settings_env: dict[str, str], commands: SlashCommands, count: int) -> None:
     client = open_redis(settings_from(settings_env))
     for n in range(count):
-        form = commands.form(f"question {n}")
-        job = AskJob(
-            team_id=form["team_id"],
-            channel_id=form["channel_id"],
-            user_id=form["user_id"],
-            command="/ask",
-            text=form["text"],
-            response_url=form["response_url"],
-            trigger_id=form["trigger_id"],
-            enqueued_at=datetime.now(UTC),
-        )
+        job = commands.job(f"question {n}")
         await enqueue_ask(client, job)
     await client.aclose()
 

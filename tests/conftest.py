@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -27,6 +28,7 @@ from arq.worker import Worker
 from starlette.testclient import TestClient
 
 from app.events import JobEvents
+from app.job import AskJob
 from app.main import create_app
 from app.settings import Settings
 from tests.fakes.anthropic import FakeAnthropic
@@ -260,6 +262,20 @@ class SlashCommands:
         }
         form.update(fields)
         return form
+
+    def job(self, text: str, *, enqueued_at: datetime | None = None) -> AskJob:
+        """The AskJob the web process would queue for this command."""
+        form = self.form(text)
+        return AskJob(
+            team_id=form["team_id"],
+            channel_id=form["channel_id"],
+            user_id=form["user_id"],
+            command="/ask",
+            text=text,
+            response_url=form["response_url"],
+            trigger_id=form["trigger_id"],
+            enqueued_at=enqueued_at or datetime.now(UTC),
+        )
 
     def body(self, text: str, **fields: str) -> bytes:
         return urlencode(self.form(text, **fields)).encode()

@@ -237,17 +237,7 @@ def test_a_job_too_old_to_answer_in_time_tells_the_user(
     fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
-    form = commands.form("an old question")
-    job = AskJob(
-        team_id=form["team_id"],
-        channel_id=form["channel_id"],
-        user_id=form["user_id"],
-        command="/ask",
-        text=form["text"],
-        response_url=form["response_url"],
-        trigger_id=form["trigger_id"],
-        enqueued_at=datetime.now(UTC) - timedelta(minutes=40),
-    )
+    job = commands.job("an old question", enqueued_at=datetime.now(UTC) - timedelta(minutes=40))
 
     async def enqueue() -> None:
         client = open_redis(settings)
@@ -263,17 +253,7 @@ def test_a_job_too_old_to_answer_in_time_tells_the_user(
 
 
 def _ask_job(commands: SlashCommands, text: str) -> AskJob:
-    form = commands.form(text)
-    return AskJob(
-        team_id=form["team_id"],
-        channel_id=form["channel_id"],
-        user_id=form["user_id"],
-        command="/ask",
-        text=text,
-        response_url=form["response_url"],
-        trigger_id=form["trigger_id"],
-        enqueued_at=datetime.now(UTC),
-    )
+    return commands.job(text)
 
 
 def _enqueue_all(settings: Settings, jobs: list[tuple[AskJob, str]]) -> None:
