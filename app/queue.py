@@ -31,9 +31,13 @@ WAKE_TOKENS = 64
 Priority = Literal["interactive", "background"]
 
 #: Priorities share arq's one queue, ordered by score (milliseconds). An interactive job is
-#: scored as if queued this long earlier, so it starts before any background job; within a level
-#: scores come from Redis's clock and a per-level "last score" (below), so jobs queued in the same
-#: millisecond, from any web process, still start in the order they were queued.
+#: scored as if queued this long earlier, so it starts before any background job. Within a level
+#: a per-level "last score" (below) keeps scores strictly increasing in the order jobs reach
+#: Redis, so jobs queued in the same millisecond, from any web process, start in that order.
+#:
+#: Scores are on the hosts' clocks, as arq's own are: arq decides "due" and re-scores retries with
+#: the worker's clock, so a score from another clock (Redis's) would make a job late by the skew.
+#: The rate limiter, where a few milliseconds across workers matter, uses Redis's clock instead.
 PRIORITY_OFFSET_MS: dict[Priority, int] = {"interactive": 10**12, "background": 0}
 _LAST_SCORE_KEY = "asklane:queue:last-score"
 
@@ -42,12 +46,12 @@ _LAST_SCORE_KEY = "asklane:queue:last-score"
 #: (:data:`PROMOTE_DUE_INTERACTIVE`).
 INTERACTIVE_KEY = "asklane:queue:interactive"
 
-# KEYS: queue, interactive ids.  ARGV: offset ms.  Moves interactive jobs that are due but
-# scored in the background lane back ahead of it; forgets ids no longer queued.
+# KEYS: queue, interactive ids.  ARGV: offset ms, the worker's now in ms.  Moves interactive
+# jobs that are due but scored in the background lane back ahead of it; forgets ids no longer
+# queued.
 PROMOTE_DUE_INTERACTIVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local offset = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local score = redis.call('ZSCORE', KEYS[1], id)
   if not score then
@@ -63,12 +67,11 @@ return 0
 """
 
 # KEYS: job, result, queue, last score of the level, wake list, interactive job ids.
-# ARGV: serialized job, job id, priority offset ms, job expiry ms, wake tokens kept.
+# ARGV: serialized job, job id, priority offset ms, job expiry ms, wake tokens kept, now ms.
 # arq's own enqueue, plus a score that is strictly increasing within a level and a wake token.
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-local t = redis.call('TIME')
-local score = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - tonumber(ARGV[3])
+local score = tonumber(ARGV[6]) - tonumber(ARGV[3])
 local last = tonumber(redis.call('GET', KEYS[4]) or '0')
 if score <= last then score = last + 0.001 end
 local text = string.format('%.3f', score)
@@ -129,8 +132,9 @@ async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "intera
 
     Raises QueueUnavailable when Redis does not answer within ENQUEUE_TIMEOUT_SECONDS.
     """
+    now_ms = time.time() * 1000
     body = serialize_job(
-        ANSWER_JOB, (job.model_dump(mode="json"),), {}, None, int(time.time() * 1000), serializer=serialize
+        ANSWER_JOB, (job.model_dump(mode="json"),), {}, None, int(now_ms), serializer=serialize
     )
     keys_and_args: list[Any] = [
         job_key_prefix + job.job_id,
@@ -144,6 +148,7 @@ async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "intera
         PRIORITY_OFFSET_MS[priority],
         expires_extra_ms,
         WAKE_TOKENS,
+        f"{now_ms:.3f}",
     ]
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):

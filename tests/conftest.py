@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import io
 import os
 import shutil
 import signal
@@ -320,18 +321,42 @@ def ack_text(response: httpx.Response) -> str:
 
 
 def drain(settings: Settings, *, events: JobEvents | None = None) -> Worker:
-    """Run a real worker in this process until the queue (retries included) is empty."""
+    """Run a real worker in this process until the queue (retries included) is empty.
+
+    Bounded, so a worker that never drains fails the test instead of hanging the whole run, and
+    the failure shows where every task of the loop was waiting.
+    """
 
     async def run() -> Worker:
         worker = AsklaneWorker(**worker_settings(settings, events), burst=True, handle_signals=False)
         try:
-            await worker.async_run()
+            await asyncio.wait_for(worker.async_run(), DRAIN_TIMEOUT_SECONDS)
+        except TimeoutError:
+            pytest.fail(f"worker did not drain in {DRAIN_TIMEOUT_SECONDS} s; tasks:\n{_task_stacks()}")
         finally:
-            await worker.close()
+            await asyncio.wait_for(worker.close(), 10)
         return worker
 
-    # A bound, so a worker that never drains fails the test instead of hanging the whole run.
-    return asyncio.run(asyncio.wait_for(run(), DRAIN_TIMEOUT_SECONDS))
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        # asyncio.run would wait unboundedly for leftover tasks to take their cancellation.
+        leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            _, stuck = loop.run_until_complete(asyncio.wait(leftovers, timeout=10))
+            assert not stuck, f"tasks ignored cancellation:\n{_task_stacks(loop)}"
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _task_stacks(loop: asyncio.AbstractEventLoop | None = None) -> str:
+    out = io.StringIO()
+    for task in asyncio.all_tasks(loop):
+        task.print_stack(file=out)
+    return out.getvalue()
 
 
 class WorkerProcess:

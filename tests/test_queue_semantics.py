@@ -13,7 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
+from arq.worker import Worker
 from starlette.testclient import TestClient
 
 from app.events import JobEvents
@@ -32,7 +34,9 @@ from tests.conftest import RedisServer, SlashCommands, WorkerProcess, drain, set
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
 from tests.fakes.server import Reply
 from tests.fakes.slack import RESPONSE, FakeSlack
+from workers import arq_worker
 from workers.retention import COMPLETED_KEY, FAILED_KEY
+from workers.worker import worker_settings
 
 #: The limiter guarantees N per second at the moment it grants a slot; the fake sees each request
 #: a little later, by however long the OS takes to schedule the worker (up to ~20 ms on a busy
@@ -329,7 +333,12 @@ def test_every_key_a_job_leaves_in_redis_expires_or_is_capped(
     # The set of queued interactive ids is kept bounded by pruning, which every worker loop runs;
     # once more here, after the last job, it must leave nothing behind.
     redis_client.eval(
-        PROMOTE_DUE_INTERACTIVE, 2, "arq:queue", INTERACTIVE_KEY, PRIORITY_OFFSET_MS["interactive"]
+        PROMOTE_DUE_INTERACTIVE,
+        2,
+        "arq:queue",
+        INTERACTIVE_KEY,
+        PRIORITY_OFFSET_MS["interactive"],
+        time.time() * 1000,
     )
     assert not redis_client.exists(INTERACTIVE_KEY)
     capped = {COMPLETED_KEY, FAILED_KEY, WAKE_KEY}
@@ -428,3 +437,47 @@ def test_a_run_whose_lease_was_taken_over_neither_posts_nor_fails(
     assert len(fake_anthropic.calls) == 1
     assert fake_slack.delivered() == []
     assert worker.jobs_failed == 0
+
+
+def test_a_retry_that_comes_due_on_a_busy_worker_starts_on_an_idle_one(
+    env: dict[str, str],
+    web: TestClient,
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Idle workers look at the queue only this rarely on their own: only a wake-up can explain a
+    # prompt start.
+    monkeypatch.setattr(arq_worker, "IDLE_WAIT_SECONDS", 60.0)
+    settings = settings_from({**env, "JOB_RETRY_BASE_SECONDS": "0.5", "JOB_RETRY_JITTER": "0"})
+    fake_anthropic.script(MESSAGES, error(500, "api_error"))
+
+    async def run() -> None:
+        workers = []
+        for _ in range(2):
+            events = JobEvents()
+            worker = arq_worker.AsklaneWorker(**worker_settings(settings, events), handle_signals=False)
+
+            async def stop_picking(_event: str, _fields: dict[str, Any], worker: Worker = worker) -> None:
+                # The worker that ran the job cannot take its retry (as if all its slots were busy).
+                worker.allow_pick_jobs = False
+
+            events.subscribe("job.retrying", stop_picking)
+            workers.append(worker)
+        running = [asyncio.create_task(worker.async_run()) for worker in workers]
+        try:
+            await asyncio.sleep(1.0)  # both have started and found the queue empty
+            await asyncio.to_thread(commands.send, web, "question")
+            await asyncio.to_thread(wait_until, lambda: _answers(fake_slack), 20)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            for worker in workers:
+                await worker.close()
+
+    asyncio.run(run())
+
+    assert len(fake_anthropic.calls) == 2
+    assert len(_answers(fake_slack)) == 1

@@ -11,6 +11,10 @@ instead waits, after each look, for the first of:
 * a running job finishing (it may have just deferred itself);
 * IDLE_WAIT_SECONDS, so jobs whose dead worker's lease expired are still picked up promptly.
 
+A job that defers itself (a retry, a rate-limit wait) pushes a token too, once arq has re-queued
+it: the worker that ran it may be busy when it comes due, and an idle worker woken now sets its
+timer for it.
+
 A Redis error in the loop is logged once per outage and retried; arq's own loop would die of it.
 """
 
@@ -29,7 +33,7 @@ import arq.worker
 import structlog
 from redis.exceptions import RedisError
 
-from app.queue import INTERACTIVE_KEY, PRIORITY_OFFSET_MS, PROMOTE_DUE_INTERACTIVE, WAKE_KEY
+from app.queue import INTERACTIVE_KEY, PRIORITY_OFFSET_MS, PROMOTE_DUE_INTERACTIVE, WAKE_KEY, wake_workers
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +46,9 @@ EXIT_MARGIN_SECONDS = 4.0
 
 OUTAGE_BACKOFF_SECONDS = 0.5
 
+#: The wake listener's BLPOP returns after this long with no token, so it sees a stop request.
+BLPOP_SECONDS = 1
+
 
 class AsklaneWorker(arq.worker.Worker):
     """arq's Worker with an event-driven wait between polls. Job handling is arq's own."""
@@ -52,7 +59,9 @@ class AsklaneWorker(arq.worker.Worker):
         super().__init__(*args, **kwargs)
         self._redis_down = False
         self._stopping = False
+        self._closing = False
         self._woken = asyncio.Event()
+        self._slot_freed = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._promote: Any = None
 
@@ -65,7 +74,8 @@ class AsklaneWorker(arq.worker.Worker):
             if self._promote is None:
                 self._promote = self.pool.register_script(PROMOTE_DUE_INTERACTIVE)
             await self._promote(
-                keys=[self.queue_name, INTERACTIVE_KEY], args=[PRIORITY_OFFSET_MS["interactive"]]
+                keys=[self.queue_name, INTERACTIVE_KEY],
+                args=[PRIORITY_OFFSET_MS["interactive"], polled_at_ms],
             )
             await super()._poll_iteration()
             await self._wait_for_work(polled_at_ms)
@@ -90,6 +100,21 @@ class AsklaneWorker(arq.worker.Worker):
             # give it back when Redis fails there; recount from the jobs actually running.
             self._recount_slots()
             raise
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """Run the job as arq does; if it deferred itself, wake an idle worker to time it."""
+        retried = self.jobs_retried
+        await super().run_job(job_id, score)
+        if self.jobs_retried > retried:
+            with contextlib.suppress(RedisError, OSError):
+                await wake_workers(self.pool, 1)
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._slot_freed.set()
+
+    def _has_free_slot(self) -> bool:
+        return self.allow_pick_jobs and self.job_counter < self.max_jobs
 
     def _recount_slots(self) -> None:
         running = sum(1 for task in self.tasks.values() if not task.done())
@@ -155,14 +180,21 @@ class AsklaneWorker(arq.worker.Worker):
 
         A long-lived listener, rather than a BLPOP per wait, is never cancelled mid-command (which
         would cost a reconnect) and leaves timing to asyncio: Redis ends blocking commands only on
-        its 100 ms timer tick. A worker with no free slot leaves tokens to workers that have one.
+        its 100 ms timer tick. A worker with no free slot leaves tokens to workers that have one,
+        and gives back a token that arrived after it filled up.
         """
-        while True:
-            if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
-                await asyncio.sleep(0.01)
+        while not self._closing:
+            if not self._has_free_slot():
+                self._slot_freed.clear()
+                # Bounded: arq also frees slots without the done-callback (a job skipped at start).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), IDLE_WAIT_SECONDS)
                 continue
             try:
-                token = await cast(Awaitable[Any], self.pool.blpop([WAKE_KEY], timeout=1))
+                token = await cast(Awaitable[Any], self.pool.blpop([WAKE_KEY], timeout=BLPOP_SECONDS))
+                if token and not self._has_free_slot():
+                    await wake_workers(self.pool, 1)
+                    continue
             except (RedisError, OSError):
                 await asyncio.sleep(OUTAGE_BACKOFF_SECONDS)
                 continue
@@ -171,10 +203,12 @@ class AsklaneWorker(arq.worker.Worker):
 
     async def close(self) -> None:
         """Stop the wake-up listener, then close as arq does."""
+        self._closing = True
         if self._listener is not None:
+            # A cancellation that lands in a blocking Redis command can be swallowed by redis-py
+            # (redis/redis-py#2028); the listener then stops at its next turn, on the flag.
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await asyncio.wait([self._listener], timeout=BLPOP_SECONDS + 1)
         await super().close()
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:

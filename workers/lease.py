@@ -63,6 +63,8 @@ class Lease:
         self.predecessor = predecessor
         #: True once another run has taken the job over; this one must then not call or post.
         self.lost = False
+        #: True once the job's run is over; renewing stops.
+        self.released = False
 
     async def renew(self) -> None:
         """Extend the lease, or learn that it was lost."""
@@ -76,9 +78,11 @@ class Lease:
             log.error("lease.lost", job_id=self._job_id)
 
     async def keep_renewing(self) -> None:
-        """Renew every RENEW_EVERY_SECONDS until cancelled."""
-        while not self.lost:
+        """Renew every RENEW_EVERY_SECONDS until released (or lost)."""
+        while not self.lost and not self.released:
             await asyncio.sleep(RENEW_EVERY_SECONDS)
+            if self.released:
+                return
             try:
                 await self.renew()
             except Exception as error:  # a missed renewal is retried; the lease has slack for two
@@ -103,7 +107,9 @@ async def lease(redis: ArqRedis, job_id: str) -> AsyncIterator[Lease]:
     try:
         yield held
     finally:
+        # A flag as well as cancellation: redis-py can swallow a cancellation that lands inside a
+        # command (redis/redis-py#2028), and the job must not wait on its renewer forever.
+        held.released = True
         renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+        await asyncio.wait([renewer], timeout=RENEW_EVERY_SECONDS + 1)
         await held.release()

@@ -95,9 +95,13 @@ async def sweep_once(redis: ArqRedis, slack: SlackDelivery, wait_after: float) -
         ahead += 1
 
 
-async def sweep_forever(redis: ArqRedis, slack: SlackDelivery, wait_after: float) -> None:
-    """Run :func:`sweep_once` every SWEEP_EVERY_SECONDS until cancelled."""
-    while True:
+async def sweep_forever(
+    redis: ArqRedis, slack: SlackDelivery, wait_after: float, stopping: asyncio.Event
+) -> None:
+    """Run :func:`sweep_once` every SWEEP_EVERY_SECONDS until ``stopping`` is set."""
+    # A flag as well as cancellation: redis-py can swallow a cancellation that lands inside a
+    # command (redis/redis-py#2028), which would leave this loop running forever.
+    while not stopping.is_set():
         with contextlib.suppress(Exception):
             await sweep_once(redis, slack, wait_after)
         await asyncio.sleep(SWEEP_EVERY_SECONDS)

@@ -79,8 +79,11 @@ async def startup(ctx: dict[str, Any]) -> None:
         events=ctx["events"],
     )
     await ctx["deps"].claude.warm_up()
+    ctx["stopping"] = asyncio.Event()
     ctx["progress_sweep"] = asyncio.create_task(
-        progress.sweep_forever(ctx["redis"], ctx["deps"].slack, settings.progress_after_seconds)
+        progress.sweep_forever(
+            ctx["redis"], ctx["deps"].slack, settings.progress_after_seconds, ctx["stopping"]
+        )
     )
     # Everything imported so far lives as long as the process: keep it out of the collector, so a
     # full collection cannot stall the loop between a rate-limit grant and its request.
@@ -93,7 +96,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     """Runs once when the worker stops."""
     sweep: asyncio.Task[None] | None = ctx.get("progress_sweep")
     if sweep is not None:
+        ctx["stopping"].set()
         sweep.cancel()
+        await asyncio.wait([sweep], timeout=progress.SWEEP_EVERY_SECONDS + 1)
     deps: WorkerDeps | None = ctx.get("deps")
     if deps is not None:
         await deps.claude.close()
