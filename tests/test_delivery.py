@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 from starlette.testclient import TestClient
@@ -12,6 +14,7 @@ from tests.conftest import BOT_TOKEN, SlashCommands, drain, settings_from
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.fakes.server import Reply
 from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+from workers.retention import FAILED_KEY
 
 ANSWER = "Answer to: what is a p99?"
 
@@ -156,3 +159,44 @@ def test_a_generated_answer_gets_its_own_retries_to_reach_slack(
 
     assert len(fake_anthropic.calls) == settings.job_max_retries + 1
     assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_a_failure_message_slack_refuses_at_first_is_retried_until_shown(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    redis_client: redis.Redis,
+) -> None:
+    fake_anthropic.script(MESSAGES, error(400, "invalid_request_error"))
+    fake_slack.script(RESPONSE, Reply(status=503), Reply(status=429, headers={"Retry-After": "0"}))
+
+    commands.send(web, "what is a p99?")
+    worker = drain(settings)
+
+    assert len(fake_anthropic.calls) == 1
+    [shown] = [post["text"] for post in fake_slack.delivered()]
+    assert "couldn't answer" in shown and "(ref " in shown
+    assert worker.jobs_failed == 1
+    [record] = [json.loads(raw) for raw in redis_client.lrange(FAILED_KEY, 0, -1)]
+    assert record["error"].startswith("PermanentError")
+
+
+def test_a_failure_message_slack_never_takes_still_fails_the_job_once(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    fake_anthropic.script(MESSAGES, error(400, "invalid_request_error"))
+    fake_slack.script(RESPONSE, *[Reply(status=503)] * 10)
+
+    commands.send(web, "what is a p99?")
+    worker = drain(settings)
+
+    assert len(fake_anthropic.calls) == 1
+    assert len(fake_slack.received(RESPONSE)) == settings.job_max_retries + 1
+    assert fake_slack.delivered() == []
+    assert worker.jobs_failed == 1

@@ -121,6 +121,11 @@ async def _run_with_lease(job: AskJob, deps: WorkerDeps, score: int) -> str:
                     f"worker died {MAX_STALLS + 1} times running it", reason=CRASHED_REASON
                 )
                 await _fail(job, deps, crashed, Timings())
+        failure = await store.load_failure(deps.redis, job.job_id)
+        if failure is not None:
+            # The job has failed already; only the message telling the user is left to send.
+            attempts = await store.failure_count(deps.redis, job.job_id)
+            await _give_up(job, deps, failure, Timings(attempt=max(attempts, 1)))
         return await _run(job, deps, score, held)
 
 
@@ -199,18 +204,54 @@ async def _run(job: AskJob, deps: WorkerDeps, score: int, held: Lease) -> str:
 
 
 async def _fail(job: AskJob, deps: WorkerDeps, failure: Exception, timings: Timings) -> NoReturn:
-    """Tell the user, keep the failed-job record, and fail the job in arq with its cause."""
-    await _tell_user_it_failed(job, deps, failure)
-    await _retain(
-        deps,
-        job.job_id,
-        job,
-        job.model_dump(mode="json"),
-        "failed",
-        timings,
-        error=f"{type(failure).__name__}: {failure}",
+    """End the job with ``failure``: see :func:`_give_up`."""
+    notice = store.FailureNotice(
+        error=type(failure).__name__,
+        detail=str(failure),
+        reason=failure.reason if isinstance(failure, JobError) else JobError.default_reason,
+        permanent=not isinstance(failure, TransientError),
     )
-    raise JobFailed(f"{type(failure).__name__}: {failure}") from failure
+    await _give_up(job, deps, notice, timings)
+
+
+async def _give_up(job: AskJob, deps: WorkerDeps, failure: store.FailureNotice, timings: Timings) -> NoReturn:
+    """Tell the user, keep the failed-job record, and fail the job in arq with its cause.
+
+    When Slack does not take the message, the job is retried for the message alone, with the
+    delivery backoff: a failure must reach the user as surely as an answer.
+    """
+    try:
+        via = await deps.slack.send(job, messages.failed(failure.reason, job.reference))
+    except DeliveryFailed as error:
+        failures = await store.record_failure(deps.redis, job.job_id, "notice")
+        if should_retry(error, failures, deps.settings):
+            delay = retry_delay(error, failures, deps.settings)
+            await store.save_failure(deps.redis, job.job_id, failure)
+            await deps.events.emit(
+                "job.retrying",
+                level="warning",
+                job_id=job.job_id,
+                attempt=failures,
+                delay_s=round(delay, 3),
+                reason=f"failure message: {error}",
+            )
+            raise Retry(defer=delay) from error
+        log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
+    except Exception as error:
+        log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
+    else:
+        await _record_delivery(deps, job, via)
+    await deps.events.emit(
+        "job.failed",
+        level="error",
+        job_id=job.job_id,
+        error=failure.error,
+        detail=failure.detail,
+        permanent=failure.permanent,
+    )
+    cause = f"{failure.error}: {failure.detail}"
+    await _retain(deps, job.job_id, job, job.model_dump(mode="json"), "failed", timings, error=cause)
+    raise JobFailed(cause)
 
 
 async def _tell_user_we_retry(job: AskJob, deps: WorkerDeps, delay: float) -> float:
@@ -265,24 +306,6 @@ async def _record_delivery(deps: WorkerDeps, job: AskJob, via: str) -> None:
         await store.mark_delivered(deps.redis, job.job_id, via)
     except Exception as error:
         log.error("job.delivery_unrecorded", via=via, error=type(error).__name__, detail=str(error))
-
-
-async def _tell_user_it_failed(job: AskJob, deps: WorkerDeps, failure: Exception) -> None:
-    reason = failure.reason if isinstance(failure, JobError) else JobError.default_reason
-    await deps.events.emit(
-        "job.failed",
-        level="error",
-        job_id=job.job_id,
-        error=type(failure).__name__,
-        detail=str(failure),
-        permanent=not isinstance(failure, TransientError),
-    )
-    try:
-        via = await deps.slack.send(job, messages.failed(reason, job.reference))
-    except Exception as error:
-        log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
-    else:
-        await _record_delivery(deps, job, via)
 
 
 async def _retain(

@@ -11,6 +11,8 @@
 | SlotTooFar       | wait for the rate limiter: deferred, not counted as a failure           |
 | PermanentError   | fail now                                                                |
 | worker died      | re-run by another worker (job.stalled); after MAX_STALLS re-runs, fail  |
+| failure message  | retried alone, as a TransientError, when Slack does not take it         |
+| not delivered    |                                                                         |
 | anything else    | a bug: fail now                                                         |
 
 "fail" means the user gets an error message with a reference id and the job is recorded as

@@ -1,7 +1,9 @@
 """Per-job state kept in Redis beside arq's own keys.
 
 The generated answer is stored by job id so a failed post never causes a second AI call, and a
-delivered marker stops a re-run (retry, SIGTERM re-queue) from posting a second answer.
+delivered marker stops a re-run (retry, SIGTERM re-queue) from posting a second answer. A job
+that has failed but could not yet tell the user keeps its failure here, so the re-run only
+retries that message.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from pydantic import BaseModel
 STATE_TTL_SECONDS = 2 * 3600
 
 
-#: Failures are counted per phase: a generated answer gets its own retries to reach Slack, and
-#: crashes of the job's worker are counted apart from both.
-Phase = Literal["ai", "delivery", "stalled"]
+#: Failures are counted per phase: a generated answer gets its own retries to reach Slack, as
+#: does the message telling the user a job failed; crashes of the job's worker are counted apart.
+Phase = Literal["ai", "delivery", "notice", "stalled"]
 
 
 class StoredAnswer(BaseModel):
@@ -27,8 +29,22 @@ class StoredAnswer(BaseModel):
     cut_short: bool
 
 
+class FailureNotice(BaseModel):
+    """Why a job failed, kept until the user has been told."""
+
+    error: str
+    detail: str
+    #: The sentence the user is shown.
+    reason: str
+    permanent: bool
+
+
 def _answer_key(job_id: str) -> str:
     return f"asklane:answer:{job_id}"
+
+
+def _failure_key(job_id: str) -> str:
+    return f"asklane:failure:{job_id}"
 
 
 def _delivered_key(job_id: str) -> str:
@@ -48,6 +64,17 @@ async def load_answer(redis: ArqRedis, job_id: str) -> StoredAnswer | None:
 async def save_answer(redis: ArqRedis, job_id: str, answer: StoredAnswer) -> None:
     """Keep the answer for the job's lifetime."""
     await redis.set(_answer_key(job_id), answer.model_dump_json(), ex=STATE_TTL_SECONDS)
+
+
+async def load_failure(redis: ArqRedis, job_id: str) -> FailureNotice | None:
+    """The failure of an earlier attempt whose message has not reached the user yet, if any."""
+    raw = await redis.get(_failure_key(job_id))
+    return FailureNotice.model_validate_json(raw) if raw else None
+
+
+async def save_failure(redis: ArqRedis, job_id: str, failure: FailureNotice) -> None:
+    """Keep the failure until the message telling the user goes out."""
+    await redis.set(_failure_key(job_id), failure.model_dump_json(), ex=STATE_TTL_SECONDS)
 
 
 async def failure_count(redis: ArqRedis, job_id: str) -> int:
@@ -75,5 +102,9 @@ async def mark_delivered(redis: ArqRedis, job_id: str, via: str) -> None:
     """Record the final post and drop the state that only served to get there."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(_delivered_key(job_id), via, ex=STATE_TTL_SECONDS)
-        pipe.delete(_answer_key(job_id), *(_failures_key(job_id, phase) for phase in get_args(Phase)))
+        pipe.delete(
+            _answer_key(job_id),
+            _failure_key(job_id),
+            *(_failures_key(job_id, phase) for phase in get_args(Phase)),
+        )
         await pipe.execute()
