@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.adapter.starlette.async_handler import to_starlette_response
+from slack_bolt.async_app import AsyncBoltRequest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from app.events import JobEvents
@@ -20,6 +21,7 @@ from app.logs import configure_logging
 from app.queue import open_redis, redis_answers
 from app.settings import Settings, load_settings
 from app.slack_app import build_bolt_app
+from app.verification import Refused, check_slack_request, read_body
 
 log = structlog.get_logger(__name__)
 
@@ -32,10 +34,28 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
     settings = settings or load_settings()
     configure_logging(settings)
     redis = open_redis(settings)
-    slack = AsyncSlackRequestHandler(build_bolt_app(settings, redis, events or JobEvents()))
+    bolt = build_bolt_app(settings, redis, events or JobEvents())
+    signing_secret = settings.slack_signing_secret.get_secret_value()
 
     async def slack_events(request: Request) -> Response:
-        return await slack.handle(request)
+        try:
+            body = await read_body(request)
+            check_slack_request(body, request.headers, signing_secret)
+        except Refused as refused:
+            log.warning(
+                "security.request_refused",
+                status=refused.status,
+                reason=refused.reason,
+                client=request.client.host if request.client else None,
+            )
+            return PlainTextResponse(refused.reason, status_code=refused.status)
+        # Slack percent-encodes the form, so the body is ASCII; stray bytes cannot fail the decode.
+        verified = AsyncBoltRequest(
+            body=body.decode("utf-8", errors="replace"),
+            query=str(request.url.query),
+            headers={key: [value] for key, value in request.headers.items()},
+        )
+        return to_starlette_response(await bolt.async_dispatch(verified))
 
     async def healthz(request: Request) -> Response:
         if await redis_answers(redis):

@@ -46,6 +46,12 @@ def usage(command: str) -> SlackMessage:
     return SlackMessage(text=text, blocks=[_section(text)])
 
 
+def unknown_command(command: str, ours: str) -> SlackMessage:
+    """A command this app was not set up to answer (a misconfigured Slack app)."""
+    text = f"Sorry, asklane does not know `{escape_mrkdwn(command[:40])}`. Try `{ours} your question`."
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
 def too_long(command: str, length: int, limit: int) -> SlackMessage:
     """The question is over the length limit."""
     text = (

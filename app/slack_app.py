@@ -1,8 +1,9 @@
-"""The Bolt app: request verification and a thin `/ask` listener."""
+"""The Bolt app: a thin `/ask` listener, behind the request gate of app/verification.py."""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import structlog
@@ -48,6 +49,8 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
         name="asklane",
         logger=bolt_logger,
         signing_secret=settings.slack_signing_secret.get_secret_value(),
+        # app/verification.py checks every request before Bolt sees it, without parsing it first.
+        request_verification_enabled=False,
         authorize=authorize,
         client=AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url
@@ -65,6 +68,14 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
             reference = reference_for(str(command.get("trigger_id") or "unknown"))
             log.exception("command.crashed", reference=reference)
             reply = messages.unavailable(reference)
+        await ack(response_type="ephemeral", text=reply.text, blocks=reply.blocks)
+
+    # Registered after /ask, so it only sees other commands: a Slack app pointing more commands at
+    # this URL than it serves gets an answer instead of Bolt's 404.
+    @app.command(re.compile(r".*"))
+    async def unknown(ack: AsyncAck, command: dict[str, Any]) -> None:
+        log.warning("command.unknown", command=str(command.get("command"))[:40], team=command.get("team_id"))
+        reply = messages.unknown_command(str(command.get("command")), settings.slack_command)
         await ack(response_type="ephemeral", text=reply.text, blocks=reply.blocks)
 
     return app
