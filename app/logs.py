@@ -7,13 +7,64 @@ operator reads one format.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 import structlog
 
 from app.settings import Settings
 
 _HANDLER_NAME = "asklane"
+
+REDACTED = "[redacted]"
+
+#: Credentials recognisable by their shape, wherever they come from: Slack bot, user and app
+#: tokens, Anthropic keys, and the password in a redis:// (or any scheme's) URL.
+_SECRET_SHAPES = re.compile(
+    r"(?:xox(?:e\.xox)?[a-z]-[0-9A-Za-z-]+)|(?:xapp-[0-9A-Za-z-]+)|(?:sk-ant-[0-9A-Za-z_-]+)"
+)
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
+
+
+class SecretRedactor:
+    """structlog processor: removes credentials from every string in an event, tracebacks included.
+
+    Our own secrets are removed by value (a signing secret has no recognisable shape); any other
+    token, key or URL password by its shape.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Short values would redact ordinary words; real secrets are long.
+        self._secrets = sorted((s for s in secrets if len(s) >= 8), key=len, reverse=True)
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+        return {key: self._clean(value) for key, value in event.items()}
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, REDACTED)
+            value = _SECRET_SHAPES.sub(REDACTED, value)
+            return _URL_PASSWORD.sub(rf"\1{REDACTED}@", value)
+        if isinstance(value, dict):
+            return {key: self._clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._clean(item) for item in value]
+        return value
+
+
+def _secrets_of(settings: Settings) -> list[str]:
+    secrets = [
+        settings.slack_signing_secret.get_secret_value(),
+        settings.slack_bot_token.get_secret_value(),
+        settings.anthropic_api_key.get_secret_value(),
+    ]
+    password = re.search(r"://[^:/@]*:([^@/]+)@", settings.redis_url)
+    if password:
+        secrets.append(password.group(1))
+    return secrets
 
 
 def configure_logging(settings: Settings) -> None:
@@ -24,10 +75,12 @@ def configure_logging(settings: Settings) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
+        # Tracebacks become text here, so the redactor below sees them too.
+        structlog.processors.format_exc_info,
+        SecretRedactor(_secrets_of(settings)),
     ]
     renderer: structlog.types.Processor
     if settings.log_format == "json":
-        shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer()

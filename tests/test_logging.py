@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import signal
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+import structlog
 from starlette.testclient import TestClient
 
-from tests.conftest import ANTHROPIC_KEY, BOT_TOKEN, SIGNING_SECRET, SlashCommands, WorkerProcess, wait_until
+from app.logs import configure_logging
+from tests.conftest import (
+    ANTHROPIC_KEY,
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    SlashCommands,
+    WorkerProcess,
+    settings_from,
+    wait_until,
+)
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.fakes.slack import FakeSlack
 
@@ -89,3 +102,56 @@ def test_questions_and_secrets_are_not_logged_at_info(
     log = worker.log()
     for secret in (QUESTION, BOT_TOKEN, ANTHROPIC_KEY, SIGNING_SECRET):
         assert secret not in log
+
+
+def test_secrets_are_redacted_wherever_they_appear_in_a_log_line(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = settings_from({**env, "REDIS_URL": "redis://default:hunter2-redis-password@127.0.0.1:1/0"})
+    configure_logging(settings)
+    log = structlog.get_logger("tests.redaction")
+    leaks = {
+        "bot": BOT_TOKEN,
+        "user": "xoxp-1234-5678-abcdef",
+        "rotating": "xoxe.xoxp-1-abcdef",
+        "app": "xapp-1-A0APP-1234-abcdef",
+        "anthropic": "sk-ant-api03-abcdef_ghij-klm",
+        "ours": ANTHROPIC_KEY,
+        "signing": SIGNING_SECRET,
+        "url": "rediss://user:s3cret-pass@redis.example.com:6379",
+        "configured": "hunter2-redis-password",
+    }
+    try:
+        raise RuntimeError(f"upstream said: {leaks['bot']} and {leaks['url']}")
+    except RuntimeError:
+        log.exception("test.leak", nested={"deep": [leaks["app"], {"key": leaks["anthropic"]}]}, **leaks)
+    logging.getLogger("some.library").warning("token=%s", leaks["user"])
+
+    out = capsys.readouterr().out
+    assert "test.leak" in out and "some.library" in out
+    for secret in [*leaks.values(), "s3cret-pass"]:
+        assert secret not in out
+    assert "[redacted]" in out
+
+
+def test_a_full_run_at_debug_level_logs_no_secret(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_anthropic.script(MESSAGES, error(500, "api_error"))
+    worker = start_worker(LOG_LEVEL="DEBUG")
+    commands.send(web, "first question")
+    commands.send(web, "second question")
+    wait_until(lambda: len(fake_slack.delivered()) == 2)
+    worker.signal_group(signal.SIGTERM)
+    worker.wait(timeout=10)
+
+    logs = worker.log() + capsys.readouterr().out
+    assert '"debug"' in logs
+    for secret in (BOT_TOKEN, ANTHROPIC_KEY, SIGNING_SECRET):
+        assert secret not in logs
+    assert not re.search(r"xox[a-z]-|xapp-|sk-ant-", logs)
