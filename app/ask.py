@@ -1,4 +1,4 @@
-"""What happens to a `/ask` command on the web side: validate, enqueue, choose the ack message.
+"""What happens to a `/ask` command on the web side: validate, check quota, enqueue, choose the ack.
 
 Kept free of Bolt so it can be tested with a plain dict and a real Redis.
 """
@@ -14,7 +14,7 @@ import structlog
 from arq.connections import ArqRedis
 from pydantic import ValidationError
 
-from app import messages
+from app import messages, quota
 from app.events import JobEvents
 from app.job import AskJob, reference_for
 from app.messages import SlackMessage
@@ -37,8 +37,11 @@ def clean_question(text: str) -> str:
     return _CONTROL.sub("", text).strip()
 
 
-async def handle_ask(command: Mapping[str, Any], redis: ArqRedis, events: JobEvents) -> SlackMessage:
-    """Validate one slash command, queue its job, and return the message to ack with."""
+async def handle_ask(
+    command: Mapping[str, Any], redis: ArqRedis, events: JobEvents, limits: tuple[quota.Limit, ...] = ()
+) -> SlackMessage:
+    """Validate one slash command, queue its job within the fair-use ``limits``, and return the
+    message to ack with."""
     name = str(command.get("command") or "/ask")
     question = clean_question(str(command.get("text") or ""))
     trigger_id = str(command.get("trigger_id") or "")
@@ -70,7 +73,21 @@ async def handle_ask(command: Mapping[str, Any], redis: ArqRedis, events: JobEve
 
     bound = bound.bind(job_id=job.job_id, reference=job.reference)
     try:
+        over = await quota.charge(redis, limits, job.team_id, job.user_id)
+        if over is not None:
+            bound.info(
+                "command.over_quota",
+                scope=over.limit.scope,
+                period=over.limit.period,
+                allowed=over.limit.allowed,
+                retry_after_s=round(over.retry_after, 1),
+            )
+            return messages.over_quota(
+                over.limit.scope, over.limit.allowed, over.limit.period, over.retry_after
+            )
         queued = await enqueue_ask(redis, job)
+        if not queued:
+            await quota.refund(redis, limits, job.team_id, job.user_id)
     except QueueUnavailable as error:
         bound.error("command.queue_unavailable", error=str(error))
         return messages.unavailable(job.reference)

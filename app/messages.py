@@ -52,6 +52,26 @@ def unknown_command(command: str, ours: str) -> SlackMessage:
     return SlackMessage(text=text, blocks=[_section(text)])
 
 
+def over_quota(scope: str, allowed: int, period: str, retry_after: float) -> SlackMessage:
+    """The asker (or their workspace) has used up a fair-use limit; no job was queued."""
+    who = "You have" if scope == "user" else "Your workspace has"
+    text = (
+        f":raised_hand: {who} asked {allowed:,} questions this {period}, the most asklane takes. "
+        f"You can ask again in {_duration(retry_after)}."
+    )
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def _duration(seconds: float) -> str:
+    whole = max(1, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{-(-whole // 60)} min"
+    hours, minutes = divmod(-(-whole // 60), 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
 def too_long(command: str, length: int, limit: int) -> SlackMessage:
     """The question is over the length limit."""
     text = (

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     retain_completed_jobs: Annotated[int, Field(ge=0, le=100_000)] = 100
     retain_failed_jobs: Annotated[int, Field(ge=0, le=100_000)] = 500
 
+    # Fair use; 0 turns a limit off.
+    quota_user_per_minute: Annotated[int, Field(ge=0)] = 10
+    quota_user_per_day: Annotated[int, Field(ge=0)] = 200
+    quota_team_per_minute: Annotated[int, Field(ge=0)] = 100
+    quota_team_per_day: Annotated[int, Field(ge=0)] = 5000
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

@@ -12,7 +12,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.web.async_client import AsyncWebClient
 
-from app import messages
+from app import messages, quota
 from app.ask import handle_ask
 from app.events import JobEvents
 from app.job import reference_for
@@ -43,6 +43,7 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
             bot_token=settings.slack_bot_token.get_secret_value(),
         )
 
+    limits = quota.limits_from(settings)
     bolt_logger = logging.getLogger("slack_bolt.asklane")
     bolt_logger.addFilter(_DropTokenIgnoredWarnings())
     app = AsyncApp(
@@ -63,7 +64,7 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
     @app.command(settings.slack_command)
     async def ask(ack: AsyncAck, command: dict[str, Any]) -> None:
         try:
-            reply = await handle_ask(command, redis, events)
+            reply = await handle_ask(command, redis, events, limits)
         except Exception:
             reference = reference_for(str(command.get("trigger_id") or "unknown"))
             log.exception("command.crashed", reference=reference)

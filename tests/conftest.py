@@ -210,6 +210,11 @@ def env(
         "JOB_RETRY_BASE_SECONDS": "0.2",
         "JOB_RETRY_JITTER": "0",
         "SHUTDOWN_GRACE_SECONDS": "3",
+        # Tests send many questions as one user; tests/test_quota.py turns the limits on.
+        "QUOTA_USER_PER_MINUTE": "0",
+        "QUOTA_USER_PER_DAY": "0",
+        "QUOTA_TEAM_PER_MINUTE": "0",
+        "QUOTA_TEAM_PER_DAY": "0",
         "LOG_FORMAT": "json",
     }
 

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,10 @@ def test_a_429_pauses_every_worker_until_its_retry_after(
     fake_slack: FakeSlack,
 ) -> None:
     workers = [start_worker(), start_worker()]
-    fake_anthropic.script(MESSAGES, *[error(429, "rate_limit_error", retry_after=2)] * 2)
+    # Slow 429s, so both questions are in flight before either meets its 429 (on a busy machine a
+    # second question reaching Claude after the pause began would meet its own, later, pause).
+    slow_429 = replace(error(429, "rate_limit_error", retry_after=2), delay=1.0)
+    fake_anthropic.script(MESSAGES, slow_429, slow_429)
     commands.send(web, "the first question that meets the 429")
     commands.send(web, "the second question that meets the 429")
     limited = fake_anthropic.wait_for(MESSAGES, count=2)[0]
