@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import sys
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class Settings(BaseSettings):
@@ -94,10 +97,15 @@ class Settings(BaseSettings):
     @classmethod
     def _prefixes_are_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for prefix in value:
+            # The path's slash ends the host, so "https://hooks.slack.com" cannot also admit
+            # "https://hooks.slack.com.attacker.example/".
             if not prefix.startswith(("http://", "https://")) or prefix.count("/") < 3:
                 raise ValueError(
                     f"{prefix!r} must be a URL prefix ending in a path, like https://hooks.slack.com/"
                 )
+            # Plain http only to this machine (a local Slack stand-in); anything else is https.
+            if prefix.startswith("http://") and urlsplit(prefix).hostname not in _LOOPBACK:
+                raise ValueError(f"{prefix!r} must be https (http is allowed only for localhost)")
         return value
 
     @model_validator(mode="after")

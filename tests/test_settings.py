@@ -97,6 +97,21 @@ def test_response_url_prefixes_are_comma_separated() -> None:
     assert settings.slack_response_url_prefixes == ("https://a.example/x/", "https://b.example/")
 
 
+@pytest.mark.parametrize(
+    "prefix",
+    ["http://hooks.slack.com/", "https://hooks.slack.com", "ftp://hooks.slack.com/", "hooks.slack.com/"],
+)
+def test_response_url_prefixes_must_be_https_urls_with_a_path(prefix: str) -> None:
+    with pytest.raises(ValueError, match="slack_response_url_prefixes"):
+        settings_from({**REQUIRED, "SLACK_RESPONSE_URL_PREFIXES": prefix})
+
+
+def test_plain_http_response_urls_are_allowed_only_on_this_machine() -> None:
+    settings = settings_from({**REQUIRED, "SLACK_RESPONSE_URL_PREFIXES": "http://127.0.0.1:8765/response/"})
+
+    assert settings.slack_response_url_prefixes == ("http://127.0.0.1:8765/response/",)
+
+
 def test_ai_timeout_must_fit_inside_the_job_timeout() -> None:
     with pytest.raises(ValueError, match="AI_TIMEOUT_SECONDS"):
         settings_from({**REQUIRED, "AI_TIMEOUT_SECONDS": "60", "JOB_TIMEOUT_SECONDS": "30"})
