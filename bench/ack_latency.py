@@ -117,7 +117,7 @@ def main() -> int:
         running.callback(anthropic.stop)
         web = WebProcess(deployment_env(redis, slack, anthropic), workdir / "web.log")
         running.callback(web.stop)
-        web.wait_healthy()
+        web.wait_listening()
 
         commands = SlashCommands(slack)
         warmup = prepare(commands, args.warmup, 0)

@@ -122,7 +122,7 @@ def main() -> int:
         # would print neither. Its log goes to a file; a few lines per job cost next to nothing.
         worker = WorkerProcess({**env, "LOG_LEVEL": "INFO"}, workdir / "worker.log")
         running.callback(worker.stop)
-        web.wait_healthy()
+        web.wait_listening()
         worker.wait_for_log("worker.started")
 
         commands = SlashCommands(slack)

@@ -7,14 +7,9 @@ to loopback). Nothing here talks to any other host.
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import ANTHROPIC_KEY, BOT_TOKEN, SIGNING_SECRET, RedisServer, free_port  # noqa: E402
+from tests.conftest import ANTHROPIC_KEY, BOT_TOKEN, SIGNING_SECRET, RedisServer, WebProcess  # noqa: E402
 from tests.fakes.anthropic import FakeAnthropic  # noqa: E402
 from tests.fakes.slack import FakeSlack  # noqa: E402
 
@@ -56,63 +51,6 @@ def deployment_env(redis: RedisServer, slack: FakeSlack, anthropic: FakeAnthropi
         # Per-request INFO logging is not what is being measured.
         "LOG_LEVEL": "WARNING",
     }
-
-
-class WebProcess:
-    """The web dyno: ``uvicorn app.main:create_app --factory`` as its own process group."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                str(VENV_BIN / "uvicorn"),
-                "app.main:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_healthy(self, timeout: float = 20.0) -> None:
-        """Block until GET /healthz answers 200 (uvicorn is up and Redis answers PING)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            try:
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            finally:
-                conn.close()
-            time.sleep(0.05)
-        raise RuntimeError(f"web process did not become healthy; its log:\n{self.log()[-3000:]}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self._log.close()
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

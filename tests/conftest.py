@@ -56,10 +56,12 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server on a free loopback port, started and stopped by the tests."""
 
-    def __init__(self, workdir: Path, *, tls: bool = False) -> None:
+    def __init__(self, workdir: Path, *, tls: bool = False, appendonly: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.tls = tls
+        #: AOF persistence on, as a production Redis has it: stored jobs survive a restart.
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,7 +119,7 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
                 "--dir",
                 str(self.workdir),
             ],
@@ -137,6 +139,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed or OOM-killed Redis dies."""
+        if self.process is not None:
+            self.process.kill()
             self.process.wait(10)
             self.process = None
 
@@ -406,6 +415,71 @@ class WorkerProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self._log.close()
+
+
+class WebProcess:
+    """The web dyno: the Procfile's ``uvicorn app.main:create_app --factory``, bound to loopback."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        uvicorn = Path(sys.executable).parent / "uvicorn"
+        command = [str(uvicorn), "app.main:create_app", "--factory", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--no-access-log", "--timeout-graceful-shutdown", "5"]
+        self.process = subprocess.Popen(
+            command,
+            # Outside the checkout, so a developer's .env cannot change what runs.
+            cwd=log_path.parent,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        """Block until uvicorn answers GET /healthz (with any status: Redis may be down)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"{self.url}/healthz", timeout=2)
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"web process is not listening; its log:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, as Heroku stops a dyno; SIGKILL if it does not exit in 10 s."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def start_web(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WebProcess]]:
+    """Start web processes (``port=`` to restart one where it was); all are stopped after the test."""
+    started: list[WebProcess] = []
+
+    def start(port: int | None = None, **overrides: str) -> WebProcess:
+        web = WebProcess({**env, **overrides}, tmp_path / "web.log", port)
+        started.append(web)
+        web.wait_listening()
+        return web
+
+    yield start
+    for web in started:
+        web.stop()
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -50,6 +52,8 @@ class FakeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._scripts: dict[str, list[Reply]] = {}
+        self._faults: dict[str, tuple[float, tuple[Reply, ...]]] = {}
+        self._rng = random.Random(0)
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -77,6 +81,7 @@ class FakeServer:
         with self._lock:
             self.requests.clear()
             self._scripts.clear()
+            self._faults.clear()
             self.in_flight = self.max_in_flight = 0
 
     def script(self, kind: str, *replies: Reply) -> None:
@@ -84,10 +89,22 @@ class FakeServer:
         with self._lock:
             self._scripts.setdefault(kind, []).extend(replies)
 
+    def inject_faults(self, kind: str, rate: float, faults: Sequence[Reply], *, seed: int = 0) -> None:
+        """Answer this fraction of unscripted requests of ``kind`` with one of ``faults``, picked at
+        random from a seeded generator, so a failing run can be repeated."""
+        with self._lock:
+            self._faults[kind] = (rate, tuple(faults))
+            self._rng = random.Random(seed)
+
     def next_reply(self, kind: str) -> Reply | None:
         with self._lock:
             queue = self._scripts.get(kind)
-            return queue.pop(0) if queue else None
+            if queue:
+                return queue.pop(0)
+            rate, faults = self._faults.get(kind, (0.0, ()))
+            if faults and self._rng.random() < rate:
+                return self._rng.choice(faults)
+            return None
 
     def record(self, path: str, headers: Any, body: Any, reply: Reply) -> None:
         with self._lock:

@@ -1,0 +1,224 @@
+"""The chaos suite: Redis, workers, the web process, Anthropic and Slack fail; no command is lost
+and none is answered twice.
+
+"Answered" means one final message the user can see: the answer, or the error message with its
+reference. Each command has its own response_url and user, so every message Slack accepted is
+traced to the command it answers.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import RedisServer, SlashCommands, WebProcess, WorkerProcess, ack_text, wait_until
+from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.fakes.server import Reply
+from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+
+FINAL = ("Answer to:", ":x: Sorry")
+
+Form = dict[str, str]
+
+
+def _finals(fake_slack: FakeSlack, form: Form) -> list[str]:
+    """The final messages the asker of ``form`` saw."""
+    hook = form["response_url"].removeprefix(fake_slack.url)
+    seen = []
+    for request in fake_slack.received("/"):
+        to_them = request.path == hook or (
+            request.path == POST_EPHEMERAL and request.body.get("user") == form["user_id"]
+        )
+        text = str(request.body.get("text", ""))
+        if to_them and request.accepted and text.startswith(FINAL):
+            seen.append(text)
+    return seen
+
+
+def _all_answered(fake_slack: FakeSlack, forms: list[Form]) -> bool:
+    return all(_finals(fake_slack, form) for form in forms)
+
+
+def _assert_each_answered_exactly_once(fake_slack: FakeSlack, forms: list[Form], timeout: float) -> None:
+    wait_until(lambda: _all_answered(fake_slack, forms), timeout=timeout)
+    # Anything still to come (a recovered job, a late retry) would be a second answer.
+    time.sleep(1.0)
+    counts = {form["text"]: len(_finals(fake_slack, form)) for form in forms}
+    assert counts == {form["text"]: 1 for form in forms}
+
+
+def _send(client: TestClient | httpx.Client, commands: SlashCommands, texts: list[str]) -> list[Form]:
+    forms = []
+    for n, text in enumerate(texts):
+        form = commands.form(text, user_id=f"U{time.time_ns() % 10**9:09d}{n}")
+        response = commands.send(client, form=form)
+        assert response.status_code == 200
+        assert "Working on it" in ack_text(response)
+        forms.append(form)
+    return forms
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, with AOF on, that the test may stop, kill and restart."""
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.workdir.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_with_redis_stopped_the_web_still_answers_and_both_processes_recover(
+    own_redis: RedisServer,
+    commands: SlashCommands,
+    start_web: Callable[..., WebProcess],
+    start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack,
+) -> None:
+    web = start_web(REDIS_URL=own_redis.url)
+    worker = start_worker(REDIS_URL=own_redis.url)
+    client = httpx.Client(base_url=web.url, timeout=10)
+
+    own_redis.stop()
+    for n in range(5):
+        started = time.monotonic()
+        response = commands.send(client, f"asked during the outage {n}")
+        assert time.monotonic() - started < 3.0
+        assert response.status_code == 200
+        assert "temporarily unavailable" in ack_text(response)
+        assert "(ref " in ack_text(response)
+    worker.wait_for_log("redis.unavailable")
+
+    own_redis.start()
+    forms = _send(client, commands, ["asked after the outage"])
+
+    _assert_each_answered_exactly_once(fake_slack, forms, timeout=20)
+    worker.wait_for_log("redis.reconnected")
+    assert worker.process.poll() is None and web.process.poll() is None
+
+
+def test_queued_jobs_survive_redis_being_killed_and_restarted(
+    own_redis: RedisServer,
+    commands: SlashCommands,
+    start_web: Callable[..., WebProcess],
+    start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack,
+) -> None:
+    web = start_web(REDIS_URL=own_redis.url)
+    forms = _send(httpx.Client(base_url=web.url), commands, [f"stored question {n}" for n in range(5)])
+
+    own_redis.kill()
+    own_redis.start()
+    start_worker(REDIS_URL=own_redis.url)
+
+    _assert_each_answered_exactly_once(fake_slack, forms, timeout=20)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_worker_stopped_under_load_loses_and_doubles_nothing(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    signum: signal.Signals,
+) -> None:
+    fake_anthropic.default_delay = 0.5  # long enough that every worker is mid-job when stopped
+    doomed, survivor = start_worker(), start_worker()
+    forms = _send(web, commands, [f"question {n}" for n in range(50)])
+    wait_until(lambda: sum(bool(_finals(fake_slack, form)) for form in forms) >= 10, timeout=30)
+
+    doomed.signal_group(signum)
+
+    _assert_each_answered_exactly_once(fake_slack, forms, timeout=60)
+    doomed.wait(timeout=10)
+    if signum == signal.SIGKILL:
+        assert "job.stalled" in survivor.log()
+
+
+def test_anthropic_failing_30_percent_of_calls_still_answers_every_command_once(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    fake_anthropic.inject_faults(
+        MESSAGES,
+        0.3,
+        [
+            error(429, "rate_limit_error", retry_after=0.2),
+            error(500, "api_error"),
+            error(529, "overloaded_error", retry_after=0.2),
+            Reply(action="hang"),  # the client's AI_TIMEOUT_SECONDS ends it
+            Reply(action="drop"),
+        ],
+    )
+    start_worker(), start_worker()
+
+    forms = _send(web, commands, [f"question {n}" for n in range(40)])
+
+    _assert_each_answered_exactly_once(fake_slack, forms, timeout=90)
+    calls = fake_anthropic.received(MESSAGES)
+    assert sum(not call.accepted for call in calls) >= 0.2 * len(calls)
+    answers = sum(_finals(fake_slack, form)[0].startswith("Answer to:") for form in forms)
+    assert answers >= 30  # four tries each: a question fails only when all four meet a fault
+
+
+def test_slack_failing_30_percent_of_posts_still_shows_every_answer_once(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack,
+) -> None:
+    rate_limited = {"Retry-After": "0.2"}
+    fake_slack.inject_faults(
+        RESPONSE,
+        0.3,
+        [
+            Reply(status=429, headers=rate_limited),
+            Reply(status=500),
+            Reply(status=404),  # an expired or used-up response_url: chat.postEphemeral instead
+        ],
+    )
+    fake_slack.inject_faults(
+        POST_EPHEMERAL,
+        0.3,
+        [
+            Reply(status=429, headers=rate_limited, json={"ok": False, "error": "ratelimited"}),
+            Reply(status=500, json={"ok": False, "error": "internal_error"}),
+        ],
+        seed=1,
+    )
+    start_worker(), start_worker()
+
+    forms = _send(web, commands, [f"question {n}" for n in range(40)])
+
+    _assert_each_answered_exactly_once(fake_slack, forms, timeout=90)
+    posts = fake_slack.received(RESPONSE) + fake_slack.received(POST_EPHEMERAL)
+    assert sum(not post.accepted for post in posts) >= 0.2 * len(posts)
+
+
+def test_restarting_the_web_process_loses_no_queued_command(
+    commands: SlashCommands,
+    start_web: Callable[..., WebProcess],
+    start_worker: Callable[..., WorkerProcess],
+    fake_slack: FakeSlack,
+) -> None:
+    web = start_web()
+    before = _send(httpx.Client(base_url=web.url), commands, [f"before the restart {n}" for n in range(10)])
+
+    web.stop()
+    restarted = start_web(port=web.port)
+    after = _send(
+        httpx.Client(base_url=restarted.url), commands, [f"after the restart {n}" for n in range(5)]
+    )
+    start_worker()
+
+    _assert_each_answered_exactly_once(fake_slack, before + after, timeout=30)
