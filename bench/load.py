@@ -4,12 +4,13 @@ Phases, each ``--rate`` commands/s for ``--seconds`` from bench/loadgen.py in it
 
 1. a bare Bolt app that verifies and only acks (bench/bare_bolt.py), Bolt's default runner;
 2. the same with the listener inline (``process_before_response=True``);
-3. asklane's web process (the Procfile command on loopback) with no worker running;
-4. asklane's web process while two worker processes drain phases 3 and 4 through the fake
-   Anthropic and Slack servers.
+3. asklane's web process (the Procfile command on loopback) while two worker processes answer
+   the same commands as they arrive, through the fake Anthropic and Slack servers;
+4. asklane's web process with no worker running: the commands wait in Redis.
 
-Then it waits until every command queued in phases 3 and 4 has been answered and counts answers
-delivered once, twice, or never, and samples Redis's key count and memory every second.
+Then workers start again, and it waits until every command queued in phases 3 and 4 has been
+answered and counts answers delivered once, twice, or never. Redis's key count and memory are
+sampled every second from phase 3 on.
 
 Everything is on loopback: a private redis-server, the fake Slack and Anthropic servers of the
 test suite (threads of this process), uvicorn and arq as subprocesses. The global rate limit is
@@ -27,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +45,7 @@ from harness import ROOT, FakeAnthropic, FakeSlack, RedisServer, WebProcess, dep
 from tests.conftest import SIGNING_SECRET, WorkerProcess, free_port
 
 VENV_BIN = Path(sys.executable).parent
-TARGETS = {"asklane, workers idle": (3.0, 10.0), "asklane, workers draining": (None, 25.0)}
+TARGETS = {"asklane, workers draining": (None, 25.0), "asklane, workers idle": (3.0, 10.0)}
 
 
 class BareBolt:
@@ -155,19 +157,29 @@ def main() -> int:
         web.wait_listening()
         sampler = RedisSampler(redis)
         sampler.start()
+
+        def start_workers(generation: str) -> list[WorkerProcess]:
+            logs = [workdir / f"worker-{generation}{n}.log" for n in range(args.workers)]
+            workers = [WorkerProcess(env, log) for log in logs]
+            for worker in workers:
+                running.callback(worker.stop)
+                # At LOG_LEVEL=WARNING there is no worker.started line: arq prints its own first.
+                worker.wait_for_log("Starting worker", timeout=30)
+            time.sleep(1.0)  # start-up (warm-up call, first poll) done
+            return workers
+
+        # Workers keep up with the load as it arrives: the steady state of a busy deployment.
+        workers = start_workers("a")
+        results["asklane, workers draining"] = run_load(web.port, "draining", args, slack)
+        for worker in workers:
+            worker.signal_group(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=40)
+
+        # No worker: only the web process runs; the commands wait in Redis.
         results["asklane, workers idle"] = run_load(web.port, "idle", args, slack)
         backlog = int(redis.client().zcard("arq:queue"))
-
-        workers = [WorkerProcess(env, workdir / f"worker-{n}.log") for n in range(args.workers)]
-        for worker in workers:
-            running.callback(worker.stop)
-            # At LOG_LEVEL=WARNING there is no worker.started line: wait for arq's own, then for
-            # the backlog to start shrinking.
-            worker.wait_for_log("Starting worker", timeout=30)
-        deadline = time.monotonic() + 30
-        while redis.client().zcard("arq:queue") >= backlog > 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        results["asklane, workers draining"] = run_load(web.port, "draining", args, slack)
+        start_workers("b")
 
         queued = sum(results[phase]["answered"] - results[phase]["errors"] for phase in TARGETS)
         started = time.monotonic()
