@@ -19,8 +19,10 @@ from app.settings import Settings
 ENQUEUE_TIMEOUT_SECONDS = 1.0
 
 #: How long a finished job's result (and so its id) is kept; Slack re-deliveries within this
-#: window map to the same job id and are refused by arq instead of answered twice.
-DEDUPE_WINDOW_SECONDS = 3600
+#: window map to the same job id and are refused by arq instead of answered twice. Slack
+#: re-delivers within seconds, and a command's response_url dies after 30 minutes; a longer
+#: window would only cost memory: arq's result key holds the whole payload, about 1 KB a job.
+DEDUPE_WINDOW_SECONDS = 30 * 60
 
 
 #: Idle workers block on this list; every enqueue pushes a token (see workers/arq_worker.py).

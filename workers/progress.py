@@ -25,6 +25,7 @@ from app import messages
 from app.job import AskJob, deserialize
 from app.messages import SlackMessage
 from app.queue import PRIORITY_OFFSET_MS
+from workers import store
 from workers.delivery import SlackDelivery
 
 log = structlog.get_logger(__name__)
@@ -36,7 +37,7 @@ SWEEP_EVERY_SECONDS = 1.0
 SWEEP_DEPTH = 200
 
 _SWEEP_LOCK = "asklane:progress:sweep-lock"
-_STATE_TTL_SECONDS = 3600
+_STATE_TTL_SECONDS = store.STATE_TTL_SECONDS
 
 
 def _count_key(job_id: str) -> str:

@@ -13,8 +13,9 @@ from typing import Literal, get_args
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
-#: Per-job state outlives any run of the job: a job gives up at MAX_JOB_AGE_SECONDS (25 min).
-STATE_TTL_SECONDS = 2 * 3600
+#: Per-job state outlives any run of the job: the last one starts before MAX_JOB_AGE_SECONDS
+#: (25 min) and ends within a job timeout. Slack's response_url is dead after 30 min anyway.
+STATE_TTL_SECONDS = 30 * 60
 
 
 #: Failures are counted per phase: a generated answer gets its own retries to reach Slack, as
