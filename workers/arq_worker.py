@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import os
 import signal
 import time
@@ -34,6 +35,8 @@ import structlog
 from redis.exceptions import RedisError
 
 from app.queue import INTERACTIVE_KEY, PRIORITY_OFFSET_MS, PROMOTE_DUE_INTERACTIVE, WAKE_KEY, wake_workers
+from workers.lease import WORKER_ID
+from workers.operations import WORKER_HEALTH_PREFIX
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +51,10 @@ OUTAGE_BACKOFF_SECONDS = 0.5
 
 #: The wake listener's BLPOP returns after this long with no token, so it sees a stop request.
 BLPOP_SECONDS = 1
+
+#: Each worker reports its health (for ``asklane status``) this often; the report expires after
+#: three missed ones.
+HEALTH_EVERY_SECONDS = 5.0
 
 
 class AsklaneWorker(arq.worker.Worker):
@@ -64,6 +71,7 @@ class AsklaneWorker(arq.worker.Worker):
         self._slot_freed = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._promote: Any = None
+        self._health_reported_at = 0.0
 
     async def _poll_iteration(self) -> None:
         # Read before arq's own poll: a job due between this reading and arq's is then seen as
@@ -108,6 +116,25 @@ class AsklaneWorker(arq.worker.Worker):
         if self.jobs_retried > retried:
             with contextlib.suppress(RedisError, OSError):
                 await wake_workers(self.pool, 1)
+
+    async def record_health(self) -> None:
+        """arq's shared health-check key, plus this worker's own report for ``asklane status``."""
+        await super().record_health()
+        now = time.time()
+        if now - self._health_reported_at < HEALTH_EVERY_SECONDS:
+            return
+        self._health_reported_at = now
+        health = {
+            "worker": WORKER_ID,
+            "reported_at": now,
+            "running": sum(not task.done() for task in self.tasks.values()),
+            "completed": self.jobs_complete,
+            "failed": self.jobs_failed,
+            "retried": self.jobs_retried,
+        }
+        await self.pool.set(
+            WORKER_HEALTH_PREFIX + WORKER_ID, json.dumps(health), px=int(3 * HEALTH_EVERY_SECONDS * 1000)
+        )
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -204,6 +231,8 @@ class AsklaneWorker(arq.worker.Worker):
     async def close(self) -> None:
         """Stop the wake-up listener, then close as arq does."""
         self._closing = True
+        with contextlib.suppress(RedisError, OSError):
+            await self.pool.delete(WORKER_HEALTH_PREFIX + WORKER_ID)
         if self._listener is not None:
             # A cancellation that lands in a blocking Redis command can be swallowed by redis-py
             # (redis/redis-py#2028); the listener then stops at its next turn, on the flag.

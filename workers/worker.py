@@ -128,6 +128,8 @@ def worker_settings(settings: Settings, events: JobEvents | None = None) -> dict
         "job_deserializer": deserialize,
         "max_jobs": settings.worker_concurrency,
         "keep_result": DEDUPE_WINDOW_SECONDS,
+        # arq's own health-check key (shared by all workers), kept fresh for `asklane status`.
+        "health_check_interval": 10,
         # On SIGTERM: stop picking jobs, give running ones this long, then re-queue the rest.
         "job_completion_wait": settings.shutdown_grace_seconds,
         "on_startup": startup,

@@ -1,0 +1,64 @@
+"""The files Heroku reads agree with the code: app.json, Procfile, requirements.txt, .python-version."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic_core import PydanticUndefined
+
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def app_json() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((ROOT / "app.json").read_text())
+    return loaded
+
+
+def _procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def test_app_json_asks_for_every_required_setting(app_json: dict[str, Any]) -> None:
+    required = {
+        name.upper() for name, field in Settings.model_fields.items() if field.default is PydanticUndefined
+    }
+    asked = {name for name, spec in app_json["env"].items() if spec.get("required")}
+
+    assert asked == required
+    assert set(app_json["env"]) <= {name.upper() for name in Settings.model_fields}
+
+
+def test_app_json_provides_redis_over_tls_with_its_self_signed_certificate_accepted(
+    app_json: dict[str, Any],
+) -> None:
+    [addon] = app_json["addons"]
+
+    assert addon["plan"].startswith("heroku-redis:") and addon["as"] == "REDIS"  # sets REDIS_URL
+    assert app_json["env"]["REDIS_TLS_VERIFY"]["value"] == "false"
+
+
+def test_app_json_runs_the_procfile_processes(app_json: dict[str, Any]) -> None:
+    assert set(app_json["formation"]) == set(_procfile()) == {"web", "worker"}
+    assert "$PORT" in _procfile()["web"]
+    assert _procfile()["worker"] == "arq workers.WorkerSettings"
+
+
+def test_heroku_installs_the_package_with_the_python_the_project_requires() -> None:
+    requirements = [
+        line for line in (ROOT / "requirements.txt").read_text().splitlines() if not line.startswith("#")
+    ]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    minimum = re.fullmatch(r">=(\d+\.\d+)", project["requires-python"])
+
+    assert requirements == ["."]
+    assert minimum is not None
+    assert (ROOT / ".python-version").read_text().strip() == minimum.group(1)

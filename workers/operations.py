@@ -1,0 +1,138 @@
+"""What the people on call can see and do: queue depth, running jobs, the limiter's state, worker
+health and recent jobs; retrying failed jobs and purging the failed list.
+
+Plain async functions over Redis, used by the ``asklane`` command (app/cli.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, cast
+
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, health_check_key_suffix, in_progress_key_prefix
+
+from app.job import AskJob
+from app.queue import PRIORITY_OFFSET_MS, enqueue_ask
+from workers import retention
+from workers.ratelimit import PAUSE_KEY, WINDOW_KEY
+
+#: Each worker writes its health here (workers/arq_worker.py), expiring if it stops writing.
+WORKER_HEALTH_PREFIX = "asklane:workers:"
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """One live worker process, as it last reported itself."""
+
+    worker: str
+    reported_at: float
+    running: int
+    completed: int
+    failed: int
+    retried: int
+
+
+@dataclass(frozen=True)
+class Status:
+    """The queue and the workers, now."""
+
+    interactive_queued: int
+    background_queued: int
+    #: Deferred jobs: retries waiting out their backoff, jobs waiting for a rate-limit slot.
+    scheduled: int
+    running: list[str]
+    ai_calls_last_second: int
+    paused_for_s: float
+    workers: list[WorkerHealth] = field(default_factory=list)
+    #: arq's own health-check line, written by whichever worker reported last.
+    arq_health: str | None = None
+
+
+async def status(redis: ArqRedis) -> Status:
+    """Queue depth by priority, running jobs, limiter and pause state, live workers."""
+    now_ms = time.time() * 1000
+    # Interactive jobs are scored PRIORITY_OFFSET_MS early (app/queue.py): below the midpoint.
+    lane = now_ms - PRIORITY_OFFSET_MS["interactive"] / 2
+    running = sorted(
+        key.decode().removeprefix(in_progress_key_prefix) for key in await _keys(redis, "running")
+    )
+    seconds, micros = await redis.time()
+    now_us = seconds * 1_000_000 + micros
+    paused_until = int(await redis.get(PAUSE_KEY) or 0)
+    workers = []
+    for key in await _keys(redis, "workers"):
+        raw = await redis.get(key)
+        if raw:  # it may have expired since the scan
+            workers.append(WorkerHealth(**json.loads(raw)))
+    return Status(
+        interactive_queued=await redis.zcount(default_queue_name, "-inf", lane),
+        background_queued=await redis.zcount(default_queue_name, f"({lane}", now_ms),
+        scheduled=await redis.zcount(default_queue_name, f"({now_ms}", "+inf"),
+        running=running,
+        ai_calls_last_second=await redis.zcount(WINDOW_KEY, now_us - 1_000_000, now_us),
+        paused_for_s=max(paused_until - now_us, 0) / 1_000_000,
+        workers=sorted(workers, key=lambda health: health.worker),
+        arq_health=(await redis.get(default_queue_name + health_check_key_suffix) or b"").decode() or None,
+    )
+
+
+async def recent(redis: ArqRedis, state: retention.State, count: int) -> list[retention.JobRecord]:
+    """The newest ``count`` completed or failed jobs, newest first."""
+    return await retention.recent(redis, state, count)
+
+
+@dataclass(frozen=True)
+class Retried:
+    """A failed job queued again under a new id."""
+
+    failed_job_id: str
+    job_id: str
+    reference: str
+
+
+async def retry(redis: ArqRedis, job_id: str | None = None) -> list[Retried]:
+    """Queue failed jobs again: the one with ``job_id``, or every failed job when it is None.
+
+    Each gets a new job id (arq keeps the failed one's result, which blocks its id) and leaves the
+    failed list. Records without a valid payload (an invalid job) are left where they are.
+    """
+    raw_records = await cast(Awaitable[list[bytes]], redis.lrange(retention.FAILED_KEY, 0, -1))
+    retried = []
+    for raw in raw_records:
+        record = retention.JobRecord.model_validate_json(raw)
+        if job_id is not None and record.job_id != job_id:
+            continue
+        try:
+            original = AskJob.model_validate(record.payload)
+        except ValueError:
+            continue
+        again = original.model_copy(
+            update={
+                "trigger_id": f"{original.trigger_id}:retry:{uuid.uuid4().hex[:8]}",
+                "enqueued_at": datetime.now(UTC),
+            }
+        )
+        await enqueue_ask(redis, again)
+        await cast(Awaitable[int], redis.lrem(retention.FAILED_KEY, 1, raw.decode()))
+        retried.append(Retried(record.job_id, again.job_id, again.reference))
+    return retried
+
+
+async def purge_failed(redis: ArqRedis) -> int:
+    """Empty the failed-jobs list; returns how many records it held."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.llen(retention.FAILED_KEY)
+        pipe.delete(retention.FAILED_KEY)
+        count, _ = await pipe.execute()
+    return int(count)
+
+
+async def _keys(redis: ArqRedis, kind: Literal["running", "workers"]) -> list[bytes]:
+    prefix = in_progress_key_prefix if kind == "running" else WORKER_HEALTH_PREFIX
+    return [key async for key in redis.scan_iter(match=prefix + "*", count=1000)]
