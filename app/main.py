@@ -58,8 +58,14 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
         return to_starlette_response(await bolt.async_dispatch(verified))
 
     async def healthz(request: Request) -> Response:
+        # Liveness: the process answers. A Redis outage must not get a healthy web process
+        # restarted; it keeps acking with "temporarily unavailable".
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        # Readiness: commands sent now would be queued.
         if await redis_answers(redis):
-            return JSONResponse({"status": "ok", "redis": "ok"})
+            return JSONResponse({"status": "ready", "redis": "ok"})
         return JSONResponse({"status": "unavailable", "redis": "unreachable"}, status_code=503)
 
     @asynccontextmanager
@@ -73,6 +79,7 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
         routes=[
             Route("/slack/events", slack_events, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

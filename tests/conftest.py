@@ -442,7 +442,7 @@ class WebProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_listening(self, timeout: float = 20.0) -> None:
-        """Block until uvicorn answers GET /healthz (with any status: Redis may be down)."""
+        """Block until uvicorn answers GET /healthz (liveness: Redis may be down)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             with contextlib.suppress(httpx.HTTPError):

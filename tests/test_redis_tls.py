@@ -27,7 +27,7 @@ def test_rediss_with_verification_off_carries_a_command_end_to_end(
     settings = settings_from({**env, "REDIS_URL": tls_redis.url, "REDIS_TLS_VERIFY": "false"})
 
     with TestClient(create_app(settings)) as web:
-        assert web.get("/healthz").status_code == 200
+        assert web.get("/readyz").status_code == 200
         commands.send(web, "what is a p99?")
     drain(settings)
 
@@ -40,4 +40,4 @@ def test_rediss_with_verification_on_refuses_a_self_signed_certificate(
     settings = settings_from({**env, "REDIS_URL": tls_redis.url, "REDIS_TLS_VERIFY": "true"})
 
     with TestClient(create_app(settings)) as web:
-        assert web.get("/healthz").status_code == 503
+        assert web.get("/readyz").status_code == 503

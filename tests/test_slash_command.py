@@ -180,20 +180,21 @@ def test_redis_outage_still_acks_fast_with_a_friendly_message(
     assert elapsed < 2.0
 
 
-def test_healthz_is_ok_when_redis_answers(web: TestClient) -> None:
-    response = web.get("/healthz")
+def test_readyz_is_ok_when_redis_answers(web: TestClient) -> None:
+    response = web.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json()["status"] == "ok"
+    assert response.json()["redis"] == "ok"
 
 
-def test_healthz_is_503_when_redis_is_unreachable(env: dict[str, str]) -> None:
+def test_readyz_is_503_but_healthz_200_when_redis_is_unreachable(env: dict[str, str]) -> None:
     settings = settings_from({**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
 
     with TestClient(create_app(settings)) as web:
-        response = web.get("/healthz")
+        ready, alive = web.get("/readyz"), web.get("/healthz")
 
-    assert response.status_code == 503
+    assert ready.status_code == 503
+    assert alive.status_code == 200
 
 
 def test_enqueueing_a_job_reaches_subscribed_hooks_once(settings: Settings, commands: SlashCommands) -> None:
