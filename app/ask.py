@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from arq.connections import ArqRedis
@@ -37,9 +38,20 @@ def clean_question(text: str) -> str:
     return _CONTROL.sub("", text).strip()
 
 
+Outcome = Literal["queued", "duplicate", "usage", "too_long", "malformed", "over_quota", "unavailable"]
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The message to ack a command with, and what became of the command (for metrics)."""
+
+    message: SlackMessage
+    outcome: Outcome
+
+
 async def handle_ask(
     command: Mapping[str, Any], redis: ArqRedis, events: JobEvents, limits: tuple[quota.Limit, ...] = ()
-) -> SlackMessage:
+) -> Ack:
     """Validate one slash command, queue its job within the fair-use ``limits``, and return the
     message to ack with."""
     name = str(command.get("command") or "/ask")
@@ -49,10 +61,10 @@ async def handle_ask(
 
     if not question or question.lower() in HELP_WORDS:
         bound.info("command.usage")
-        return messages.usage(name)
+        return Ack(messages.usage(name), "usage")
     if len(question) > MAX_QUESTION_CHARS:
         bound.info("command.too_long", length=len(question), limit=MAX_QUESTION_CHARS)
-        return messages.too_long(name, len(question), MAX_QUESTION_CHARS)
+        return Ack(messages.too_long(name, len(question), MAX_QUESTION_CHARS), "too_long")
 
     try:
         job = AskJob(
@@ -69,7 +81,7 @@ async def handle_ask(
     except ValidationError as error:
         reference = reference_for(trigger_id or question)
         bound.warning("command.malformed", reference=reference, fields=[e["loc"] for e in error.errors()])
-        return messages.malformed_request(reference)
+        return Ack(messages.malformed_request(reference), "malformed")
 
     bound = bound.bind(job_id=job.job_id, reference=job.reference)
     try:
@@ -82,15 +94,16 @@ async def handle_ask(
                 allowed=over.limit.allowed,
                 retry_after_s=round(over.retry_after, 1),
             )
-            return messages.over_quota(
+            message = messages.over_quota(
                 over.limit.scope, over.limit.allowed, over.limit.period, over.retry_after
             )
+            return Ack(message, "over_quota")
         queued = await enqueue_ask(redis, job)
         if not queued:
             await quota.refund(redis, limits, job.team_id, job.user_id)
     except QueueUnavailable as error:
         bound.error("command.queue_unavailable", error=str(error))
-        return messages.unavailable(job.reference)
+        return Ack(messages.unavailable(job.reference), "unavailable")
     if queued:
         await events.emit(
             "job.enqueued",
@@ -102,4 +115,4 @@ async def handle_ask(
         )
     else:
         bound.info("command.duplicate", length=len(question))
-    return messages.working_on_it(question)
+    return Ack(messages.working_on_it(question), "queued" if queued else "duplicate")

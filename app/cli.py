@@ -81,8 +81,8 @@ def _status_text(status: operations.Status, settings: Settings) -> str:
     now = time.time()
     pause = f"paused for {status.paused_for_s:.1f} s" if status.paused_for_s else "not paused"
     lines = [
-        f"queued      {status.interactive_queued} interactive, {status.background_queued} background, "
-        f"{status.scheduled} scheduled (retries and rate-limit waits)",
+        f"queued      {status.queue.interactive} interactive, {status.queue.background} background, "
+        f"{status.queue.scheduled} scheduled (retries and rate-limit waits)",
         f"running     {len(status.running)}" + (f": {', '.join(status.running)}" if status.running else ""),
         f"limiter     {status.ai_calls_last_second} AI calls in the last second "
         f"(limit {settings.jobs_per_second:g}/s), {pause}",

@@ -5,10 +5,13 @@ Run with ``uvicorn app.main:create_app --factory``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 from slack_bolt.adapter.starlette.async_handler import to_starlette_response
 from slack_bolt.async_app import AsyncBoltRequest
 from starlette.applications import Starlette
@@ -16,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from app import metrics
 from app.events import JobEvents
 from app.logs import configure_logging
-from app.queue import open_redis, redis_answers
+from app.queue import ENQUEUE_TIMEOUT_SECONDS, open_redis, redis_answers
 from app.settings import Settings, load_settings
 from app.slack_app import build_bolt_app
 from app.verification import Refused, check_slack_request, read_body
@@ -48,6 +52,7 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
                 reason=refused.reason,
                 client=request.client.host if request.client else None,
             )
+            metrics.count_soon(redis, "asklane_requests_refused", status=str(refused.status))
             return PlainTextResponse(refused.reason, status_code=refused.status)
         # Slack percent-encodes the form, so the body is ASCII; stray bytes cannot fail the decode.
         verified = AsyncBoltRequest(
@@ -68,6 +73,16 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
             return JSONResponse({"status": "ready", "redis": "ok"})
         return JSONResponse({"status": "unavailable", "redis": "unreachable"}, status_code=503)
 
+    async def prometheus(request: Request) -> Response:
+        # Every process's counts live in Redis (app/metrics.py); without Redis there is nothing
+        # true to report.
+        try:
+            async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
+                body = await metrics.render(redis)
+        except (RedisError, OSError, TimeoutError):
+            return PlainTextResponse("redis unreachable", status_code=503)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         log.info("web.started", command=settings.slack_command)
@@ -80,6 +95,7 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
             Route("/slack/events", slack_events, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

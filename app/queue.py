@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from arq.connections import ArqRedis, RedisSettings
@@ -158,6 +159,28 @@ async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "intera
     except (RedisError, OSError, TimeoutError) as error:
         raise QueueUnavailable(type(error).__name__) from error
     return bool(queued)
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Jobs waiting now: due ones by priority, and deferred ones (retries, rate-limit waits)."""
+
+    interactive: int
+    background: int
+    scheduled: int
+
+
+async def queue_depth(redis: ArqRedis) -> QueueDepth:
+    """Count the queue by lane. Running jobs stay in arq's queue too, and are counted as due."""
+    now_ms = time.time() * 1000
+    # Interactive jobs are scored PRIORITY_OFFSET_MS early: below the midpoint between the lanes.
+    lane = now_ms - PRIORITY_OFFSET_MS["interactive"] / 2
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(default_queue_name, "-inf", lane)
+        pipe.zcount(default_queue_name, f"({lane}", now_ms)
+        pipe.zcount(default_queue_name, f"({now_ms}", "+inf")
+        interactive, background, scheduled = await pipe.execute()
+    return QueueDepth(int(interactive), int(background), int(scheduled))
 
 
 async def wake_workers(redis: ArqRedis, count: int) -> None:

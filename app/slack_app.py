@@ -12,7 +12,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.web.async_client import AsyncWebClient
 
-from app import messages, quota
+from app import messages, metrics, quota
 from app.ask import handle_ask
 from app.events import JobEvents
 from app.job import reference_for
@@ -63,12 +63,15 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
 
     @app.command(settings.slack_command)
     async def ask(ack: AsyncAck, command: dict[str, Any]) -> None:
+        outcome: str
         try:
-            reply = await handle_ask(command, redis, events, limits)
+            answered = await handle_ask(command, redis, events, limits)
+            reply, outcome = answered.message, answered.outcome
         except Exception:
             reference = reference_for(str(command.get("trigger_id") or "unknown"))
             log.exception("command.crashed", reference=reference)
-            reply = messages.unavailable(reference)
+            reply, outcome = messages.unavailable(reference), "crashed"
+        metrics.count_soon(redis, "asklane_commands", outcome=outcome)
         await ack(response_type="ephemeral", text=reply.text, blocks=reply.blocks)
 
     # Registered after /ask, so it only sees other commands: a Slack app pointing more commands at
@@ -77,6 +80,7 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
     async def unknown(ack: AsyncAck, command: dict[str, Any]) -> None:
         log.warning("command.unknown", command=str(command.get("command"))[:40], team=command.get("team_id"))
         reply = messages.unknown_command(str(command.get("command")), settings.slack_command)
+        metrics.count_soon(redis, "asklane_commands", outcome="unknown_command")
         await ack(response_type="ephemeral", text=reply.text, blocks=reply.blocks)
 
     return app

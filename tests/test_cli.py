@@ -52,7 +52,7 @@ def test_status_counts_queued_jobs_by_priority(
 
     status = _run(capsys, settings, "status")
 
-    assert (status["interactive_queued"], status["background_queued"], status["scheduled"]) == (2, 1, 0)
+    assert status["queue"] == {"interactive": 2, "background": 1, "scheduled": 0}
     assert status["running"] == [] and status["paused_for_s"] == 0
 
 

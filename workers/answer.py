@@ -198,6 +198,7 @@ async def _run(job: AskJob, deps: WorkerDeps, score: int, held: Lease) -> str:
                     attempt=failures,
                     delay_s=round(delay, 3),
                     reason=str(failure),
+                    phase=phase,
                 )
                 raise Retry(defer=await _tell_user_we_retry(job, deps, delay)) from failure
     await _fail(job, deps, failure, timings)
@@ -234,6 +235,7 @@ async def _give_up(job: AskJob, deps: WorkerDeps, failure: store.FailureNotice, 
                 attempt=failures,
                 delay_s=round(delay, 3),
                 reason=f"failure message: {error}",
+                phase="notice",
             )
             raise Retry(defer=delay) from error
         log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))

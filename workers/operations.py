@@ -7,7 +7,6 @@ Plain async functions over Redis, used by the ``asklane`` command (app/cli.py).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from arq.connections import ArqRedis
 from arq.constants import default_queue_name, health_check_key_suffix, in_progress_key_prefix
 
 from app.job import AskJob
-from app.queue import PRIORITY_OFFSET_MS, enqueue_ask
+from app.queue import QueueDepth, enqueue_ask, queue_depth
 from workers import retention
 from workers.ratelimit import PAUSE_KEY, WINDOW_KEY
 
@@ -42,10 +41,7 @@ class WorkerHealth:
 class Status:
     """The queue and the workers, now."""
 
-    interactive_queued: int
-    background_queued: int
-    #: Deferred jobs: retries waiting out their backoff, jobs waiting for a rate-limit slot.
-    scheduled: int
+    queue: QueueDepth
     running: list[str]
     ai_calls_last_second: int
     paused_for_s: float
@@ -56,9 +52,6 @@ class Status:
 
 async def status(redis: ArqRedis) -> Status:
     """Queue depth by priority, running jobs, limiter and pause state, live workers."""
-    now_ms = time.time() * 1000
-    # Interactive jobs are scored PRIORITY_OFFSET_MS early (app/queue.py): below the midpoint.
-    lane = now_ms - PRIORITY_OFFSET_MS["interactive"] / 2
     running = sorted(
         key.decode().removeprefix(in_progress_key_prefix) for key in await _keys(redis, "running")
     )
@@ -71,9 +64,7 @@ async def status(redis: ArqRedis) -> Status:
         if raw:  # it may have expired since the scan
             workers.append(WorkerHealth(**json.loads(raw)))
     return Status(
-        interactive_queued=await redis.zcount(default_queue_name, "-inf", lane),
-        background_queued=await redis.zcount(default_queue_name, f"({lane}", now_ms),
-        scheduled=await redis.zcount(default_queue_name, f"({now_ms}", "+inf"),
+        queue=await queue_depth(redis),
         running=running,
         ai_calls_last_second=await redis.zcount(WINDOW_KEY, now_us - 1_000_000, now_us),
         paused_for_s=max(paused_until - now_us, 0) / 1_000_000,

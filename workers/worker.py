@@ -17,7 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.events import JobEvents
+from app import metrics
+from app.events import ALL, JobEvents
 from app.job import ANSWER_JOB, deserialize, serialize
 from app.logs import configure_logging
 from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings, wake_workers
@@ -78,6 +79,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         limiter=RateLimiter(ctx["redis"], settings.jobs_per_second),
         events=ctx["events"],
     )
+    # Job events also feed the metrics that GET /metrics on the web process serves.
+    ctx["events"].subscribe(ALL, metrics.Recorder(ctx["redis"]))
     await ctx["deps"].claude.warm_up()
     ctx["stopping"] = asyncio.Event()
     ctx["progress_sweep"] = asyncio.create_task(

@@ -1,0 +1,83 @@
+"""GET /metrics: Prometheus text of what every process recorded in Redis, and the queue now."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import SlashCommands, drain, free_port, settings_from, signature_headers, wait_until
+from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
+
+
+def _samples(web: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = web.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_queue_depth_is_read_at_scrape_time(web: TestClient, commands: SlashCommands) -> None:
+    for n in range(3):
+        commands.send(web, f"question {n}")
+
+    samples = _samples(web)
+
+    assert samples["asklane_queue_depth", (("kind", "interactive"),)] == 3
+    assert samples["asklane_queue_depth", (("kind", "background"),)] == 0
+
+
+def test_every_command_outcome_and_refused_request_is_counted(
+    web: TestClient, commands: SlashCommands
+) -> None:
+    commands.send(web, "a real question")
+    commands.send(web, "help")
+    body = commands.body("forged")
+    web.post("/slack/events", content=body, headers=signature_headers(body, secret="wrong-secret"))
+
+    def counted() -> bool:
+        samples = _samples(web)
+        return (
+            samples.get(("asklane_commands_total", (("outcome", "queued"),))) == 1
+            and samples.get(("asklane_commands_total", (("outcome", "usage"),))) == 1
+            and samples.get(("asklane_requests_refused_total", (("status", "401"),))) == 1
+        )
+
+    wait_until(counted, timeout=5)
+
+
+def test_workers_job_events_reach_the_web_processs_metrics(
+    web: TestClient, commands: SlashCommands, settings: Settings, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(MESSAGES, error(500, "api_error"))
+    commands.send(web, "a question that is retried once")
+
+    drain(settings)
+    samples = _samples(web)
+
+    assert samples["asklane_jobs_started_total", ()] == 2
+    assert samples["asklane_jobs_finished_total", (("state", "completed"),)] == 1
+    assert samples["asklane_job_retries_total", (("phase", "ai"),)] == 1
+    assert samples["asklane_ai_tokens_total", (("kind", "output"),)] == 34
+    assert samples["asklane_ai_latency_seconds_count", ()] == 1
+    assert samples["asklane_output_tokens_bucket", (("le", "64.0"),)] == 1
+    assert samples["asklane_output_tokens_bucket", (("le", "16.0"),)] == 0
+    assert samples["asklane_queue_depth", (("kind", "interactive"),)] == 0
+
+
+def test_metrics_are_503_when_redis_is_unreachable(env: dict[str, str]) -> None:
+    settings = settings_from({**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+
+    with TestClient(create_app(settings)) as web:
+        started = time.monotonic()
+        response = web.get("/metrics")
+
+    assert response.status_code == 503
+    assert time.monotonic() - started < 2.0
