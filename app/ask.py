@@ -5,6 +5,7 @@ Kept free of Bolt so it can be tested with a plain dict and a real Redis.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from app import messages, quota
 from app.events import JobEvents
 from app.job import AskJob, reference_for
 from app.messages import SlackMessage
-from app.queue import QueueUnavailable, enqueue_ask
+from app.queue import ENQUEUE_TIMEOUT_SECONDS, QueueUnavailable, enqueue_ask
 
 #: Longest question accepted. Slack itself allows a few thousand characters in a slash command;
 #: this keeps a prompt (and the echo in the notice) within sane bounds.
@@ -85,25 +86,25 @@ async def handle_ask(
 
     bound = bound.bind(job_id=job.job_id, reference=job.reference)
     try:
-        over = await quota.charge(redis, limits, job.team_id, job.user_id)
-        if over is not None:
-            bound.info(
-                "command.over_quota",
-                scope=over.limit.scope,
-                period=over.limit.period,
-                allowed=over.limit.allowed,
-                retry_after_s=round(over.retry_after, 1),
-            )
-            message = messages.over_quota(
-                over.limit.scope, over.limit.allowed, over.limit.period, over.retry_after
-            )
-            return Ack(message, "over_quota")
-        queued = await enqueue_ask(redis, job)
-        if not queued:
-            await quota.refund(redis, limits, job.team_id, job.user_id)
-    except QueueUnavailable as error:
-        bound.error("command.queue_unavailable", error=str(error))
+        # One budget for all of the ack's Redis work, well inside Slack's 3 s.
+        async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
+            over = await quota.charge(redis, limits, job)
+            queued = over is None and await enqueue_ask(redis, job)
+    except (QueueUnavailable, TimeoutError) as error:
+        bound.error("command.queue_unavailable", error=str(error) or type(error).__name__)
         return Ack(messages.unavailable(job.reference), "unavailable")
+    if over is not None:
+        bound.info(
+            "command.over_quota",
+            scope=over.limit.scope,
+            period=over.limit.period,
+            allowed=over.limit.allowed,
+            retry_after_s=round(over.retry_after, 1),
+        )
+        message = messages.over_quota(
+            over.limit.scope, over.limit.allowed, over.limit.period, over.retry_after
+        )
+        return Ack(message, "over_quota")
     if queued:
         await events.emit(
             "job.enqueued",

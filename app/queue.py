@@ -76,7 +76,8 @@ _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 local score = tonumber(ARGV[6]) - tonumber(ARGV[3])
 local last = tonumber(redis.call('GET', KEYS[4]) or '0')
-if score <= last then score = last + 0.001 end
+-- A web host whose clock ran ahead must not hold later jobs back: keep order only within 1 s.
+if score <= last then score = math.min(last + 0.001, score + 1000) end
 local text = string.format('%.3f', score)
 redis.call('SET', KEYS[4], text, 'PX', 86400000)
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[4]))

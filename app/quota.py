@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
 from redis.exceptions import RedisError
 
+from app.job import AskJob
 from app.queue import ENQUEUE_TIMEOUT_SECONDS, QueueUnavailable
 from app.settings import Settings
 
@@ -50,30 +52,28 @@ def limits_from(settings: Settings) -> tuple[Limit, ...]:
     return tuple(limit for limit in configured if limit.allowed > 0)
 
 
-# KEYS: one counter per limit.  ARGV: allowed and window ms for each key, in order.
-# Charges every counter only when none is used up, so a refused question costs nothing.
-# Returns 0, or {index of the used-up limit (1-based), ms until its window closes}.
+# KEYS: the job's arq job and result keys, then one counter per limit.
+# ARGV: allowed and window ms for each counter, in order.
+# A job already queued or answered (a duplicate delivery) is charged nothing: -1. Otherwise every
+# counter is charged only when none is used up (0); else nothing is, and the used-up limit whose
+# window closes last is returned as {its index (1-based), ms until then}.
 _CHARGE = """
-for i, key in ipairs(KEYS) do
-  if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[2 * i - 1]) then
-    local ttl = redis.call('PTTL', key)
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return -1 end
+local worst, worst_ttl = 0, -1
+for i = 3, #KEYS do
+  local n = i - 2
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[2 * n - 1]) then
+    local ttl = redis.call('PTTL', KEYS[i])
     if ttl < 0 then
-      redis.call('PEXPIRE', key, ARGV[2 * i])
-      ttl = tonumber(ARGV[2 * i])
+      redis.call('PEXPIRE', KEYS[i], ARGV[2 * n])
+      ttl = tonumber(ARGV[2 * n])
     end
-    return {i, ttl}
+    if ttl > worst_ttl then worst, worst_ttl = n, ttl end
   end
 end
-for i, key in ipairs(KEYS) do
-  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[2 * i]) end
-end
-return 0
-"""
-
-# KEYS: the counters charged for a question that turned out to be a duplicate delivery.
-_REFUND = """
-for _, key in ipairs(KEYS) do
-  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+if worst > 0 then return {worst, worst_ttl} end
+for i = 3, #KEYS do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[2 * (i - 2)]) end
 end
 return 0
 """
@@ -84,28 +84,24 @@ def _key(limit: Limit, team_id: str, user_id: str) -> str:
     return f"asklane:quota:{limit.scope}:{limit.period}:{owner}"
 
 
-async def charge(redis: ArqRedis, limits: tuple[Limit, ...], team_id: str, user_id: str) -> OverQuota | None:
-    """Count one question against every limit, or return the limit it is over (counting nothing).
+async def charge(redis: ArqRedis, limits: tuple[Limit, ...], job: AskJob) -> OverQuota | None:
+    """Count the job's question against every limit, or return the limit it is over (counting
+    nothing). A duplicate delivery of a job already queued is not counted again.
 
     Raises QueueUnavailable when Redis does not answer in time.
     """
     if not limits:
         return None
-    keys = [_key(limit, team_id, user_id) for limit in limits]
+    keys = [job_key_prefix + job.job_id, result_key_prefix + job.job_id]
+    keys += [_key(limit, job.team_id, job.user_id) for limit in limits]
     args: list[Any] = []
     for limit in limits:
         args += [limit.allowed, limit.seconds * 1000]
     result = await _eval(redis, _CHARGE, keys, args)
-    if not result:
+    if not isinstance(result, list):
         return None
     index, ttl_ms = result
     return OverQuota(limits[int(index) - 1], retry_after=max(int(ttl_ms), 0) / 1000)
-
-
-async def refund(redis: ArqRedis, limits: tuple[Limit, ...], team_id: str, user_id: str) -> None:
-    """Give back a charge for a question that was not queued after all (a duplicate delivery)."""
-    if limits:
-        await _eval(redis, _REFUND, [_key(limit, team_id, user_id) for limit in limits], [])
 
 
 async def _eval(redis: ArqRedis, script: str, keys: list[str], args: list[Any]) -> Any:

@@ -37,7 +37,7 @@ class Refused(Exception):
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and (not _is_number(declared) or int(declared) > limit):
         raise Refused(413, "body too large")
     body = bytearray()
     async for chunk in request.stream():
@@ -51,7 +51,7 @@ def check_slack_request(body: bytes, headers: Mapping[str, str], signing_secret:
     """Raise Refused unless Slack signed this body within the last five minutes and sent a form."""
     timestamp = headers.get("x-slack-request-timestamp", "")
     signature = headers.get("x-slack-signature", "")
-    if not timestamp.isdigit() or not signature:
+    if not _is_number(timestamp) or not signature:
         raise Refused(401, "missing or malformed signature headers")
     if abs(time.time() - int(timestamp)) > MAX_SKEW_SECONDS:
         raise Refused(401, "stale timestamp")
@@ -66,3 +66,9 @@ def check_slack_request(body: bytes, headers: Mapping[str, str], signing_secret:
     # Slash commands and interactivity arrive as forms; anything else is not a request we serve.
     if headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
         raise Refused(415, "unsupported content type")
+
+
+def _is_number(value: str) -> bool:
+    # ASCII digits only ("²".isdigit() is true, and int() refuses it), and short enough that
+    # arithmetic on it cannot overflow a float.
+    return value.isascii() and value.isdigit() and len(value) <= 15

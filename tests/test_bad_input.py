@@ -75,6 +75,19 @@ def test_a_timestamp_that_is_not_a_number_is_refused_with_401(
     assert queued_job_ids(redis_client) == []
 
 
+def test_a_timestamp_of_unicode_digits_or_huge_is_refused_with_401(
+    web: TestClient, commands: SlashCommands, redis_client: redis.Redis
+) -> None:
+    body = commands.body("what is a p99?")
+    for timestamp in ("\u00b2".encode(), b"9" * 400):
+        headers: dict[str, str | bytes] = {**signature_headers(body), "X-Slack-Request-Timestamp": timestamp}
+
+        response = web.post("/slack/events", content=body, headers=headers)
+
+        assert response.status_code == 401
+    assert queued_job_ids(redis_client) == []
+
+
 def test_a_future_timestamp_outside_the_window_is_refused(
     web: TestClient, commands: SlashCommands, redis_client: redis.Redis
 ) -> None:

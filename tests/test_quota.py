@@ -113,3 +113,28 @@ def test_the_limit_lifts_when_its_window_closes(
     time.sleep(0.01)
 
     assert "Working on it" in ack_text(commands.send(web, "after the window"))
+
+
+def test_the_wait_given_is_that_of_the_limit_that_lifts_last(
+    web_with: MakeWeb, commands: SlashCommands, redis_client: redis.Redis
+) -> None:
+    web = web_with(quota_user_per_minute=1, quota_user_per_day=1)
+    commands.send(web, "first")
+
+    refused = commands.send(web, "second")
+
+    assert "questions this day" in ack_text(refused) or "1 questions this day" in ack_text(refused)
+    assert "ask again in 24 h" in ack_text(refused) or "ask again in 23 h" in ack_text(refused)
+
+
+def test_a_duplicate_of_a_queued_command_at_the_limit_is_not_refused(
+    web_with: MakeWeb, commands: SlashCommands, redis_client: redis.Redis
+) -> None:
+    web = web_with(quota_user_per_minute=1)
+    form = commands.form("what is a p99?")
+    commands.send(web, form=form)
+
+    again = commands.send(web, form=form)
+
+    assert "Working on it" in ack_text(again)
+    assert len(queued_job_ids(redis_client)) == 1

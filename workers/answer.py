@@ -221,13 +221,15 @@ async def _give_up(job: AskJob, deps: WorkerDeps, failure: store.FailureNotice, 
     When Slack does not take the message, the job is retried for the message alone, with the
     delivery backoff: a failure must reach the user as surely as an answer.
     """
+    # Kept before the first post, so a run cut off while telling the user (SIGTERM, a crash)
+    # is re-run to tell them, not to ask Claude again.
+    await store.save_failure(deps.redis, job.job_id, failure)
     try:
         via = await deps.slack.send(job, messages.failed(failure.reason, job.reference))
     except DeliveryFailed as error:
         failures = await store.record_failure(deps.redis, job.job_id, "notice")
         if should_retry(error, failures, deps.settings):
             delay = retry_delay(error, failures, deps.settings)
-            await store.save_failure(deps.redis, job.job_id, failure)
             await deps.events.emit(
                 "job.retrying",
                 level="warning",

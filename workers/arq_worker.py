@@ -231,8 +231,9 @@ class AsklaneWorker(arq.worker.Worker):
     async def close(self) -> None:
         """Stop the wake-up listener, then close as arq does."""
         self._closing = True
-        with contextlib.suppress(RedisError, OSError):
-            await self.pool.delete(WORKER_HEALTH_PREFIX + WORKER_ID)
+        if self._pool is not None:  # None when start-up never connected
+            with contextlib.suppress(RedisError, OSError):
+                await self._pool.delete(WORKER_HEALTH_PREFIX + WORKER_ID)
         if self._listener is not None:
             # A cancellation that lands in a blocking Redis command can be swallowed by redis-py
             # (redis/redis-py#2028); the listener then stops at its next turn, on the flag.

@@ -103,6 +103,9 @@ async def retry(redis: ArqRedis, job_id: str | None = None) -> list[Retried]:
             original = AskJob.model_validate(record.payload)
         except ValueError:
             continue
+        # Taken off the list first: of two operators retrying at once, only one queues it.
+        if not await cast(Awaitable[int], redis.lrem(retention.FAILED_KEY, 1, raw.decode())):
+            continue
         again = original.model_copy(
             update={
                 "trigger_id": f"{original.trigger_id}:retry:{uuid.uuid4().hex[:8]}",
@@ -110,8 +113,9 @@ async def retry(redis: ArqRedis, job_id: str | None = None) -> list[Retried]:
             }
         )
         await enqueue_ask(redis, again)
-        await cast(Awaitable[int], redis.lrem(retention.FAILED_KEY, 1, raw.decode()))
         retried.append(Retried(record.job_id, again.job_id, again.reference))
+        if job_id is not None:
+            break
     return retried
 
 
