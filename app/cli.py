@@ -5,6 +5,10 @@
     asklane retry JOB_ID           queue a failed job again (asklane retry --all-failed: all)
     asklane purge --failed         empty the failed-jobs list
 
+    asklane ask "question"         in the sandbox (``make run`` without Slack credentials): send a
+                                   signed /ask to the web process and print what the asker sees
+    asklane sandbox                run the sandbox's Slack and Claude stand-ins (app/sandbox.py)
+
 Tables for people by default; ``--json`` for scripts. Reads REDIS_URL and the rest of the
 settings like the processes do (on Heroku: ``heroku run asklane status``).
 """
@@ -14,12 +18,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hashlib
+import hmac
 import json
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
+from urllib.request import Request, urlopen
 
+import uvicorn
+
+from app import sandbox
 from app.queue import open_redis
 from app.settings import Settings, load_settings
 from workers import operations, retention
@@ -30,6 +42,11 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     args = _parser().parse_args(argv)
     if args.command == "retry" and (args.job_id is None) == (not args.all_failed):
         _parser().error("retry takes a JOB_ID or --all-failed")
+    if args.command == "sandbox":
+        uvicorn.run(sandbox.create_app(), host="127.0.0.1", port=args.port, log_level="warning")
+        return 0
+    if args.command == "ask":
+        return ask_in_sandbox(settings or load_settings(), args.question, args.url, args.timeout)
     return asyncio.run(_run(args, settings or load_settings()))
 
 
@@ -47,7 +64,64 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--failed", action="store_true", required=True, help="the failed-jobs list")
     for sub in (status, jobs, retry, purge):
         sub.add_argument("--json", action="store_true", help="machine-readable output")
+    ask = commands.add_parser("ask", help="ask a question in the sandbox and print the replies")
+    ask.add_argument("question")
+    ask.add_argument("--url", default="http://127.0.0.1:3000", help="the web process (default :3000)")
+    ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    stand_ins = commands.add_parser("sandbox", help="run the local Slack and Claude stand-ins")
+    stand_ins.add_argument("--port", type=int, default=sandbox.DEFAULT_PORT)
     return parser
+
+
+def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: float) -> int:
+    """Send ``question`` as a signed slash command and print each message its asker would see,
+    until the answer (exit 0) or an error message (exit 1) arrives."""
+    prefix = settings.slack_response_url_prefixes[0]
+    if not prefix.endswith(sandbox.RESPONSE_PATH):
+        print("asklane ask works in the sandbox: `make run` without Slack credentials", file=sys.stderr)
+        return 2
+    base = prefix.removesuffix(sandbox.RESPONSE_PATH)
+    hook = uuid.uuid4().hex
+    form = {
+        "team_id": "T0SANDBOX",
+        "channel_id": "C0SANDBOX",
+        "user_id": "U0YOU",
+        "command": settings.slack_command,
+        "text": question,
+        "response_url": prefix + hook,
+        "trigger_id": f"{time.time_ns()}.{hook}",
+    }
+    body = urlencode(form).encode()
+    timestamp = str(int(time.time()))
+    secret = settings.slack_signing_secret.get_secret_value().encode()
+    signature = "v0=" + hmac.new(secret, f"v0:{timestamp}:".encode() + body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": timestamp,
+        "X-Slack-Signature": signature,
+    }
+    with urlopen(Request(web_url + "/slack/events", body, headers), timeout=10) as response:
+        print(f"--- ack\n{json.loads(response.read())['text']}")
+    deadline = time.monotonic() + timeout
+    seen = {hook: 0, f"{form['channel_id']}:{form['user_id']}": 0}
+    while time.monotonic() < deadline:
+        for box in seen:
+            wait = 1.0 if box == hook else 0.0
+            with urlopen(
+                f"{base}{sandbox.MESSAGES_PATH}{box}?after={seen[box]}&wait={wait}", timeout=15
+            ) as reply:
+                arrived = json.loads(reply.read())
+            seen[box] += len(arrived)
+            for message in arrived:
+                print(_shown(message))
+                if not str(message.get("text", "")).startswith(":hourglass"):
+                    return 1 if str(message.get("text", "")).startswith(":x:") else 0
+    print(f"no answer within {timeout:g} s", file=sys.stderr)
+    return 1
+
+
+def _shown(message: dict[str, Any]) -> str:
+    return f"--- {message.get('via', 'response_url')}\n{message.get('text', '')}"
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -16,12 +16,19 @@ PositiveSeconds = Annotated[float, Field(gt=0)]
 
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
+#: Written by `make run` in sandbox mode, removed when it stops; absent everywhere else.
+SANDBOX_ENV_FILE = ".local/sandbox.env"
+
 
 class Settings(BaseSettings):
     """Every setting asklane reads; each field maps to the upper-case environment variable."""
 
     # An empty value (`SLACK_BOT_TOKEN=` in .env) counts as unset, so it is reported as missing.
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True)
+    # `make run` without Slack credentials writes the sandbox's settings to SANDBOX_ENV_FILE
+    # (scripts/run-local); they fill what .env leaves empty, and the environment beats both.
+    model_config = SettingsConfigDict(
+        env_file=(".env", SANDBOX_ENV_FILE), extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     redis_url: str = "redis://localhost:6379/0"
     redis_tls_verify: bool = True
