@@ -101,7 +101,7 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
         "X-Slack-Signature": signature,
     }
     with urlopen(Request(web_url + "/slack/events", body, headers), timeout=10) as response:
-        print(f"--- ack\n{json.loads(response.read())['text']}")
+        print(_shown({"via": "ack", **json.loads(response.read())}))
     deadline = time.monotonic() + timeout
     seen = {hook: 0, f"{form['channel_id']}:{form['user_id']}": 0}
     while time.monotonic() < deadline:
@@ -121,7 +121,16 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
 
 
 def _shown(message: dict[str, Any]) -> str:
-    return f"--- {message.get('via', 'response_url')}\n{message.get('text', '')}"
+    """A message as the asker would read it: its blocks' text when it has blocks."""
+    parts = []
+    for block in message.get("blocks") or []:
+        if block.get("type") == "markdown":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block.get("text"), dict):
+            parts.append(str(block["text"].get("text", "")))
+        for element in block.get("elements") or []:
+            parts.append(str(element.get("text", "")))
+    return f"--- {message.get('via', 'response_url')}\n" + ("\n".join(parts) or str(message.get("text", "")))
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -161,8 +161,9 @@ def main() -> int:
         def start_workers(generation: str) -> list[WorkerProcess]:
             logs = [workdir / f"worker-{generation}{n}.log" for n in range(args.workers)]
             workers = [WorkerProcess(env, log) for log in logs]
-            for worker in workers:
+            for worker in workers:  # all stopped at exit, even if one fails to start
                 running.callback(worker.stop)
+            for worker in workers:
                 # At LOG_LEVEL=WARNING there is no worker.started line: arq prints its own first.
                 worker.wait_for_log("Starting worker", timeout=30)
             time.sleep(1.0)  # start-up (warm-up call, first poll) done
