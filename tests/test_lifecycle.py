@@ -87,8 +87,9 @@ def test_sigterm_requeues_a_job_that_outlives_the_grace_period_for_another_worke
     assert fake_slack.delivered() == []
 
     start_worker(**slow)
-    wait_until(fake_slack.delivered)
-    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+    # The re-queued job may wait long enough for a progress update first; one answer, still.
+    wait_until(lambda: _final_answers(fake_slack))
+    assert _final_answers(fake_slack) == [ANSWER]
 
 
 def test_worker_survives_a_redis_restart_and_answers_afterwards(
@@ -152,3 +153,7 @@ def _answers(client: httpx.Client) -> bool:
         return client.get("/healthz").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _final_answers(fake_slack: FakeSlack) -> list[str]:
+    return [post["text"] for post in fake_slack.delivered() if post["text"].startswith("Answer to:")]
