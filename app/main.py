@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import to_starlette_response
 from slack_bolt.async_app import AsyncBoltRequest
 from starlette.applications import Starlette
@@ -85,8 +86,17 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        log.info("web.started", command=settings.slack_command)
+        # With an app-level token, Slack sends commands over a WebSocket this process opens (no
+        # public URL needed); the HTTP endpoint stays up beside it. Built here: its aiohttp
+        # session needs the running loop.
+        socket_mode = None
+        if settings.slack_app_token is not None:
+            socket_mode = AsyncSocketModeHandler(bolt, settings.slack_app_token.get_secret_value())
+            await socket_mode.connect_async()  # type: ignore[no-untyped-call]
+        log.info("web.started", command=settings.slack_command, socket_mode=socket_mode is not None)
         yield
+        if socket_mode is not None:
+            await socket_mode.close_async()  # type: ignore[no-untyped-call]
         await redis.aclose()
         log.info("web.stopped")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +20,54 @@ class FakeSlack(FakeServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/response/{hook}", self._response_url)
+        app.router.add_post("/api/apps.connections.open", self._connections_open)
         app.router.add_post("/api/{method}", self._web_api)
+        app.router.add_get("/socket", self._socket)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The Socket Mode connection an app holds, and the envelopes' acks it sent back.
+        self.socket: web.WebSocketResponse | None = None
+        self.socket_acks: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        super().reset()
+        self.socket = None
+        self.socket_acks = []
+
+    async def _connections_open(self, request: web.Request) -> web.StreamResponse:
+        app_token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        reply = Reply(json={"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"})
+        if not app_token.startswith("xapp-"):
+            reply = Reply(json={"ok": False, "error": "not_allowed_token_type"})
+        self.record(request.path, request.headers, {}, reply)
+        return await self.respond(request, reply)
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self.socket = socket
+        await socket.send_json(
+            {"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0APP"}}
+        )
+        async for message in socket:
+            if message.type == web.WSMsgType.TEXT:
+                with self._lock:
+                    self.socket_acks.append(json.loads(message.data))
+        return socket
+
+    def send_slash_command(self, form: dict[str, str]) -> str:
+        """Deliver a slash command over the Socket Mode connection; returns its envelope id."""
+        assert self.socket is not None, "no app is connected over Socket Mode"
+        envelope_id = uuid.uuid4().hex
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": "slash_commands",
+            "payload": form,
+            "accepts_response_payload": True,
+        }
+        asyncio.run_coroutine_threadsafe(self.socket.send_json(envelope), self._loop).result(5)
+        return envelope_id
 
     @property
     def response_prefix(self) -> str:
