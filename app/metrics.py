@@ -65,6 +65,9 @@ HISTOGRAMS: dict[str, HistogramSpec] = {
     "asklane_delivery_seconds": HistogramSpec(
         "Time to post a completed job's answer to Slack.", (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
     ),
+    "asklane_input_tokens": HistogramSpec(
+        "Input tokens per completed job.", (16, 64, 256, 512, 1024, 2048, 4096, 8192)
+    ),
     "asklane_output_tokens": HistogramSpec(
         "Output tokens per completed job.", (16, 64, 256, 512, 1024, 2048, 4096, 8192)
     ),
@@ -132,6 +135,7 @@ class Recorder:
                 ("asklane_ai_latency_seconds", "ai_ms", 1000),
                 ("asklane_queued_seconds", "queued_ms", 1000),
                 ("asklane_delivery_seconds", "delivery_ms", 1000),
+                ("asklane_input_tokens", "input_tokens", 1),
                 ("asklane_output_tokens", "output_tokens", 1),
             ):
                 if fields.get(field) is not None:
