@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -110,7 +110,18 @@ def count_soon(redis: ArqRedis, name: str, **labels: str) -> None:
             async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
                 await add(redis, {(name, _labels(labels)): 1})
 
-    task = asyncio.create_task(write())
+    _spawn(write())
+
+
+async def flush() -> None:
+    """Wait (at most WRITE_TIMEOUT_SECONDS) for background writes still running; called as a
+    process stops."""
+    if _pending:
+        await asyncio.wait(list(_pending), timeout=WRITE_TIMEOUT_SECONDS)
+
+
+def _spawn(write: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(write)
     _pending.add(task)  # the loop holds tasks weakly
     task.add_done_callback(_pending.discard)
 
@@ -155,11 +166,17 @@ class Recorder:
         elif event == "job.stalled":
             counts["asklane_jobs_stalled", ""] = 1
         if counts or observed:
-            try:
-                await add(self._redis, counts, observed)
-            except (RedisError, OSError) as error:
-                # Metrics are worth less than the job: note it and go on.
-                log.warning("metrics.unrecorded", metrics_event=event, error=type(error).__name__)
+            # In the background: a job's next step (its AI call, its post) must not wait on it.
+            _spawn(self._write(event, counts, observed))
+
+    async def _write(
+        self, event: str, counts: dict[tuple[str, str], float], observed: dict[tuple[str, str], float]
+    ) -> None:
+        try:
+            await add(self._redis, counts, observed)
+        except (RedisError, OSError) as error:
+            # Metrics are worth less than the job: note it and go on.
+            log.warning("metrics.unrecorded", metrics_event=event, error=type(error).__name__)
 
 
 async def render(redis: ArqRedis) -> bytes:

@@ -105,6 +105,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     deps: WorkerDeps | None = ctx.get("deps")
     if deps is not None:
         await deps.claude.close()
+    await metrics.flush()
     # Jobs cut off by the grace period are back in the queue by now; let idle workers take them
     # at once rather than at their next look.
     with contextlib.suppress(RedisError, OSError):
