@@ -31,7 +31,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import FakeAnthropic, FakeSlack, RedisServer, WebProcess, deployment_env, percentile
+from harness import (
+    WebProcess,
+    deployment_env,
+    percentile,
+    start_loopback,
+)
 
 from tests.conftest import SlashCommands, signature_headers
 
@@ -108,13 +113,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="asklane-bench-ack-"))
     # Each piece is stopped (in reverse order) only if it was started.
     with ExitStack() as running:
-        redis = RedisServer(workdir)
-        redis.start()
-        running.callback(redis.stop)
-        slack = FakeSlack().start()
-        running.callback(slack.stop)
-        anthropic = FakeAnthropic().start()
-        running.callback(anthropic.stop)
+        redis, slack, anthropic = start_loopback(running, workdir)
         web = WebProcess(deployment_env(redis, slack, anthropic), workdir / "web.log")
         running.callback(web.stop)
         web.wait_listening()

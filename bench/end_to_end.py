@@ -38,7 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from harness import FakeAnthropic, FakeSlack, RedisServer, WebProcess, deployment_env, percentile
+from harness import (
+    WebProcess,
+    deployment_env,
+    percentile,
+    start_loopback,
+)
 
 from app.job import job_id_for
 from tests.conftest import SlashCommands, WorkerProcess, signature_headers
@@ -108,13 +113,7 @@ def main() -> int:
     errors: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="asklane-bench-e2e-"))
     with ExitStack() as running:
-        redis = RedisServer(workdir)
-        redis.start()
-        running.callback(redis.stop)
-        slack = FakeSlack().start()
-        running.callback(slack.stop)
-        anthropic = FakeAnthropic().start()
-        running.callback(anthropic.stop)
+        redis, slack, anthropic = start_loopback(running, workdir)
         env = deployment_env(redis, slack, anthropic)
         web = WebProcess(env, workdir / "web.log")
         running.callback(web.stop)

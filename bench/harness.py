@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "log_events",
     "max_in_window",
     "percentile",
+    "start_loopback",
 ]
 
 
@@ -50,7 +52,25 @@ def deployment_env(redis: RedisServer, slack: FakeSlack, anthropic: FakeAnthropi
         "ANTHROPIC_BASE_URL": anthropic.url,
         # Per-request INFO logging is not what is being measured.
         "LOG_LEVEL": "WARNING",
+        # Nor are the fair-use limits: one bench user asks thousands of questions.
+        "QUOTA_USER_PER_MINUTE": "0",
+        "QUOTA_USER_PER_DAY": "0",
+        "QUOTA_TEAM_PER_MINUTE": "0",
+        "QUOTA_TEAM_PER_DAY": "0",
     }
+
+
+def start_loopback(running: ExitStack, workdir: Path) -> tuple[RedisServer, FakeSlack, FakeAnthropic]:
+    """A private redis-server and the fake Slack and Anthropic servers, each stopped with
+    ``running`` (in reverse order, and only if it was started)."""
+    redis = RedisServer(workdir)
+    redis.start()
+    running.callback(redis.stop)
+    slack = FakeSlack().start()
+    running.callback(slack.stop)
+    anthropic = FakeAnthropic().start()
+    running.callback(anthropic.stop)
+    return redis, slack, anthropic
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

@@ -40,7 +40,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, FakeAnthropic, FakeSlack, RedisServer, WebProcess, deployment_env, percentile
+from harness import (
+    ROOT,
+    FakeSlack,
+    RedisServer,
+    WebProcess,
+    deployment_env,
+    percentile,
+    start_loopback,
+)
 
 from tests.conftest import SIGNING_SECRET, WorkerProcess, free_port
 
@@ -130,20 +138,8 @@ def main() -> int:
     results: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     with ExitStack() as running:
-        redis = RedisServer(workdir)
-        redis.start()
-        running.callback(redis.stop)
-        slack = FakeSlack().start()
-        running.callback(slack.stop)
-        anthropic = FakeAnthropic().start()
-        running.callback(anthropic.stop)
-        env = deployment_env(redis, slack, anthropic) | {
-            "JOBS_PER_SECOND": "5000",
-            "QUOTA_USER_PER_MINUTE": "0",
-            "QUOTA_USER_PER_DAY": "0",
-            "QUOTA_TEAM_PER_MINUTE": "0",
-            "QUOTA_TEAM_PER_DAY": "0",
-        }
+        redis, slack, anthropic = start_loopback(running, workdir)
+        env = deployment_env(redis, slack, anthropic) | {"JOBS_PER_SECOND": "5000"}
 
         for name, inline in (("bare Bolt, default runner", False), ("bare Bolt, inline", True)):
             bare = BareBolt(env, workdir / f"bare-{int(inline)}.log", inline=inline)

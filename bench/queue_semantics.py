@@ -81,6 +81,7 @@ from harness import (
     log_events,
     max_in_window,
     percentile,
+    start_loopback,
 )
 
 from app.job import AskJob
@@ -711,13 +712,7 @@ async def run(args: argparse.Namespace, workdir: Path, report: Report) -> None:
         "sigkill": sigkill_recovery,
     }
     with contextlib.ExitStack() as running:
-        redis_server = RedisServer(workdir)
-        redis_server.start()
-        running.callback(redis_server.stop)
-        slack = FakeSlack().start()
-        running.callback(slack.stop)
-        anthropic = FakeAnthropic().start()
-        running.callback(anthropic.stop)
+        redis_server, slack, anthropic = start_loopback(running, workdir)
         env = {
             **deployment_env(redis_server, slack, anthropic),
             # The job events (job.started with queued_ms, job.retrying, job.stalled) are INFO lines.
