@@ -6,6 +6,7 @@ Run with ``uvicorn app.main:create_app --factory``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -74,7 +75,13 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
             return JSONResponse({"status": "ready", "redis": "ok"})
         return JSONResponse({"status": "unavailable", "redis": "unreachable"}, status_code=503)
 
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+
     async def prometheus(request: Request) -> Response:
+        if metrics_token is not None:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), metrics_token.encode()):
+                return PlainTextResponse("unauthorized", status_code=401)
         # Every process's counts live in Redis (app/metrics.py); without Redis there is nothing
         # true to report.
         try:

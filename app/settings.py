@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     quota_team_per_minute: Annotated[int, Field(ge=0)] = 100
     quota_team_per_day: Annotated[int, Field(ge=0)] = 5000
 
+    metrics_token: SecretStr | None = None
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

@@ -82,3 +82,14 @@ def test_metrics_are_503_when_redis_is_unreachable(env: dict[str, str]) -> None:
 
     assert response.status_code == 503
     assert time.monotonic() - started < 2.0
+
+
+def test_with_a_metrics_token_a_scrape_needs_it(env: dict[str, str]) -> None:
+    settings = settings_from({**env, "METRICS_TOKEN": "fake-metrics-token"})
+
+    with TestClient(create_app(settings)) as web:
+        anonymous = web.get("/metrics")
+        wrong = web.get("/metrics", headers={"Authorization": "Bearer guess"})
+        right = web.get("/metrics", headers={"Authorization": "Bearer fake-metrics-token"})
+
+    assert (anonymous.status_code, wrong.status_code, right.status_code) == (401, 401, 200)
