@@ -19,7 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import ANTHROPIC_KEY, BOT_TOKEN, SIGNING_SECRET, RedisServer, WebProcess  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    ANTHROPIC_KEY,
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    RedisServer,
+    WebProcess,
+    max_in_window,
+)
 from tests.fakes.anthropic import FakeAnthropic  # noqa: E402
 from tests.fakes.slack import FakeSlack  # noqa: E402
 
@@ -80,17 +87,6 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
-
-
-def max_in_window(times: Sequence[float], window: float = 1.0) -> int:
-    """Most events in any half-open window ``[t, t + window)``; the worst one starts at an event."""
-    ordered = sorted(times)
-    best, first = 0, 0
-    for last, at in enumerate(ordered):
-        while at - ordered[first] >= window:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 def log_events(log: str, event: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -445,8 +445,7 @@ class WebProcess:
         """Block until uvicorn answers GET /healthz (liveness: Redis may be down)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"{self.url}/healthz", timeout=2)
+            if is_alive(self.url):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"web process is not listening; its log:\n{self.log()[-3000:]}")
@@ -500,6 +499,25 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
 def queued_job_ids(client: redis.Redis) -> list[str]:
     """Ids of the jobs waiting in arq's default queue."""
     return [member.decode() for member in client.zrange("arq:queue", 0, -1)]
+
+
+def is_alive(base_url: str) -> bool:
+    """True when a web process at ``base_url`` answers its liveness check."""
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def max_in_window(times: Sequence[float], window: float = 1.0) -> int:
+    """Most events in any half-open window ``[t, t + window)``; the worst one starts at an event."""
+    ordered = sorted(times)
+    best, first = 0, 0
+    for last, at in enumerate(ordered):
+        while at - ordered[first] >= window:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 15, interval: float = 0.02) -> Any:

@@ -20,6 +20,7 @@ from tests.conftest import (
     SlashCommands,
     WorkerProcess,
     free_port,
+    is_alive,
     settings_from,
     wait_until,
 )
@@ -88,8 +89,8 @@ def test_sigterm_requeues_a_job_that_outlives_the_grace_period_for_another_worke
 
     start_worker(**slow)
     # The re-queued job may wait long enough for a progress update first; one answer, still.
-    wait_until(lambda: _final_answers(fake_slack))
-    assert _final_answers(fake_slack) == [ANSWER]
+    wait_until(fake_slack.answers)
+    assert fake_slack.answers() == [ANSWER]
 
 
 def test_worker_survives_a_redis_restart_and_answers_afterwards(
@@ -135,7 +136,7 @@ def test_procfile_web_line_serves_slack_on_port_and_stops_on_sigterm(
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            wait_until(lambda: _answers(client))
+            wait_until(lambda: is_alive(f"http://127.0.0.1:{port}"))
             response = commands.send(client, "what is a p99?")
             assert response.status_code == 200
             assert "Working on it" in response.text
@@ -146,14 +147,3 @@ def test_procfile_web_line_serves_slack_on_port_and_stops_on_sigterm(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
-
-
-def _answers(client: httpx.Client) -> bool:
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _final_answers(fake_slack: FakeSlack) -> list[str]:
-    return [post["text"] for post in fake_slack.delivered() if post["text"].startswith("Answer to:")]

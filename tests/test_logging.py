@@ -24,7 +24,8 @@ from tests.conftest import (
     wait_until,
 )
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
-from tests.fakes.slack import FakeSlack
+from tests.fakes.server import Reply
+from tests.fakes.slack import RESPONSE, FakeSlack
 
 QUESTION = "which-unique-question-text-42?"
 
@@ -143,10 +144,12 @@ def test_a_full_run_at_debug_level_logs_no_secret(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     fake_anthropic.script(MESSAGES, error(500, "api_error"))
+    # A refusal whose body echoes credentials: the worker logs the start of a refusal's body.
+    fake_slack.script(RESPONSE, Reply(status=404, json={"e": "expired", "t": BOT_TOKEN, "k": ANTHROPIC_KEY}))
     worker = start_worker(LOG_LEVEL="DEBUG")
     commands.send(web, "first question")
     commands.send(web, "second question")
-    wait_until(lambda: len(fake_slack.delivered()) == 2)
+    wait_until(lambda: len(fake_slack.answers()) == 2)
     worker.signal_group(signal.SIGTERM)
     worker.wait(timeout=10)
 

@@ -71,9 +71,7 @@ def test_a_question_waiting_in_the_queue_is_told_where_it_stands(
     for form in forms:
         commands.send(web, form=form)
 
-    wait_until(
-        lambda: sum(post["text"].startswith("Answer to:") for post in fake_slack.delivered()) == 3, timeout=20
-    )
+    wait_until(lambda: len(fake_slack.answers()) == 3, timeout=20)
 
     last = _posts_to(fake_slack, forms[2]["response_url"])
     assert "queued behind 1 other question" in last[0]

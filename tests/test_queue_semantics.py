@@ -32,7 +32,15 @@ from app.queue import (
     open_redis,
 )
 from app.settings import Settings
-from tests.conftest import RedisServer, SlashCommands, WorkerProcess, drain, settings_from, wait_until
+from tests.conftest import (
+    RedisServer,
+    SlashCommands,
+    WorkerProcess,
+    drain,
+    max_in_window,
+    settings_from,
+    wait_until,
+)
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
 from tests.fakes.server import Reply
 from tests.fakes.slack import RESPONSE, FakeSlack
@@ -45,20 +53,6 @@ from workers.worker import worker_settings
 #: 2-core CI machine). Windows a little under a second absorb that; a fixed-window limiter, which
 #: lets 2N through at a boundary, still fails them.
 JITTER_SECONDS = 0.025
-
-
-def _max_in_any_window(times: list[float], window: float = 1.0 - JITTER_SECONDS) -> int:
-    times = sorted(times)
-    best, first = 0, 0
-    for last, at in enumerate(times):
-        while at - times[first] >= window:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
-
-
-def _answers(fake_slack: FakeSlack) -> list[str]:
-    return [post["text"] for post in fake_slack.delivered() if post["text"].startswith("Answer to:")]
 
 
 def _events(worker: WorkerProcess, name: str) -> list[dict[str, Any]]:
@@ -86,7 +80,7 @@ def test_global_rate_limit_holds_across_two_worker_processes(
 
     starts = [request.at for request in fake_anthropic.received(MESSAGES)]
     assert len(starts) == 16
-    assert _max_in_any_window(starts) <= 4
+    assert max_in_window(starts, 1.0 - JITTER_SECONDS) <= 4
 
 
 def test_waiting_for_the_rate_limiter_uses_no_retries(
@@ -107,7 +101,7 @@ def test_waiting_for_the_rate_limiter_uses_no_retries(
     assert worker.jobs_failed == 0
     assert len(fake_slack.delivered()) == 4
     starts = [request.at for request in fake_anthropic.received(MESSAGES)]
-    assert _max_in_any_window(starts) <= 1
+    assert max_in_window(starts, 1.0 - JITTER_SECONDS) <= 1
 
 
 def test_concurrency_never_exceeds_worker_concurrency(
@@ -146,7 +140,7 @@ def test_a_429_pauses_every_worker_until_its_retry_after(
 
     for n in range(6):
         commands.send(web, f"question {n}")
-    wait_until(lambda: len(_answers(fake_slack)) == 8, timeout=30)
+    wait_until(lambda: len(fake_slack.answers()) == 8, timeout=30)
 
     later = [request.at for request in fake_anthropic.received(MESSAGES)[2:]]
     assert min(later) >= limited.at + 2.0 - 0.05
@@ -170,11 +164,11 @@ def test_sigkill_mid_job_is_recovered_by_another_worker_with_one_answer(
     doomed.wait(timeout=5)
     killed_at = time.monotonic()
     rescuer = start_worker()
-    wait_until(lambda: _answers(fake_slack), timeout=30)
+    wait_until(lambda: fake_slack.answers(), timeout=30)
     time.sleep(0.5)
 
     # The user may also have been told the question was waiting; the answer comes once.
-    assert _answers(fake_slack) == ["Answer to: what is a p99?"]
+    assert fake_slack.answers() == ["Answer to: what is a p99?"]
     [stalled] = _events(rescuer, "job.stalled")
     assert stalled["recovered_after_s"] > 0
     # Recovery is measured by bench/queue.py; here it only has to beat arq's own job_timeout + 10 s.
@@ -475,7 +469,7 @@ def test_a_retry_that_comes_due_on_a_busy_worker_starts_on_an_idle_one(
         try:
             await asyncio.sleep(1.0)  # both have started and found the queue empty
             await asyncio.to_thread(commands.send, web, "question")
-            await asyncio.to_thread(wait_until, lambda: _answers(fake_slack), 20)
+            await asyncio.to_thread(wait_until, lambda: fake_slack.answers(), 20)
         finally:
             for task in running:
                 task.cancel()
@@ -486,4 +480,4 @@ def test_a_retry_that_comes_due_on_a_busy_worker_starts_on_an_idle_one(
     asyncio.run(run())
 
     assert len(fake_anthropic.calls) == 2
-    assert len(_answers(fake_slack)) == 1
+    assert len(fake_slack.answers()) == 1

@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 from starlette.testclient import TestClient
 
 from app import sandbox
-from tests.conftest import RedisServer, free_port, wait_until
+from tests.conftest import RedisServer, free_port, is_alive, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +65,7 @@ def test_make_run_without_accounts_answers_asklane_ask(redis_server: RedisServer
         start_new_session=True,
     )
     try:
-        wait_until(lambda: _answers(f"http://127.0.0.1:{web_port}/healthz"), timeout=30)
+        wait_until(lambda: is_alive(f"http://127.0.0.1:{web_port}"), timeout=30)
 
         asked = subprocess.run(
             [
@@ -93,10 +92,3 @@ def test_make_run_without_accounts_answers_asklane_ask(redis_server: RedisServer
     assert sandbox.OFFLINE_LABEL in transcript
     assert "You asked: *is the sandbox working?*" in transcript
     assert not (stack / ".local" / "sandbox.env").exists()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

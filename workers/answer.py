@@ -191,15 +191,7 @@ async def _run(job: AskJob, deps: WorkerDeps, score: int, held: Lease) -> str:
         if should_retry(failure, failures, settings):
             delay = retry_delay(failure, failures, settings)
             if not too_old_to_wait(job, delay):
-                await deps.events.emit(
-                    "job.retrying",
-                    level="warning",
-                    job_id=job.job_id,
-                    attempt=failures,
-                    delay_s=round(delay, 3),
-                    reason=str(failure),
-                    phase=phase,
-                )
+                await _retrying(deps, job, failures, delay, str(failure), phase)
                 raise Retry(defer=await _tell_user_we_retry(job, deps, delay)) from failure
     await _fail(job, deps, failure, timings)
 
@@ -230,15 +222,7 @@ async def _give_up(job: AskJob, deps: WorkerDeps, failure: store.FailureNotice, 
         failures = await store.record_failure(deps.redis, job.job_id, "notice")
         if should_retry(error, failures, deps.settings):
             delay = retry_delay(error, failures, deps.settings)
-            await deps.events.emit(
-                "job.retrying",
-                level="warning",
-                job_id=job.job_id,
-                attempt=failures,
-                delay_s=round(delay, 3),
-                reason=f"failure message: {error}",
-                phase="notice",
-            )
+            await _retrying(deps, job, failures, delay, f"failure message: {error}", "notice")
             raise Retry(defer=delay) from error
         log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
     except Exception as error:
@@ -256,6 +240,20 @@ async def _give_up(job: AskJob, deps: WorkerDeps, failure: store.FailureNotice, 
     cause = f"{failure.error}: {failure.detail}"
     await _retain(deps, job.job_id, job, job.model_dump(mode="json"), "failed", timings, error=cause)
     raise JobFailed(cause)
+
+
+async def _retrying(
+    deps: WorkerDeps, job: AskJob, attempt: int, delay: float, reason: str, phase: store.Phase
+) -> None:
+    await deps.events.emit(
+        "job.retrying",
+        level="warning",
+        job_id=job.job_id,
+        attempt=attempt,
+        delay_s=round(delay, 3),
+        reason=reason,
+        phase=phase,
+    )
 
 
 async def _tell_user_we_retry(job: AskJob, deps: WorkerDeps, delay: float) -> float:

@@ -37,7 +37,6 @@ SWEEP_EVERY_SECONDS = 1.0
 SWEEP_DEPTH = 200
 
 _SWEEP_LOCK = "asklane:progress:sweep-lock"
-_STATE_TTL_SECONDS = store.STATE_TTL_SECONDS
 
 
 def _count_key(job_id: str) -> str:
@@ -51,7 +50,7 @@ def _queued_key(job_id: str) -> str:
 async def _claim(redis: ArqRedis, job_id: str) -> bool:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.incr(_count_key(job_id))
-        pipe.expire(_count_key(job_id), _STATE_TTL_SECONDS)
+        pipe.expire(_count_key(job_id), store.STATE_TTL_SECONDS)
         count, _ = await pipe.execute()
     return int(count) <= MAX_INTERIM_UPDATES
 
@@ -67,7 +66,7 @@ async def post_update(redis: ArqRedis, slack: SlackDelivery, job: AskJob, messag
 
 async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: AskJob, ahead: int) -> None:
     """Tell the user their question is queued, once per job."""
-    if await redis.set(_queued_key(job.job_id), 1, nx=True, ex=_STATE_TTL_SECONDS):
+    if await redis.set(_queued_key(job.job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS):
         await post_update(redis, slack, job, messages.queued(job.text, ahead))
 
 

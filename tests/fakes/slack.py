@@ -96,6 +96,14 @@ class FakeSlack(FakeServer):
         self.record(path, request.headers, body, reply)
         return await self.respond(request, reply)
 
+    def answers(self) -> list[str]:
+        """The texts of the answers Slack accepted, without notices, progress updates or errors."""
+        return [
+            str(body["text"])
+            for body in self.delivered()
+            if str(body.get("text", "")).startswith("Answer to:")
+        ]
+
     def delivered(self) -> list[Any]:
         """Every message body Slack accepted (so the user saw it), in arrival order."""
         with self._lock:
