@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import json
 import os
 import shutil
 import signal
@@ -399,6 +400,18 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The worker's structured log lines so far, those named ``name`` if given."""
+        found = []
+        for line in self.log().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # arq prints two plain lines before the worker's logging is configured
+            if name is None or event.get("event") == name:
+                found.append(event)
+        return found
+
     def wait_for_log(self, text: str, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -520,11 +533,17 @@ def max_in_window(times: Sequence[float], window: float = 1.0) -> int:
     return best
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 15, interval: float = 0.02) -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float = 15,
+    interval: float = 0.02,
+    explain: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``condition`` until it is truthy; on timeout fail with what ``explain`` says."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"condition not met in {timeout} s" + (f": {explain()}" if explain else ""))

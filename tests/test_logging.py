@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import signal
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import structlog
@@ -28,16 +26,6 @@ from tests.fakes.server import Reply
 from tests.fakes.slack import RESPONSE, FakeSlack
 
 QUESTION = "which-unique-question-text-42?"
-
-
-def _events(worker: WorkerProcess) -> list[dict[str, Any]]:
-    events = []
-    for line in worker.log().splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue  # arq prints two plain lines before the worker's logging is configured
-    return events
 
 
 def _run_one_job(
@@ -65,7 +53,7 @@ def test_every_job_event_carries_job_id_team_and_user(
 
     worker = _run_one_job(web, commands, start_worker, fake_slack)
 
-    job_events = [e for e in _events(worker) if e["event"].startswith(("job.", "ai."))]
+    job_events = [e for e in worker.events() if e["event"].startswith(("job.", "ai."))]
     assert {e["event"] for e in job_events} >= {
         "job.started",
         "job.retrying",
@@ -86,7 +74,7 @@ def test_ai_latency_and_token_usage_are_logged_per_job(
 ) -> None:
     worker = _run_one_job(web, commands, start_worker, fake_slack)
 
-    [completed] = [e for e in _events(worker) if e["event"] == "ai.completed"]
+    [completed] = worker.events("ai.completed")
     assert completed["latency_ms"] >= 0
     assert completed["input_tokens"] == 12
     assert completed["output_tokens"] == 34

@@ -55,14 +55,6 @@ from workers.worker import worker_settings
 JITTER_SECONDS = 0.025
 
 
-def _events(worker: WorkerProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in worker.log().splitlines():
-        if f'"{name}"' in line:
-            found.append(json.loads(line))
-    return found
-
-
 def test_global_rate_limit_holds_across_two_worker_processes(
     web: TestClient,
     commands: SlashCommands,
@@ -136,7 +128,7 @@ def test_a_429_pauses_every_worker_until_its_retry_after(
     commands.send(web, "the first question that meets the 429")
     commands.send(web, "the second question that meets the 429")
     limited = fake_anthropic.wait_for(MESSAGES, count=2)[0]
-    wait_until(lambda: any(_events(w, "ai.paused") for w in workers))
+    wait_until(lambda: any(w.events("ai.paused") for w in workers))
 
     for n in range(6):
         commands.send(web, f"question {n}")
@@ -145,7 +137,7 @@ def test_a_429_pauses_every_worker_until_its_retry_after(
     later = [request.at for request in fake_anthropic.received(MESSAGES)[2:]]
     assert min(later) >= limited.at + 2.0 - 0.05
     # Two jobs met the 429; the pause is logged once.
-    assert sum(len(_events(w, "ai.paused")) for w in workers) == 1
+    assert sum(len(w.events("ai.paused")) for w in workers) == 1
 
 
 def test_sigkill_mid_job_is_recovered_by_another_worker_with_one_answer(
@@ -169,7 +161,7 @@ def test_sigkill_mid_job_is_recovered_by_another_worker_with_one_answer(
 
     # The user may also have been told the question was waiting; the answer comes once.
     assert fake_slack.answers() == ["Answer to: what is a p99?"]
-    [stalled] = _events(rescuer, "job.stalled")
+    [stalled] = rescuer.events("job.stalled")
     assert stalled["recovered_after_s"] > 0
     # Recovery is measured by bench/queue.py; here it only has to beat arq's own job_timeout + 10 s.
     assert fake_anthropic.received(MESSAGES)[1].at - killed_at < 15
@@ -393,6 +385,34 @@ def test_a_job_that_kills_its_worker_again_is_given_up_with_a_message(
     assert fake_anthropic.calls == []
     [text] = [post["text"] for post in fake_slack.delivered()]
     assert "crashed the assistant twice" in text
+
+
+def test_a_worker_that_died_after_posting_is_reported_stalled_and_not_answered_again(
+    settings: Settings,
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    redis_client: redis.Redis,
+) -> None:
+    # What a worker SIGKILLed between posting the answer and finishing the job leaves behind.
+    job = _ask_job(commands, "answered just before the crash")
+    _enqueue_all(settings, [(job, "interactive")])
+    redis_client.set(
+        f"asklane:running:{job.job_id}", json.dumps({"worker": "dead:1", "heartbeat": time.time()})
+    )
+    redis_client.set(f"asklane:delivered:{job.job_id}", "response_url")
+    seen: list[str] = []
+
+    async def hook(event: str, fields: dict[str, Any]) -> None:
+        seen.append(event)
+
+    events = JobEvents()
+    events.subscribe("*", hook)
+
+    drain(settings, events=events)
+
+    assert seen == ["job.stalled"]
+    assert fake_anthropic.calls == [] and fake_slack.delivered() == []
 
 
 def test_an_interactive_job_keeps_its_priority_after_a_retry(

@@ -101,13 +101,12 @@ async def answer_question(ctx: dict[str, Any], payload: object) -> str:
 
 
 async def _run_with_lease(job: AskJob, deps: WorkerDeps, score: int) -> str:
-    """Skip a job already answered; otherwise run it under its lease, noting a stalled predecessor."""
-    if await store.was_delivered(deps.redis, job.job_id):
-        log.info("job.already_delivered")
-        return "already-delivered"
+    """Run the job under its lease, noting a stalled predecessor; skip it if already answered."""
     async with lease(deps.redis, job.job_id) as held:
         predecessor = held.predecessor
         if predecessor is not None:
+            # Before the delivered check: a worker that died after posting still died mid-job,
+            # and the operator should hear of it.
             await deps.events.emit(
                 "job.stalled",
                 level="warning",
@@ -115,6 +114,10 @@ async def _run_with_lease(job: AskJob, deps: WorkerDeps, score: int) -> str:
                 dead_worker=predecessor.get("worker"),
                 recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
             )
+        if await store.was_delivered(deps.redis, job.job_id):
+            log.info("job.already_delivered")
+            return "already-delivered"
+        if predecessor is not None:
             if await store.record_failure(deps.redis, job.job_id, "stalled") > MAX_STALLS:
                 # A job that kills its worker every time would otherwise be re-run until it is too old.
                 crashed = PermanentError(
