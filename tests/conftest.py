@@ -121,6 +121,9 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "yes" if self.appendonly else "no",
+                # With the default everysec, a write acked just before a SIGKILL can be lost.
+                "--appendfsync",
+                "always" if self.appendonly else "everysec",
                 "--dir",
                 str(self.workdir),
             ],
@@ -501,7 +504,7 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
     def start(**overrides: str) -> WorkerProcess:
         worker = WorkerProcess({**env, **overrides}, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
-        worker.wait_for_log("worker.started")
+        worker.wait_for_log("worker.started", timeout=45)  # imports and warm-up, on a busy machine
         return worker
 
     yield start

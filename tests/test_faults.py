@@ -28,17 +28,25 @@ Form = dict[str, str]
 
 
 def _finals(fake_slack: FakeSlack, form: Form) -> list[str]:
-    """The final messages the asker of ``form`` saw."""
+    """The final messages the asker of ``form`` can see.
+
+    Posts to the command's response_url replace its message (``replace_original``), so they show
+    as one message: the last one posted. Each ``chat.postEphemeral`` is a message of its own.
+    """
     hook = form["response_url"].removeprefix(fake_slack.url)
-    seen = []
+    replaced = ""
+    posted = []
     for request in fake_slack.received("/"):
-        to_them = request.path == hook or (
-            request.path == POST_EPHEMERAL and request.body.get("user") == form["user_id"]
-        )
         text = str(request.body.get("text", ""))
-        if to_them and request.accepted and text.startswith(FINAL):
-            seen.append(text)
-    return seen
+        if not request.accepted:
+            continue
+        if request.path == hook and request.body.get("replace_original") is True:
+            replaced = text
+        elif request.path == hook or (
+            request.path == POST_EPHEMERAL and request.body.get("user") == form["user_id"]
+        ):
+            posted.append(text)
+    return [text for text in [replaced, *posted] if text.startswith(FINAL)]
 
 
 def _all_answered(fake_slack: FakeSlack, forms: list[Form]) -> bool:

@@ -24,8 +24,9 @@ def test_a_long_retry_tells_the_user_before_the_answer(
     fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
-    settings = settings_from({**env, "PROGRESS_AFTER_SECONDS": "0.3"})
-    fake_anthropic.script(MESSAGES, error(529, "overloaded_error", retry_after=0.5))
+    # Long enough that a slow worker start-up cannot make the queue sweep speak first.
+    settings = settings_from({**env, "PROGRESS_AFTER_SECONDS": "1.5"})
+    fake_anthropic.script(MESSAGES, error(529, "overloaded_error", retry_after=2))
     form = commands.form("what is a p99?")
     commands.send(web, form=form)
 
@@ -33,7 +34,7 @@ def test_a_long_retry_tells_the_user_before_the_answer(
 
     posts = _posts_to(fake_slack, form["response_url"])
     assert len(posts) == 2
-    assert "Claude is busy, retrying in 1 s" in posts[0]
+    assert "Claude is busy, retrying in 2 s" in posts[0]
     assert posts[1] == "Answer to: what is a p99?"
 
 
@@ -65,13 +66,14 @@ def test_a_question_waiting_in_the_queue_is_told_where_it_stands(
     fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
-    fake_anthropic.default_delay = 1.5
-    start_worker(WORKER_CONCURRENCY="1", PROGRESS_AFTER_SECONDS="0.5")
+    # Each answer takes 2.5 s, so several queue sweeps (one a second) see question 2 behind 1.
+    fake_anthropic.default_delay = 2.5
+    start_worker(WORKER_CONCURRENCY="1", PROGRESS_AFTER_SECONDS="0.5", AI_TIMEOUT_SECONDS="4")
     forms = [commands.form(f"question {n}") for n in range(3)]
     for form in forms:
         commands.send(web, form=form)
 
-    wait_until(lambda: len(fake_slack.answers()) == 3, timeout=20)
+    wait_until(lambda: len(fake_slack.answers()) == 3, timeout=30)
 
     last = _posts_to(fake_slack, forms[2]["response_url"])
     assert "queued behind 1 other question" in last[0]

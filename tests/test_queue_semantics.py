@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -52,7 +51,7 @@ from workers.worker import worker_settings
 #: a little later, by however long the OS takes to schedule the worker (up to ~20 ms on a busy
 #: 2-core CI machine). Windows a little under a second absorb that; a fixed-window limiter, which
 #: lets 2N through at a boundary, still fails them.
-JITTER_SECONDS = 0.025
+JITTER_SECONDS = 0.1
 
 
 def test_global_rate_limit_holds_across_two_worker_processes(
@@ -68,7 +67,7 @@ def test_global_rate_limit_holds_across_two_worker_processes(
 
     for n in range(16):
         commands.send(web, f"question {n}")
-    wait_until(lambda: len(fake_slack.delivered()) == 16, timeout=30)
+    wait_until(lambda: len(fake_slack.answers()) == 16, timeout=30)
 
     starts = [request.at for request in fake_anthropic.received(MESSAGES)]
     assert len(starts) == 16
@@ -108,7 +107,7 @@ def test_concurrency_never_exceeds_worker_concurrency(
 
     for n in range(8):
         commands.send(web, f"question {n}")
-    wait_until(lambda: len(fake_slack.delivered()) == 8, timeout=30)
+    wait_until(lambda: len(fake_slack.answers()) == 8, timeout=30)
 
     assert fake_anthropic.max_in_flight == 2
 
@@ -163,8 +162,9 @@ def test_sigkill_mid_job_is_recovered_by_another_worker_with_one_answer(
     assert fake_slack.answers() == ["Answer to: what is a p99?"]
     [stalled] = rescuer.events("job.stalled")
     assert stalled["recovered_after_s"] > 0
-    # Recovery is measured by bench/queue.py; here it only has to beat arq's own job_timeout + 10 s.
-    assert fake_anthropic.received(MESSAGES)[1].at - killed_at < 15
+    # Recovery is measured by bench/queue_semantics.py (about 11 s); here it only has to beat
+    # arq's own in-progress timeout (JOB_TIMEOUT_SECONDS + 10 s = 70 s) with room for a slow start.
+    assert fake_anthropic.received(MESSAGES)[1].at - killed_at < 25
 
 
 def test_retention_keeps_only_the_newest_completed_and_failed_jobs(
@@ -348,7 +348,9 @@ def test_a_used_up_rate_limit_header_slows_every_call_down_before_a_429(
     settings: Settings,
     fake_anthropic: FakeAnthropic,
 ) -> None:
-    reset = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+    resets_in = 2.0
+    reset_at = time.monotonic() + resets_in
+    reset = (datetime.now(UTC) + timedelta(seconds=resets_in)).isoformat()
     headers = {
         "anthropic-ratelimit-requests-remaining": "0",
         "anthropic-ratelimit-requests-reset": reset,
@@ -359,8 +361,9 @@ def test_a_used_up_rate_limit_header_slows_every_call_down_before_a_429(
     commands.send(web, "second")
     drain(settings)
 
-    first, second = (request.at for request in fake_anthropic.received(MESSAGES))
-    assert second - first >= 1.0
+    # However long the first call took to come: the second waits for the reset.
+    _, second = (request.at for request in fake_anthropic.received(MESSAGES))
+    assert second >= reset_at - 0.05
 
 
 def test_a_job_that_kills_its_worker_again_is_given_up_with_a_message(
@@ -448,11 +451,15 @@ def test_a_run_whose_lease_was_taken_over_neither_posts_nor_fails(
     _enqueue_all(settings, [(job, "interactive")])
     fake_anthropic.default_delay = 3.5  # longer than one lease renewal period (3 s)
     marker = json.dumps({"worker": "other:1", "heartbeat": time.time(), "token": "someone-else"})
-    takeover = threading.Timer(1.0, lambda: redis_client.set(f"asklane:running:{job.job_id}", marker))
-    takeover.start()
 
-    worker = drain(settings)
-    takeover.join()
+    async def take_over(event: str, fields: dict[str, Any]) -> None:
+        # Once the run holds its lease: what another worker does when that lease lapses.
+        redis_client.set(f"asklane:running:{job.job_id}", marker)
+
+    events = JobEvents()
+    events.subscribe("job.started", take_over)
+
+    worker = drain(settings, events=events)
 
     assert len(fake_anthropic.calls) == 1
     assert fake_slack.delivered() == []

@@ -15,11 +15,12 @@ from workers.ratelimit import RateLimiter, SlotTooFar
 def test_a_call_booked_before_a_pause_waits_out_the_pause(settings: Settings) -> None:
     async def run() -> None:
         redis = open_redis(settings, timeout=5)
-        limiter = RateLimiter(redis, per_second=1)
-        await limiter.wait_for_slot()  # takes this second's only slot
+        # One call per 2 s: wide margins either side of the 1 s inline-wait limit.
+        limiter = RateLimiter(redis, per_second=0.5)
+        await limiter.wait_for_slot()  # takes the only slot of these 2 s
         with pytest.raises(SlotTooFar):
-            await limiter.wait_for_slot()  # the next is more than a second away: deferred
-        await asyncio.sleep(0.3)
+            await limiter.wait_for_slot()  # the next is about 2 s away: deferred
+        await asyncio.sleep(1.3)
         # Now the next slot is under a second away: this call books it and sleeps inline...
         booked = asyncio.create_task(limiter.wait_for_slot())
         await asyncio.sleep(0.1)

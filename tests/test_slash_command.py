@@ -177,7 +177,7 @@ def test_redis_outage_still_acks_fast_with_a_friendly_message(
     assert "temporarily unavailable" in ack_text(response)
     assert "(ref " in ack_text(response)
     # Slack shows the user a timeout error after 3 s; the ack must beat it with margin.
-    assert elapsed < 2.0
+    assert elapsed < 2.5
 
 
 def test_readyz_is_ok_when_redis_answers(web: TestClient) -> None:
