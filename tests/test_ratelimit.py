@@ -9,7 +9,7 @@ import pytest
 
 from app.queue import open_redis
 from app.settings import Settings
-from workers.ratelimit import RateLimiter, SlotTooFar
+from workers.ratelimit import MAX_LATE_BOOKINGS, WINDOW_KEY, RateLimiter, SlotTooFar
 
 
 def test_a_call_booked_before_a_pause_waits_out_the_pause(settings: Settings) -> None:
@@ -33,6 +33,35 @@ def test_a_call_booked_before_a_pause_waits_out_the_pause(settings: Settings) ->
             pass  # deferred past the pause: also never called during it
         else:
             assert time.monotonic() - paused_at >= 2.0 - 0.02
+        await redis.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_slot_the_worker_is_too_busy_to_use_in_time_is_not_used(settings: Settings) -> None:
+    async def run() -> None:
+        redis = open_redis(settings, timeout=5)
+        limiter = RateLimiter(redis, per_second=1000)
+        busy = True
+
+        async def hog_the_event_loop() -> None:
+            # What other jobs' work does to a worker on a saturated CPU: every reply from Redis
+            # is read 30 ms after it came.
+            while busy:
+                time.sleep(0.03)  # noqa: ASYNC251 - blocking on purpose
+                await asyncio.sleep(0)
+
+        hog = asyncio.create_task(hog_the_event_loop())
+        await asyncio.sleep(0)
+        try:
+            with pytest.raises(SlotTooFar):
+                await limiter.wait_for_slot()
+        finally:
+            busy = False
+            await hog
+        # Each late grant stays booked, so no call can squeeze in beside a late one.
+        assert await redis.zcard(WINDOW_KEY) == MAX_LATE_BOOKINGS
+        await limiter.wait_for_slot()  # with the loop free again, the next booking is used
         await redis.aclose()
 
     asyncio.run(run())

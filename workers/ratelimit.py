@@ -35,8 +35,12 @@ PAUSE_KEY = "asklane:ratelimit:pause"
 #: the rate: at most 97.9% of JOBS_PER_SECOND is granted.
 WINDOW_US = 1_020_000
 
-#: A job woken later than this after its booked moment books again rather than call late.
+#: A job ready to call later than this after its booked moment books again rather than call late.
 LATE_TOLERANCE_SECONDS = 0.010
+
+#: Late bookings in a row after which the job is deferred instead: on a CPU so busy that every
+#: booking comes too late, rebooking would only use up the slots other workers could call in.
+MAX_LATE_BOOKINGS = 3
 
 #: Bookings nearer than this are slept out inside the job; farther ones defer the job instead.
 MAX_INLINE_WAIT_SECONDS = 1.0
@@ -130,7 +134,11 @@ class RateLimiter:
 
         The caller must start its AI request right after this returns, with no other await.
         """
+        late = 0
         while True:
+            # The booked moment, on this host's monotonic clock, at its earliest: Redis read its
+            # clock somewhere between here and the reply.
+            sent = time.monotonic()
             booked, wait_us = await self._book(
                 keys=[WINDOW_KEY, PAUSE_KEY],
                 args=[
@@ -146,18 +154,20 @@ class RateLimiter:
                 # instead of starting job after job that can only defer itself.
                 self.no_slot_until = time.monotonic() + max(0.0, wait - MAX_INLINE_WAIT_SECONDS / 2)
                 raise SlotTooFar(wait)
-            if wait <= 0:
-                return
-            due = time.monotonic() + wait
-            await asyncio.sleep(wait)
-            if time.monotonic() - due > LATE_TOLERANCE_SECONDS:
-                # Woken late (a busy CPU): a request sent now could share a second with a call
-                # booked one window after ours. Book afresh; the stale booking still counts.
-                continue
-            # A pause may have begun while we slept (another worker met a 429): the booking
-            # stands only if none is in force now. This check is the grant; the call follows it.
-            if not int(await self._paused_for(keys=[PAUSE_KEY])):
-                return
+            due = sent + wait
+            if wait > 0:
+                await asyncio.sleep(due - time.monotonic())
+                # A pause may have begun while we slept (another worker met a 429): the booking
+                # stands only if none is in force now.
+                if int(await self._paused_for(keys=[PAUSE_KEY])):
+                    continue
+            if time.monotonic() - due <= LATE_TOLERANCE_SECONDS:
+                return  # the grant; the call follows it
+            # Ready late (a busy CPU or event loop): a request sent now could share a second with
+            # a call booked one window after ours. Book afresh; the stale booking still counts.
+            late += 1
+            if late >= MAX_LATE_BOOKINGS:
+                raise SlotTooFar(0.0)
 
     async def pause(self, seconds: float, reason: str) -> None:
         """Hold every worker's new AI calls for ``seconds``; logs once per pause, not per job."""
