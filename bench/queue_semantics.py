@@ -392,7 +392,7 @@ async def achieved_rate(dep: Deployment, args: argparse.Namespace, report: Repor
     )
     print(
         f"{'workers':<9}{'AI calls':>9}{'span s':>9}{'(n-1)/span':>12}{'steady/s':>10}{'% of limit':>12}"
-        f"{'max in 1 s':>12}{'after 2 s':>11}{'at workers':>12}{'lag ms':>8}{'deferrals':>11}"
+        f"{'max in 1 s':>12}{'after 2 s':>11}{'at workers':>12}{'lag ms':>8}{'deferrals':>11}{'missed':>8}"
     )
     for count in args.rate_workers:
         if dep.deadline.remaining() == 0:
@@ -436,10 +436,11 @@ async def achieved_rate(dep: Deployment, args: argparse.Namespace, report: Repor
         ]
         lag_ms = (max(lags) - min(lags)) * 1000 if lags else NAN
         deferrals = sum(len(log_events(worker.log(), "job.deferred")) for worker in workers)
+        missed = sum(len(log_events(worker.log(), "ai.slot_missed")) for worker in workers)
         print(
             f"{count:<9}{calls:>9}{span:>9.2f}{naive:>12.2f}{rate:>10.2f}{rate / limit * 100:>11.1f}%"
             f"{most:>12}{most_later:>11}{most_at_workers if called else '-':>12}{fmt_ms(lag_ms):>8}"
-            f"{deferrals:>11}"
+            f"{deferrals:>11}{missed:>8}"
         )
         report.row(
             f"achieved rate, {count} worker(s) (% of limit)",
@@ -461,6 +462,7 @@ async def achieved_rate(dep: Deployment, args: argparse.Namespace, report: Repor
         "at workers: the same count over the call starts the workers logged (ai.completed).",
         "lag ms: spread of (arrival at the fake - start at the worker), which the limiter's 20 ms "
         "margin must absorb.",
+        "missed: slots booked but not used, the worker being ready more than 10 ms late (ai.slot_missed).",
     ):
         print(note)
     print()

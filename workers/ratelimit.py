@@ -45,9 +45,12 @@ MAX_LATE_BOOKINGS = 3
 #: Bookings nearer than this are slept out inside the job; farther ones defer the job instead.
 MAX_INLINE_WAIT_SECONDS = 1.0
 
-# KEYS: bookings zset, pause key.  ARGV: limit, window_us, max_wait_us, member.
-# Returns {booked (0/1), wait_us}. Scores are absolute microseconds on Redis's clock.
+# KEYS: bookings zset, pause key.  ARGV: limit, window_us, max_wait_us, member, unused member.
+# Returns {booked (0/1), wait_us}. Scores are absolute microseconds on Redis's clock. The unused
+# member (or '') is this job's previous booking, passed its moment unused: no call was made at
+# it, so it no longer holds a slot.
 _BOOK = """
+if ARGV[5] ~= '' then redis.call('ZREM', KEYS[1], ARGV[5]) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local limit = tonumber(ARGV[1])
@@ -135,9 +138,10 @@ class RateLimiter:
         The caller must start its AI request right after this returns, with no other await.
         """
         late = 0
+        unused = ""
         while True:
-            # The booked moment, on this host's monotonic clock, at its earliest: Redis read its
-            # clock somewhere between here and the reply.
+            # Redis reads its clock somewhere between sending and the reply: the booked moment is
+            # no earlier than ``sent + wait`` and no later than the reply's arrival plus ``wait``.
             sent = time.monotonic()
             booked, wait_us = await self._book(
                 keys=[WINDOW_KEY, PAUSE_KEY],
@@ -145,7 +149,8 @@ class RateLimiter:
                     self._limit,
                     self._window_us,
                     int(MAX_INLINE_WAIT_SECONDS * 1_000_000),
-                    uuid.uuid4().hex,
+                    member := uuid.uuid4().hex,
+                    unused,
                 ],
             )
             wait = int(wait_us) / 1_000_000
@@ -154,19 +159,25 @@ class RateLimiter:
                 # instead of starting job after job that can only defer itself.
                 self.no_slot_until = time.monotonic() + max(0.0, wait - MAX_INLINE_WAIT_SECONDS / 2)
                 raise SlotTooFar(wait)
-            due = sent + wait
             if wait > 0:
-                await asyncio.sleep(due - time.monotonic())
+                # Counted from the reply, so the call is never early.
+                await asyncio.sleep(wait)
                 # A pause may have begun while we slept (another worker met a 429): the booking
                 # stands only if none is in force now.
                 if int(await self._paused_for(keys=[PAUSE_KEY])):
+                    unused = member
                     continue
-            if time.monotonic() - due <= LATE_TOLERANCE_SECONDS:
+            # Counted from the send, so lateness is never underestimated.
+            lateness = time.monotonic() - (sent + wait)
+            if lateness <= LATE_TOLERANCE_SECONDS:
                 return  # the grant; the call follows it
             # Ready late (a busy CPU or event loop): a request sent now could share a second with
-            # a call booked one window after ours. Book afresh; the stale booking still counts.
+            # a call booked one window after ours. Book afresh, giving the missed slot back.
+            log.info("ai.slot_missed", late_ms=round(lateness * 1000, 1))
+            unused = member
             late += 1
             if late >= MAX_LATE_BOOKINGS:
+                await self._redis.zrem(WINDOW_KEY, unused)
                 raise SlotTooFar(0.0)
 
     async def pause(self, seconds: float, reason: str) -> None:
