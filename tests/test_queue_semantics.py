@@ -366,6 +366,18 @@ def test_a_used_up_rate_limit_header_slows_every_call_down_before_a_429(
     assert second >= reset_at - 0.05
 
 
+def _left_by_a_dead_worker(
+    settings: Settings, commands: SlashCommands, redis_client: redis.Redis, question: str
+) -> AskJob:
+    """A queued job with the run marker of a worker that died running it."""
+    job = _ask_job(commands, question)
+    _enqueue_all(settings, [(job, "interactive")])
+    redis_client.set(
+        f"asklane:running:{job.job_id}", json.dumps({"worker": "dead:1", "heartbeat": time.time()})
+    )
+    return job
+
+
 def test_a_job_that_kills_its_worker_again_is_given_up_with_a_message(
     settings: Settings,
     commands: SlashCommands,
@@ -375,11 +387,7 @@ def test_a_job_that_kills_its_worker_again_is_given_up_with_a_message(
 ) -> None:
     # What a worker SIGKILLed mid-job leaves behind, the second time: its run marker, and the
     # stall already counted when the first crash was recovered.
-    job = _ask_job(commands, "the question that crashes workers")
-    _enqueue_all(settings, [(job, "interactive")])
-    redis_client.set(
-        f"asklane:running:{job.job_id}", json.dumps({"worker": "dead:1", "heartbeat": time.time()})
-    )
+    job = _left_by_a_dead_worker(settings, commands, redis_client, "the question that crashes workers")
     redis_client.set(f"asklane:failures:stalled:{job.job_id}", 1)
 
     worker = drain(settings)
@@ -398,11 +406,7 @@ def test_a_worker_that_died_after_posting_is_reported_stalled_and_not_answered_a
     redis_client: redis.Redis,
 ) -> None:
     # What a worker SIGKILLed between posting the answer and finishing the job leaves behind.
-    job = _ask_job(commands, "answered just before the crash")
-    _enqueue_all(settings, [(job, "interactive")])
-    redis_client.set(
-        f"asklane:running:{job.job_id}", json.dumps({"worker": "dead:1", "heartbeat": time.time()})
-    )
+    job = _left_by_a_dead_worker(settings, commands, redis_client, "answered just before the crash")
     redis_client.set(f"asklane:delivered:{job.job_id}", "response_url")
     seen: list[str] = []
 
