@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
-import hmac
 import json
 import sys
 import time
@@ -34,6 +32,7 @@ import uvicorn
 from app import sandbox
 from app.queue import open_redis
 from app.settings import Settings, load_settings
+from app.verification import FORM, signature_of
 from workers import operations, retention
 
 
@@ -93,12 +92,10 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
     }
     body = urlencode(form).encode()
     timestamp = str(int(time.time()))
-    secret = settings.slack_signing_secret.get_secret_value().encode()
-    signature = "v0=" + hmac.new(secret, f"v0:{timestamp}:".encode() + body, hashlib.sha256).hexdigest()
     headers = {
-        "Content-Type": "application/x-www-form-urlencoded",
+        "Content-Type": FORM,
         "X-Slack-Request-Timestamp": timestamp,
-        "X-Slack-Signature": signature,
+        "X-Slack-Signature": signature_of(body, timestamp, settings.slack_signing_secret.get_secret_value()),
     }
     with urlopen(Request(web_url + "/slack/events", body, headers), timeout=10) as response:
         print(_shown({"via": "ack", **json.loads(response.read())}))
@@ -140,7 +137,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             current = await operations.status(redis)
             _print(args, dataclasses.asdict(current), _status_text(current, settings))
         elif args.command == "jobs":
-            records = await operations.recent(redis, args.state, args.limit)
+            records = await retention.recent(redis, args.state, args.limit)
             _print(args, [record.model_dump(mode="json") for record in records], _jobs_text(records))
         elif args.command == "retry":
             retried = await operations.retry(redis, None if args.all_failed else args.job_id)

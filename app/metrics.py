@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
-from app.queue import queue_depth
+from app.queue import QueueDepth, queue_depth
 
 log = structlog.get_logger(__name__)
 
@@ -192,7 +192,9 @@ async def render(redis: ArqRedis) -> bytes:
 class _Snapshot:
     """A prometheus-client collector over values already read from Redis."""
 
-    def __init__(self, counters: dict[bytes, bytes], histograms: dict[bytes, bytes], depth: Any) -> None:
+    def __init__(
+        self, counters: dict[bytes, bytes], histograms: dict[bytes, bytes], depth: QueueDepth
+    ) -> None:
         self._counters = {key.decode(): float(value) for key, value in counters.items()}
         self._histograms = {key.decode(): float(value) for key, value in histograms.items()}
         self._depth = depth

@@ -140,26 +140,28 @@ async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "intera
     body = serialize_job(
         ANSWER_JOB, (job.model_dump(mode="json"),), {}, None, int(now_ms), serializer=serialize
     )
-    keys_and_args: list[Any] = [
+    keys = [
         job_key_prefix + job.job_id,
         result_key_prefix + job.job_id,
         default_queue_name,
         f"{_LAST_SCORE_KEY}:{priority}",
         WAKE_KEY,
         INTERACTIVE_KEY,
-        body,
-        job.job_id,
-        PRIORITY_OFFSET_MS[priority],
-        expires_extra_ms,
-        WAKE_TOKENS,
-        f"{now_ms:.3f}",
     ]
+    args = [body, job.job_id, PRIORITY_OFFSET_MS[priority], expires_extra_ms, WAKE_TOKENS, f"{now_ms:.3f}"]
+    return bool(await run_script(redis, _ENQUEUE, keys, args))
+
+
+async def run_script(redis: ArqRedis, script: str, keys: list[Any], args: list[Any]) -> Any:
+    """Run a Lua script for the web's ack path.
+
+    Raises QueueUnavailable when Redis does not answer within ENQUEUE_TIMEOUT_SECONDS.
+    """
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-            queued = await cast(Awaitable[int], redis.eval(_ENQUEUE, 6, *keys_and_args))
+            return await cast(Awaitable[Any], redis.eval(script, len(keys), *keys, *args))
     except (RedisError, OSError, TimeoutError) as error:
         raise QueueUnavailable(type(error).__name__) from error
-    return bool(queued)
 
 
 @dataclass(frozen=True)

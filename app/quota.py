@@ -7,17 +7,14 @@ previous one closed; the user is told when it closes. A limit of 0 is no limit.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
-from redis.exceptions import RedisError
 
 from app.job import AskJob
-from app.queue import ENQUEUE_TIMEOUT_SECONDS, QueueUnavailable
+from app.queue import run_script
 from app.settings import Settings
 
 Scope = Literal["user", "team"]
@@ -97,16 +94,8 @@ async def charge(redis: ArqRedis, limits: tuple[Limit, ...], job: AskJob) -> Ove
     args: list[Any] = []
     for limit in limits:
         args += [limit.allowed, limit.seconds * 1000]
-    result = await _eval(redis, _CHARGE, keys, args)
+    result = await run_script(redis, _CHARGE, keys, args)
     if not isinstance(result, list):
         return None
     index, ttl_ms = result
     return OverQuota(limits[int(index) - 1], retry_after=max(int(ttl_ms), 0) / 1000)
-
-
-async def _eval(redis: ArqRedis, script: str, keys: list[str], args: list[Any]) -> Any:
-    try:
-        async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-            return await cast(Awaitable[Any], redis.eval(script, len(keys), *keys, *args))
-    except (RedisError, OSError, TimeoutError) as error:
-        raise QueueUnavailable(type(error).__name__) from error

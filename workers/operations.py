@@ -1,5 +1,5 @@
-"""What the people on call can see and do: queue depth, running jobs, the limiter's state, worker
-health and recent jobs; retrying failed jobs and purging the failed list.
+"""What the people on call can see and do: queue depth, running jobs, the limiter's state and
+worker health; retrying failed jobs and purging the failed list (recent jobs: workers/retention.py).
 
 Plain async functions over Redis, used by the ``asklane`` command (app/cli.py).
 """
@@ -71,11 +71,6 @@ async def status(redis: ArqRedis) -> Status:
         workers=sorted(workers, key=lambda health: health.worker),
         arq_health=(await redis.get(default_queue_name + health_check_key_suffix) or b"").decode() or None,
     )
-
-
-async def recent(redis: ArqRedis, state: retention.State, count: int) -> list[retention.JobRecord]:
-    """The newest ``count`` completed or failed jobs, newest first."""
-    return await retention.recent(redis, state, count)
 
 
 @dataclass(frozen=True)
