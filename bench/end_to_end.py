@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import random
 import shutil
 import sys
@@ -46,7 +45,7 @@ from harness import (
 )
 
 from app.job import job_id_for
-from tests.conftest import SlashCommands, WorkerProcess, signature_headers
+from tests.conftest import SlashCommands, WorkerProcess, log_events, signature_headers
 from tests.fakes.anthropic import MESSAGES, message
 from tests.fakes.server import Reply
 from tests.fakes.slack import POST_EPHEMERAL, RESPONSE
@@ -63,16 +62,7 @@ class Sample:
 
 def worker_queue_waits(log: str) -> dict[str, int]:
     """``queued_ms`` of each job.started line in the worker's JSON log, by job id."""
-    waits = {}
-    for line in log.splitlines():
-        if '"job.started"' not in line:
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        waits[event["job_id"]] = int(event["queued_ms"])
-    return waits
+    return {event["job_id"]: int(event["queued_ms"]) for event in log_events(log, "job.started")}
 
 
 def main() -> int:

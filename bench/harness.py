@@ -7,13 +7,11 @@ to loopback). Nothing here talks to any other host.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -25,13 +23,11 @@ from tests.conftest import (  # noqa: E402
     SIGNING_SECRET,
     RedisServer,
     WebProcess,
+    log_events,
     max_in_window,
 )
 from tests.fakes.anthropic import FakeAnthropic  # noqa: E402
 from tests.fakes.slack import FakeSlack  # noqa: E402
-
-#: The virtualenv's bin directory; the benchmarks are run with its python.
-VENV_BIN = Path(sys.executable).parent
 
 __all__ = [
     "ROOT",
@@ -87,21 +83,3 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
-
-
-def log_events(log: str, event: str) -> list[dict[str, Any]]:
-    """The JSON log lines (LOG_FORMAT=json) whose ``event`` is ``event``, in order.
-
-    Lines that are not JSON (a traceback, arq's own start-up output) are skipped.
-    """
-    found = []
-    for line in log.splitlines():
-        if f'"{event}"' not in line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == event:
-            found.append(record)
-    return found

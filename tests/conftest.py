@@ -377,6 +377,24 @@ def _task_stacks(loop: asyncio.AbstractEventLoop | None = None) -> str:
     return out.getvalue()
 
 
+def log_events(log: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log lines (LOG_FORMAT=json) in ``log``, those whose event is ``name`` if given.
+
+    Lines that are not JSON (a traceback, arq's own start-up output) are skipped.
+    """
+    found = []
+    for line in log.splitlines():
+        if name is not None and f'"{name}"' not in line:
+            continue  # cheap: most lines of a long benchmark log are other events
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (name is None or record.get("event") == name):
+            found.append(record)
+    return found
+
+
 class WorkerProcess:
     """``arq workers.WorkerSettings`` as its own process group, as Heroku runs it."""
 
@@ -405,15 +423,7 @@ class WorkerProcess:
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """The worker's structured log lines so far, those named ``name`` if given."""
-        found = []
-        for line in self.log().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # arq prints two plain lines before the worker's logging is configured
-            if name is None or event.get("event") == name:
-                found.append(event)
-        return found
+        return log_events(self.log(), name)
 
     def wait_for_log(self, text: str, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout

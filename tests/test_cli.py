@@ -34,7 +34,8 @@ def _fail_one_job(web: TestClient, commands: SlashCommands, settings: Settings, 
     fake.script(MESSAGES, error(400, "invalid_request_error"))
     commands.send(web, "a question Claude refuses")
     drain(settings)
-    return str(json.loads(redis.Redis.from_url(settings.redis_url).lindex(FAILED_KEY, 0) or b"{}")["job_id"])
+    with redis.Redis.from_url(settings.redis_url) as client:
+        return str(json.loads(client.lindex(FAILED_KEY, 0) or b"{}")["job_id"])
 
 
 def test_status_counts_queued_jobs_by_priority(

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic_core import PydanticUndefined
 
 from app.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,9 +13,7 @@ from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import SlashCommands, ack_text, signature_headers
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, SlashCommands, ack_text, signature_headers
 
 #: The bot scope each Web API method the code calls needs.
 SCOPE_OF_METHOD = {"chat_postEphemeral": "chat:write"}

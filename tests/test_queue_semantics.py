@@ -247,10 +247,6 @@ def test_a_job_too_old_to_answer_in_time_tells_the_user(
     assert "waited too long" in text
 
 
-def _ask_job(commands: SlashCommands, text: str) -> AskJob:
-    return commands.job(text)
-
-
 def _enqueue_all(settings: Settings, jobs: list[tuple[AskJob, str]]) -> None:
     async def run() -> None:
         client = open_redis(settings)
@@ -265,8 +261,8 @@ def test_an_interactive_job_queued_behind_500_background_jobs_starts_next(
     settings: Settings, commands: SlashCommands, redis_client: redis.Redis
 ) -> None:
     # Enqueued back to back, many of these share a millisecond: order must still hold.
-    background = [_ask_job(commands, f"background {n}") for n in range(500)]
-    urgent = _ask_job(commands, "urgent")
+    background = [commands.job(f"background {n}") for n in range(500)]
+    urgent = commands.job("urgent")
     _enqueue_all(settings, [(job, "background") for job in background] + [(urgent, "interactive")])
 
     order = [member.decode() for member in redis_client.zrange("arq:queue", 0, -1)]
@@ -278,8 +274,8 @@ def test_a_worker_starts_jobs_by_priority_then_in_queue_order(
     env: dict[str, str], commands: SlashCommands, fake_anthropic: FakeAnthropic
 ) -> None:
     settings = settings_from({**env, "WORKER_CONCURRENCY": "1", "JOBS_PER_SECOND": "1000"})
-    background = [_ask_job(commands, f"background {n}") for n in range(5)]
-    urgent = _ask_job(commands, "urgent")
+    background = [commands.job(f"background {n}") for n in range(5)]
+    urgent = commands.job("urgent")
     _enqueue_all(settings, [(job, "background") for job in background] + [(urgent, "interactive")])
 
     drain(settings)
@@ -370,7 +366,7 @@ def _left_by_a_dead_worker(
     settings: Settings, commands: SlashCommands, redis_client: redis.Redis, question: str
 ) -> AskJob:
     """A queued job with the run marker of a worker that died running it."""
-    job = _ask_job(commands, question)
+    job = commands.job(question)
     _enqueue_all(settings, [(job, "interactive")])
     redis_client.set(
         f"asklane:running:{job.job_id}", json.dumps({"worker": "dead:1", "heartbeat": time.time()})
@@ -426,8 +422,8 @@ def test_an_interactive_job_keeps_its_priority_after_a_retry(
     env: dict[str, str], commands: SlashCommands, fake_anthropic: FakeAnthropic
 ) -> None:
     settings = settings_from({**env, "WORKER_CONCURRENCY": "1", "JOBS_PER_SECOND": "1000"})
-    urgent = _ask_job(commands, "urgent")
-    background = [_ask_job(commands, f"background {n}") for n in range(20)]
+    urgent = commands.job("urgent")
+    background = [commands.job(f"background {n}") for n in range(20)]
     _enqueue_all(settings, [(urgent, "interactive")] + [(job, "background") for job in background])
     fake_anthropic.default_delay = 0.05
     fake_anthropic.script(MESSAGES, error(529, "overloaded_error", retry_after=0.2))
@@ -451,7 +447,7 @@ def test_a_run_whose_lease_was_taken_over_neither_posts_nor_fails(
     # Renewals stall (say Redis hung) long enough for another worker to take the job over: the
     # first run must then leave the answer to the new owner.
     settings = settings_from({**env, "AI_TIMEOUT_SECONDS": "6", "JOB_TIMEOUT_SECONDS": "8"})
-    job = _ask_job(commands, "a slow question")
+    job = commands.job("a slow question")
     _enqueue_all(settings, [(job, "interactive")])
     fake_anthropic.default_delay = 3.5  # longer than one lease renewal period (3 s)
     marker = json.dumps({"worker": "other:1", "heartbeat": time.time(), "token": "someone-else"})

@@ -12,9 +12,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from app import sandbox
-from tests.conftest import RedisServer, free_port, is_alive, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, RedisServer, free_port, is_alive, wait_until
 
 
 def test_the_slack_stand_in_hands_out_posted_messages_in_order() -> None:
