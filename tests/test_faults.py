@@ -27,11 +27,12 @@ FINAL = ("Answer to:", ":x: Sorry")
 Form = dict[str, str]
 
 
-def _finals(fake_slack: FakeSlack, form: Form) -> list[str]:
-    """The final messages the asker of ``form`` can see.
+def _finals(fake_slack: FakeSlack, form: Form, *, as_seen: bool = False) -> list[str]:
+    """The final messages Slack accepted for the asker of ``form``: every one of them, or with
+    ``as_seen`` only those the asker can see.
 
-    Posts to the command's response_url replace its message (``replace_original``), so they show
-    as one message: the last one posted. Each ``chat.postEphemeral`` is a message of its own.
+    Posts to the command's response_url replace its message (``replace_original``), so the asker
+    sees only the last one; each ``chat.postEphemeral`` is a message of its own.
     """
     hook = form["response_url"].removeprefix(fake_slack.url)
     replaced = ""
@@ -40,7 +41,7 @@ def _finals(fake_slack: FakeSlack, form: Form) -> list[str]:
         text = str(request.body.get("text", ""))
         if not request.accepted:
             continue
-        if request.path == hook and request.body.get("replace_original") is True:
+        if as_seen and request.path == hook and request.body.get("replace_original") is True:
             replaced = text
         elif request.path == hook or (
             request.path == POST_EPHEMERAL and request.body.get("user") == form["user_id"]
@@ -49,19 +50,16 @@ def _finals(fake_slack: FakeSlack, form: Form) -> list[str]:
     return [text for text in [replaced, *posted] if text.startswith(FINAL)]
 
 
-def _all_answered(fake_slack: FakeSlack, forms: list[Form]) -> bool:
-    return all(_finals(fake_slack, form) for form in forms)
+def _assert_each_answered_exactly_once(
+    fake_slack: FakeSlack, forms: list[Form], timeout: float, *, as_seen: bool = False
+) -> None:
+    def unanswered() -> list[str]:
+        return [form["text"] for form in forms if not _finals(fake_slack, form, as_seen=as_seen)]
 
-
-def _assert_each_answered_exactly_once(fake_slack: FakeSlack, forms: list[Form], timeout: float) -> None:
-    wait_until(
-        lambda: _all_answered(fake_slack, forms),
-        timeout=timeout,
-        explain=lambda: f"unanswered: {[form['text'] for form in forms if not _finals(fake_slack, form)]}",
-    )
+    wait_until(lambda: not unanswered(), timeout=timeout, explain=lambda: f"unanswered: {unanswered()}")
     # Anything still to come (a recovered job, a late retry) would be a second answer.
     time.sleep(1.0)
-    counts = {form["text"]: len(_finals(fake_slack, form)) for form in forms}
+    counts = {form["text"]: len(_finals(fake_slack, form, as_seen=as_seen)) for form in forms}
     assert counts == {form["text"]: 1 for form in forms}
 
 
@@ -151,7 +149,10 @@ def test_a_worker_stopped_under_load_loses_and_doubles_nothing(
 
     doomed.wait(timeout=10)
     cut_off = _unfinished(doomed)
-    _assert_each_answered_exactly_once(fake_slack, forms, timeout=60)
+    # A worker stopped between Slack taking its response_url post and recording it leaves the
+    # re-run to post again: the documented window (README, Delivery semantics). That post replaces
+    # the first, so the asker still sees one answer.
+    _assert_each_answered_exactly_once(fake_slack, forms, timeout=60, as_seen=True)
     if signum == signal.SIGKILL:
         assert cut_off, "the worker was killed with no job in flight"
 

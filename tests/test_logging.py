@@ -143,6 +143,9 @@ def test_a_full_run_at_debug_level_logs_no_secret(
 
     logs = worker.log() + capsys.readouterr().out
     assert '"debug"' in logs
+    # The refusal echoing the credentials was logged, with them redacted.
+    [refused] = [line for line in logs.splitlines() if "delivery.response_url_refused" in line]
+    assert "[redacted]" in refused
     for secret in (BOT_TOKEN, ANTHROPIC_KEY, SIGNING_SECRET):
         assert secret not in logs
     assert not re.search(r"xox[a-z]-|xapp-|sk-ant-", logs)

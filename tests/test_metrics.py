@@ -79,9 +79,11 @@ def test_metrics_are_503_when_redis_is_unreachable(env: dict[str, str]) -> None:
     with TestClient(create_app(settings)) as web:
         started = time.monotonic()
         response = web.get("/metrics")
+        elapsed = time.monotonic() - started
 
     assert response.status_code == 503
-    assert time.monotonic() - started < 2.0
+    # Within its 1 s Redis budget, not after redis-py's 5 s socket timeout.
+    assert elapsed < 2.0
 
 
 def test_with_a_metrics_token_a_scrape_needs_it(env: dict[str, str]) -> None:
