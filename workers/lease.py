@@ -98,9 +98,8 @@ class Lease:
 @contextlib.asynccontextmanager
 async def lease(redis: ArqRedis, job_id: str) -> AsyncIterator[Lease]:
     """Hold the job's lease while the block runs; the Lease tells of a dead predecessor."""
-    previous = await redis.get(_marker_key(job_id))
     # A predecessor's marker is taken over, not checked: it left it when its worker died.
-    await redis.delete(_marker_key(job_id))
+    previous = await redis.getdel(_marker_key(job_id))
     held = Lease(redis, job_id, json.loads(previous) if previous else None)
     await held.renew()
     renewer = asyncio.create_task(held.keep_renewing())
