@@ -89,6 +89,14 @@ return 1
 """
 
 
+#: Per-job key holding the moment the job was queued, in milliseconds on Redis's clock (TIME),
+#: written by the enqueue script and expiring with the job. Web and worker hosts' clocks may
+#: disagree by minutes; Redis's clock is the one both can trust for a job's age. Absent for jobs
+#: queued by a release before this key existed: workers then fall back to the payload's
+#: ``enqueued_at``, clamped to their own clock.
+ENQUEUED_AT_PREFIX = "asklane:enqueued-at:"
+
+
 class QueueUnavailable(Exception):
     """Redis did not take the job in time: refused, timed out or errored."""
 
