@@ -5,7 +5,6 @@ Kept free of Bolt so it can be tested with a plain dict and a real Redis.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ from pydantic import ValidationError
 
 from app import messages, quota
 from app.events import JobEvents
-from app.job import AskJob, reference_for
+from app.job import AskJob, command_reference
 from app.messages import SlackMessage
-from app.queue import ENQUEUE_TIMEOUT_SECONDS, QueueUnavailable, enqueue_ask
+from app.queue import QueueUnavailable
 
 #: Longest question accepted. Slack itself allows a few thousand characters in a slash command;
 #: this keeps a prompt (and the echo in the notice) within sane bounds.
@@ -80,31 +79,30 @@ async def handle_ask(
             enqueued_at=datetime.now(UTC),
         )
     except ValidationError as error:
-        reference = reference_for(trigger_id or question)
+        reference = command_reference(trigger_id or question)
         bound.warning("command.malformed", reference=reference, fields=[e["loc"] for e in error.errors()])
         return Ack(messages.malformed_request(reference), "malformed")
 
     bound = bound.bind(job_id=job.job_id, reference=job.reference)
     try:
-        # One budget for all of the ack's Redis work, well inside Slack's 3 s.
-        async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-            over = await quota.charge(redis, limits, job)
-            queued = over is None and await enqueue_ask(redis, job)
-    except (QueueUnavailable, TimeoutError) as error:
+        # One script, bounded by ENQUEUE_TIMEOUT_SECONDS, well inside Slack's 3 s.
+        result = await quota.enqueue_within(redis, limits, job)
+    except QueueUnavailable as error:
         bound.error("command.queue_unavailable", error=str(error) or type(error).__name__)
         return Ack(messages.unavailable(job.reference), "unavailable")
-    if over is not None:
+    if isinstance(result, quota.OverQuota):
         bound.info(
             "command.over_quota",
-            scope=over.limit.scope,
-            period=over.limit.period,
-            allowed=over.limit.allowed,
-            retry_after_s=round(over.retry_after, 1),
+            scope=result.limit.scope,
+            period=result.limit.period,
+            allowed=result.limit.allowed,
+            retry_after_s=round(result.retry_after, 1),
         )
         message = messages.over_quota(
-            over.limit.scope, over.limit.allowed, over.limit.period, over.retry_after
+            result.limit.scope, result.limit.allowed, result.limit.period, result.retry_after
         )
         return Ack(message, "over_quota")
+    queued = result
     if queued:
         await events.emit(
             "job.enqueued",

@@ -45,7 +45,7 @@ class AskJob(BaseModel):
     @property
     def reference(self) -> str:
         """Short id shown to the user and logged beside the job id, for support requests."""
-        return reference_for(self.job_id)
+        return command_reference(self.trigger_id)
 
 
 def job_id_for(trigger_id: str) -> str:
@@ -53,9 +53,15 @@ def job_id_for(trigger_id: str) -> str:
     return "ask-" + hashlib.sha256(trigger_id.encode()).hexdigest()[:32]
 
 
-def reference_for(key: str) -> str:
-    """An 8-character reference a user can quote, derived from a job id or trigger id."""
-    return hashlib.sha256(key.encode()).hexdigest()[:8].upper()
+def reference_for(job_id: str) -> str:
+    """An 8-character reference a user can quote, derived from the job id."""
+    return hashlib.sha256(job_id.encode()).hexdigest()[:8].upper()
+
+
+def command_reference(trigger_id: str) -> str:
+    """The reference of a command's job, also where no job was queued (a crash, a malformed
+    command, Redis down): one command shows one reference on every path."""
+    return reference_for(job_id_for(trigger_id))
 
 
 def _encode(value: object) -> Any:
@@ -77,3 +83,25 @@ def serialize(value: Any) -> bytes:
 def deserialize(raw: bytes) -> Any:
     """arq ``job_deserializer``."""
     return json.loads(raw)
+
+
+def deserialize_job(raw: bytes) -> Any:
+    """The workers' arq ``job_deserializer``: JSON whose envelope arq can call a function with.
+
+    A function name that is not a string, args that are not a list or keyword args that are not
+    an object would make arq raise outside its own error handling, or splat an object into
+    positional args; refused here, they take arq's "cannot deserialize" path, which the worker
+    reports (workers/rejected.py).
+    """
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    if not isinstance(value.get("f"), str):
+        raise ValueError("function name is not a string")
+    if not isinstance(value.get("a"), list):
+        raise ValueError("args are not a list")
+    if not isinstance(value.get("k"), dict):
+        raise ValueError("keyword args are not an object")
+    if not isinstance(value.get("t"), int | None) or not isinstance(value.get("et"), int | float):
+        raise ValueError("try count or enqueue time is not a number")
+    return value

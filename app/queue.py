@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -44,36 +44,79 @@ Priority = Literal["interactive", "background"]
 PRIORITY_OFFSET_MS: dict[Priority, int] = {"interactive": 10**12, "background": 0}
 _LAST_SCORE_KEY = "asklane:queue:last-score"
 
-#: Ids of queued interactive jobs. arq re-scores a retried or deferred job to "now + delay",
-#: which drops it out of the interactive lane; workers put it back when it comes due
-#: (:data:`PROMOTE_DUE_INTERACTIVE`).
-INTERACTIVE_KEY = "asklane:queue:interactive"
+#: Interactive jobs that arq re-scored out of their lane, by the moment they come due. arq
+#: re-scores a retried or deferred job to "now + delay", which drops it among the background jobs;
+#: the worker that ran it records it here (:data:`NOTE_RESCORED_INTERACTIVE`), and workers move
+#: it back into its lane once due (:data:`PROMOTE_DUE_INTERACTIVE`). Each entry leaves when it
+#: comes due, so the set holds only jobs waiting out a retry delay, never the backlog.
+RESCORED_INTERACTIVE_KEY = "asklane:queue:interactive-rescored"
 
-# KEYS: queue, interactive ids.  ARGV: offset ms, the worker's now in ms.  Moves interactive
-# jobs that are due but scored in the background lane back ahead of it; forgets ids no longer
-# queued.
-PROMOTE_DUE_INTERACTIVE = """
-local offset = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if not score then
-    redis.call('SREM', KEYS[2], id)
-  else
-    score = tonumber(score)
-    if score > now - offset / 2 and score <= now then
-      redis.call('ZADD', KEYS[1], 'XX', string.format('%.3f', score - offset), id)
-    end
-  end
+#: Most re-scored jobs one promotion moves; any left over are moved at the next poll.
+PROMOTE_BATCH = 100
+
+# KEYS: queue, re-scored interactive jobs.  ARGV: job id, offset ms, the worker's now ms.
+# Records the job if it now sits in the background lane (arq re-scored it), at its new score.
+NOTE_RESCORED_INTERACTIVE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) > tonumber(ARGV[3]) - tonumber(ARGV[2]) / 2 then
+  redis.call('ZADD', KEYS[2], score, ARGV[1])
+  return 1
 end
 return 0
 """
 
-# KEYS: job, result, queue, last score of the level, wake list, interactive job ids.
-# ARGV: serialized job, job id, priority offset ms, job expiry ms, wake tokens kept, now ms.
-# arq's own enqueue, plus a score that is strictly increasing within a level and a wake token.
+# KEYS: queue, re-scored interactive jobs.  ARGV: offset ms, the worker's now ms, batch size.
+# Moves the re-scored jobs now due back ahead of the background lane. Reads only the entries due
+# now, so its cost does not grow with the backlog. An entry whose job was re-scored again, later,
+# waits for that moment; one whose job has left the queue is dropped.
+PROMOTE_DUE_INTERACTIVE = """
+local offset = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(due) do
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) > now then
+    redis.call('ZADD', KEYS[2], score, id)
+  else
+    redis.call('ZREM', KEYS[2], id)
+    if score and tonumber(score) > now - offset / 2 then
+      redis.call('ZADD', KEYS[1], 'XX', string.format('%.3f', tonumber(score) - offset), id)
+    end
+  end
+end
+return #due
+"""
+
+# KEYS: job, result, queue, last score of the level, wake list, enqueued-at, then one fair-use
+# counter per limit.  ARGV: serialized job, job id, priority offset ms, job expiry ms, wake tokens
+# kept, now ms, then the allowed count and window ms of each counter, in order.
+#
+# One atomic step for the whole ack: a job already queued or answered (a duplicate delivery) is
+# neither charged nor queued again: 0. Otherwise every counter is charged and the job queued (1)
+# only when no counter is used up; else nothing is, and the used-up counter whose window closes
+# last is returned as {its index (1-based), ms until then}. Two deliveries of one command at the
+# same moment are therefore charged once. The job itself is arq's own enqueue, plus a score that
+# is strictly increasing within a level, a wake token, and the moment it was queued on Redis's
+# clock (ENQUEUED_AT_PREFIX), expiring with the job key.
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+local first = 7
+local worst, worst_ttl = 0, -1
+for i = first, #KEYS do
+  local n = i - first + 1
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[5 + 2 * n]) then
+    local ttl = redis.call('PTTL', KEYS[i])
+    if ttl < 0 then
+      redis.call('PEXPIRE', KEYS[i], ARGV[6 + 2 * n])
+      ttl = tonumber(ARGV[6 + 2 * n])
+    end
+    if ttl > worst_ttl then worst, worst_ttl = n, ttl end
+  end
+end
+if worst > 0 then return {worst, worst_ttl} end
+for i = first, #KEYS do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[6 + 2 * (i - first + 1)]) end
+end
 local score = tonumber(ARGV[6]) - tonumber(ARGV[3])
 local last = tonumber(redis.call('GET', KEYS[4]) or '0')
 -- A web host whose clock ran ahead must not hold later jobs back: keep order only within 1 s.
@@ -82,7 +125,9 @@ local text = string.format('%.3f', score)
 redis.call('SET', KEYS[4], text, 'PX', 86400000)
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[3], text, ARGV[2])
-if tonumber(ARGV[3]) > 0 then redis.call('SADD', KEYS[6], ARGV[2]) end
+local time = redis.call('TIME')
+local queued_at = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('SET', KEYS[6], string.format('%d', queued_at), 'PX', tonumber(ARGV[4]))
 redis.call('LPUSH', KEYS[5], '1')
 redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
 return 1
@@ -95,6 +140,23 @@ return 1
 #: queued by a release before this key existed: workers then fall back to the payload's
 #: ``enqueued_at``, clamped to their own clock.
 ENQUEUED_AT_PREFIX = "asklane:enqueued-at:"
+
+
+@dataclass(frozen=True)
+class Counter:
+    """A fair-use counter the enqueue charges: at most ``allowed`` per window of ``window_ms``."""
+
+    key: str
+    allowed: int
+    window_ms: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The job was not queued: ``counters[index]`` is used up until ``retry_after_ms`` from now."""
+
+    index: int
+    retry_after_ms: int
 
 
 class QueueUnavailable(Exception):
@@ -140,9 +202,22 @@ def open_redis(settings: Settings, *, timeout: float = ENQUEUE_TIMEOUT_SECONDS) 
 
 
 async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "interactive") -> bool:
-    """Queue the job once. Returns False when a job with the same id exists (a duplicate delivery).
+    """Queue the job once, charging no fair-use counter. Returns False when a job with the same id
+    exists (a duplicate delivery).
 
     Raises QueueUnavailable when Redis does not answer within ENQUEUE_TIMEOUT_SECONDS.
+    """
+    return await enqueue_counted(redis, job, priority, ()) is True
+
+
+async def enqueue_counted(
+    redis: ArqRedis, job: AskJob, priority: Priority, counters: Sequence[Counter]
+) -> bool | Refused:
+    """Charge ``counters`` and queue the job, as one atomic step (see :data:`_ENQUEUE`).
+
+    Returns True when queued, False for a duplicate delivery (nothing charged), or Refused when a
+    counter is used up (nothing charged, nothing queued). Raises QueueUnavailable when Redis does
+    not answer within ENQUEUE_TIMEOUT_SECONDS.
     """
     now_ms = time.time() * 1000
     body = serialize_job(
@@ -154,10 +229,47 @@ async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "intera
         default_queue_name,
         f"{_LAST_SCORE_KEY}:{priority}",
         WAKE_KEY,
-        INTERACTIVE_KEY,
+        ENQUEUED_AT_PREFIX + job.job_id,
+        *(counter.key for counter in counters),
     ]
-    args = [body, job.job_id, PRIORITY_OFFSET_MS[priority], expires_extra_ms, WAKE_TOKENS, f"{now_ms:.3f}"]
-    return bool(await run_script(redis, _ENQUEUE, keys, args))
+    args: list[Any] = [
+        body,
+        job.job_id,
+        PRIORITY_OFFSET_MS[priority],
+        expires_extra_ms,
+        WAKE_TOKENS,
+        f"{now_ms:.3f}",
+    ]
+    for counter in counters:
+        args += [counter.allowed, counter.window_ms]
+    result = await run_script(redis, _ENQUEUE, keys, args)
+    if isinstance(result, list):
+        index, ttl_ms = result
+        return Refused(int(index) - 1, max(int(ttl_ms), 0))
+    return bool(result)
+
+
+async def promote_due_interactive(redis: ArqRedis, now_ms: float) -> int:
+    """Move re-scored interactive jobs now due back into their lane; returns how many were due.
+
+    Run by every worker poll, so its Redis time must not grow with the backlog: it reads only
+    the re-scored jobs due now, at most PROMOTE_BATCH of them.
+    """
+    promote = redis.register_script(PROMOTE_DUE_INTERACTIVE)
+    keys = [default_queue_name, RESCORED_INTERACTIVE_KEY]
+    return int(await promote(keys=keys, args=[PRIORITY_OFFSET_MS["interactive"], now_ms, PROMOTE_BATCH]))
+
+
+async def note_if_rescored(redis: ArqRedis, job_id: str, now_ms: float) -> bool:
+    """After an interactive job deferred itself: record it if arq re-scored it out of its lane."""
+    note = redis.register_script(NOTE_RESCORED_INTERACTIVE)
+    keys = [default_queue_name, RESCORED_INTERACTIVE_KEY]
+    return bool(await note(keys=keys, args=[job_id, PRIORITY_OFFSET_MS["interactive"], now_ms]))
+
+
+def is_interactive(score: float, now_ms: float) -> bool:
+    """True for a queue score in the interactive lane (PRIORITY_OFFSET_MS early: past the midpoint)."""
+    return score < now_ms - PRIORITY_OFFSET_MS["interactive"] / 2
 
 
 async def run_script(redis: ArqRedis, script: str, keys: list[Any], args: list[Any]) -> Any:

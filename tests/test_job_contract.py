@@ -5,18 +5,28 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlencode
 
+import pytest
 import redis
 from arq.connections import ArqRedis
+from slack_bolt.request.async_request import AsyncBoltRequest
 
-from app.job import ANSWER_JOB, AskJob, deserialize, serialize
+from app.events import JobEvents
+from app.job import ANSWER_JOB, AskJob, deserialize, reference_for, serialize
 from app.queue import open_redis
 from app.settings import Settings
-from tests.conftest import drain
+from app.slack_app import build_bolt_app
+from tests.conftest import SlashCommands, drain, free_port, settings_from
 from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.slack import FakeSlack
+from workers.retention import FAILED_KEY
 
 
 def _job(**overrides: object) -> AskJob:
@@ -117,3 +127,105 @@ def test_a_pickled_job_is_never_unpickled(
     assert not canary.exists()
     assert worker.jobs_failed == 1
     assert fake_anthropic.calls == []
+
+
+def _envelope(function: str = ANSWER_JOB, args: object = (), kwargs: object | None = None) -> bytes:
+    """arq's stored job, as JSON, with whatever function and arguments a test needs."""
+    job = {"t": 1, "f": function, "a": args, "k": kwargs or {}, "et": int(time.time() * 1000)}
+    return json.dumps(job).encode()
+
+
+def _asked(commands: SlashCommands) -> dict[str, Any]:
+    return commands.job("a question that was never answered").model_dump(mode="json")
+
+
+#: Stored jobs no worker can run, and whether their asker can still be found in them.
+BAD_JOBS: dict[str, tuple[Callable[[dict[str, Any]], bytes], bool]] = {
+    "not JSON": (lambda asked: b"\x80\x04 not json {", False),
+    "JSON but not a job": (lambda asked: b'["answer_question"]', False),
+    "unknown function": (lambda asked: _envelope("summarise_thread", [asked]), True),
+    "args an object, not a list": (lambda asked: _envelope(args=asked), True),
+    "several args": (lambda asked: _envelope(args=[asked, asked]), True),
+    "keyword args": (lambda asked: _envelope(args=[], kwargs={"payload": asked}), True),
+    "an arg that is not an AskJob": (lambda asked: _envelope(args=[{"hello": "world"}]), False),
+    "an AskJob missing a field": (
+        lambda asked: _envelope(args=[{k: v for k, v in asked.items() if k != "text"}]),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_JOBS))
+def test_a_job_no_worker_can_run_ends_in_a_failed_event_a_failed_record_and_a_message_to_its_asker(
+    case: str,
+    settings: Settings,
+    commands: SlashCommands,
+    redis_client: redis.Redis,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    build, asker_known = BAD_JOBS[case]
+    redis_client.set("arq:job:bad-job", build(_asked(commands)))
+    redis_client.zadd("arq:queue", {"bad-job": int(time.time() * 1000)})
+    failed: list[dict[str, Any]] = []
+
+    async def hook(event: str, fields: dict[str, Any]) -> None:
+        failed.append(fields)
+
+    events = JobEvents()
+    events.subscribe("job.failed", hook)
+
+    worker = drain(settings, events=events)
+
+    reference = reference_for("bad-job")
+    [event] = failed
+    assert event["job_id"] == "bad-job" and event["reference"] == reference
+    [record] = [json.loads(item) for item in redis_client.lrange(FAILED_KEY, 0, -1)]
+    assert record["job_id"] == "bad-job" and record["error"] == event["detail"]
+    told = [post["text"] for post in fake_slack.delivered()]
+    assert told == (
+        [f":warning: Sorry, that request could not be read. Please try again. (ref {reference})"]
+        if asker_known
+        else []
+    )
+    assert worker.jobs_failed == 1 and fake_anthropic.calls == []
+    assert not redis_client.zrange("arq:queue", 0, -1)
+
+
+def _ack_reference(settings: Settings, redis_client: ArqRedis | None, form: dict[str, str]) -> str:
+    """The reference id in the ack the Bolt app gives ``form``, Redis client as given."""
+
+    async def run() -> str:
+        app = build_bolt_app(settings, cast(ArqRedis, redis_client), JobEvents())
+        request = AsyncBoltRequest(
+            body=urlencode(form), headers={"content-type": ["application/x-www-form-urlencoded"]}
+        )
+        response = await app.async_dispatch(request)
+        match = re.search(r"\(ref ([0-9A-F]{8})\)", json.loads(response.body)["text"])
+        assert match, response.body
+        return match.group(1)
+
+    return asyncio.run(run())
+
+
+#: How an ack without a queued job comes about, for one command: each must quote the reference
+#: its job has (the one on its answer or failure message, and in every log line about it).
+NO_JOB_PATHS = ("queue unavailable", "malformed command", "listener crashed")
+
+
+@pytest.mark.parametrize("path", NO_JOB_PATHS)
+def test_every_ack_of_a_command_quotes_the_reference_of_its_job(
+    path: str, env: dict[str, str], settings: Settings, commands: SlashCommands, tmp_path: Path
+) -> None:
+    form = commands.form("what is a p99?")
+    job = commands.job("what is a p99?").model_copy(update={"trigger_id": form["trigger_id"]})
+    if path == "queue unavailable":
+        down = settings_from({**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+        reference = _ack_reference(settings, open_redis(down), form)
+    elif path == "malformed command":
+        reference = _ack_reference(settings, open_redis(settings), {**form, "user_id": ""})
+    else:
+        # A client that is not one: the listener's last-resort handler answers.
+        reference = _ack_reference(settings, None, form)
+
+    assert reference == job.reference

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from arq.connections import ArqRedis
 from arq.worker import Worker
 from starlette.testclient import TestClient
 
@@ -22,13 +23,16 @@ from app.events import JobEvents
 from app.job import AskJob
 from app.metrics import COUNTERS_KEY, HISTOGRAMS_KEY
 from app.queue import (
-    INTERACTIVE_KEY,
+    ENQUEUED_AT_PREFIX,
     PRIORITY_OFFSET_MS,
+    PROMOTE_BATCH,
     PROMOTE_DUE_INTERACTIVE,
+    RESCORED_INTERACTIVE_KEY,
     WAKE_KEY,
     WAKE_TOKENS,
     enqueue_ask,
     open_redis,
+    promote_due_interactive,
 )
 from app.settings import Settings
 from tests.conftest import (
@@ -41,9 +45,10 @@ from tests.conftest import (
     wait_until,
 )
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
+from tests.fakes.redis_tap import RedisTap
 from tests.fakes.server import Reply
 from tests.fakes.slack import RESPONSE, FakeSlack
-from workers import arq_worker
+from workers import arq_worker, lease
 from workers.retention import COMPLETED_KEY, FAILED_KEY
 from workers.worker import worker_settings
 
@@ -317,17 +322,18 @@ def test_every_key_a_job_leaves_in_redis_expires_or_is_capped(
         commands.send(web, f"question {n}")
     drain(settings)
 
-    # The set of queued interactive ids is kept bounded by pruning, which every worker loop runs;
-    # once more here, after the last job, it must leave nothing behind.
+    # Re-scored interactive jobs leave their set when they come due, at a worker's poll; once more
+    # here, after the last job, it must leave nothing behind.
     redis_client.eval(
         PROMOTE_DUE_INTERACTIVE,
         2,
         "arq:queue",
-        INTERACTIVE_KEY,
+        RESCORED_INTERACTIVE_KEY,
         PRIORITY_OFFSET_MS["interactive"],
         time.time() * 1000,
+        PROMOTE_BATCH,
     )
-    assert not redis_client.exists(INTERACTIVE_KEY)
+    assert not redis_client.exists(RESCORED_INTERACTIVE_KEY)
     # Capped lists, and the metrics hashes, whose fields are a fixed set (app/metrics.py).
     capped = {COMPLETED_KEY, FAILED_KEY, WAKE_KEY, COUNTERS_KEY, HISTOGRAMS_KEY}
     for key in (k.decode() for k in redis_client.scan_iter()):
@@ -508,3 +514,86 @@ def test_a_retry_that_comes_due_on_a_busy_worker_starts_on_an_idle_one(
 
     assert len(fake_anthropic.calls) == 2
     assert len(fake_slack.answers()) == 1
+
+
+def _redis_time_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def test_enqueue_stamps_the_moment_on_redis_clock_expiring_with_the_job(
+    settings: Settings, commands: SlashCommands, redis_client: redis.Redis
+) -> None:
+    job = commands.job("what is a p99?")
+    before = _redis_time_ms(redis_client)
+    _enqueue_all(settings, [(job, "interactive")])
+    after = _redis_time_ms(redis_client)
+
+    with redis_client.pipeline(transaction=True) as pipe:
+        pipe.get(ENQUEUED_AT_PREFIX + job.job_id)
+        pipe.pttl(ENQUEUED_AT_PREFIX + job.job_id)
+        pipe.pttl(f"arq:job:{job.job_id}")
+        stamp, stamp_ttl, job_ttl = pipe.execute()
+    assert before <= int(stamp) <= after
+    assert stamp_ttl == job_ttl > 0
+
+
+def _commands_run(client: redis.Redis) -> int:
+    """Redis commands run so far, those inside scripts included, not counting the scripts."""
+    stats = client.info("commandstats")
+    return sum(
+        int(stat["calls"])
+        for name, stat in stats.items()
+        if name not in {"cmdstat_eval", "cmdstat_evalsha", "cmdstat_info", "cmdstat_script|load"}
+    )
+
+
+def _commands_per_promotion(settings: Settings, redis_client: redis.Redis) -> int:
+    async def promote() -> None:
+        client = open_redis(settings)
+        await promote_due_interactive(client, time.time() * 1000)
+        await client.aclose()
+
+    asyncio.run(promote())  # the script is loaded now, not counted below
+    before = _commands_run(redis_client)
+    asyncio.run(promote())
+    return _commands_run(redis_client) - before
+
+
+def test_a_poll_promotes_interactive_jobs_at_a_cost_that_does_not_grow_with_the_backlog(
+    settings: Settings, commands: SlashCommands, redis_client: redis.Redis
+) -> None:
+    _enqueue_all(settings, [(commands.job(f"question {n}"), "interactive") for n in range(10)])
+    with_10 = _commands_per_promotion(settings, redis_client)
+    _enqueue_all(settings, [(commands.job(f"question {n}"), "interactive") for n in range(1000)])
+
+    with_1010 = _commands_per_promotion(settings, redis_client)
+
+    assert with_1010 == with_10
+
+
+def test_a_release_after_another_run_took_the_marker_over_leaves_that_runs_marker(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    tap = RedisTap(redis_server.port).start()
+    key = "asklane:running:job-1"
+    theirs = json.dumps({"worker": "other:1", "heartbeat": time.time(), "token": "the-other-run"})
+
+    def take_over() -> None:
+        redis_client.set(key, theirs)
+
+    async def run() -> None:
+        client = ArqRedis(host="127.0.0.1", port=tap.port)
+        async with lease.lease(client, "job-1"):
+            # The other run takes the job over right after this run's release has looked at the
+            # marker, before it acts on what it saw.
+            tap.before_reply(lambda command: key.encode() in command, take_over)
+        await client.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        tap.stop()
+
+    assert tap.fired.is_set()
+    assert redis_client.get(key) == theirs.encode()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 import redis
 from starlette.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import SlashCommands, ack_text, queued_job_ids, settings_from
+from tests.conftest import SlashCommands, WebProcess, ack_text, queued_job_ids, settings_from
 
 MakeWeb = Callable[..., TestClient]
 
@@ -138,3 +141,27 @@ def test_a_duplicate_of_a_queued_command_at_the_limit_is_not_refused(
 
     assert "Working on it" in ack_text(again)
     assert len(queued_job_ids(redis_client)) == 1
+
+
+def test_the_same_command_delivered_twice_at_once_is_charged_once(
+    start_web: Callable[..., WebProcess], commands: SlashCommands, redis_client: redis.Redis
+) -> None:
+    web = start_web(QUOTA_USER_PER_MINUTE="1000")
+    rounds = 10
+    with httpx.Client(base_url=web.url) as first, httpx.Client(base_url=web.url) as second:
+        for n in range(rounds):
+            form = commands.form(f"question {n}")
+            together = threading.Barrier(2)
+
+            def deliver(
+                client: httpx.Client, form: dict[str, str] = form, together: threading.Barrier = together
+            ) -> httpx.Response:
+                together.wait()
+                return commands.send(client, form=form)
+
+            with ThreadPoolExecutor(2) as pool:
+                acks = list(pool.map(deliver, (first, second)))
+            assert ["Working on it" in ack_text(ack) for ack in acks] == [True, True]
+
+    assert redis_client.get("asklane:quota:user:minute:T0TEAM:U0ASKER") == str(rounds).encode()
+    assert len(queued_job_ids(redis_client)) == rounds

@@ -32,9 +32,11 @@ from typing import Any, cast
 
 import arq.worker
 import structlog
+from arq.constants import job_key_prefix
 from redis.exceptions import RedisError
 
-from app.queue import INTERACTIVE_KEY, PRIORITY_OFFSET_MS, PROMOTE_DUE_INTERACTIVE, WAKE_KEY, wake_workers
+from app.queue import WAKE_KEY, is_interactive, note_if_rescored, promote_due_interactive, wake_workers
+from workers import rejected
 from workers.lease import WORKER_ID
 from workers.operations import WORKER_HEALTH_PREFIX
 
@@ -70,7 +72,6 @@ class AsklaneWorker(arq.worker.Worker):
         self._woken = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
-        self._promote: Any = None
         self._health_reported_at = 0.0
 
     async def _poll_iteration(self) -> None:
@@ -79,12 +80,7 @@ class AsklaneWorker(arq.worker.Worker):
         polled_at_ms = time.time() * 1000
         self._woken.clear()
         try:
-            if self._promote is None:
-                self._promote = self.pool.register_script(PROMOTE_DUE_INTERACTIVE)
-            await self._promote(
-                keys=[self.queue_name, INTERACTIVE_KEY],
-                args=[PRIORITY_OFFSET_MS["interactive"], polled_at_ms],
-            )
+            await promote_due_interactive(self.pool, polled_at_ms)
             await super()._poll_iteration()
             await self._wait_for_work(polled_at_ms)
         except (RedisError, OSError) as error:
@@ -110,12 +106,35 @@ class AsklaneWorker(arq.worker.Worker):
             raise
 
     async def run_job(self, job_id: str, score: int) -> None:
-        """Run the job as arq does; if it deferred itself, wake an idle worker to time it."""
+        """Run the job as arq does; if it deferred itself, keep its lane and wake an idle worker
+        to time it."""
         retried = self.jobs_retried
         await super().run_job(job_id, score)
         if self.jobs_retried > retried:
             with contextlib.suppress(RedisError, OSError):
+                now_ms = time.time() * 1000
+                if is_interactive(score, now_ms):
+                    # arq re-scored it to "now + delay", among the background jobs; recorded by
+                    # that moment, it is put back in its lane by the first poll after it.
+                    await note_if_rescored(self.pool, job_id, now_ms)
                 await wake_workers(self.pool, 1)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq fails some jobs itself, before any of our code runs and with no hook: a payload it
+        cannot decode, an unknown function, an expired job, one out of tries. Report each like
+        any failed job (workers/rejected.py)."""
+        raw: bytes | None = None
+        with contextlib.suppress(RedisError, OSError):
+            raw = await self.pool.get(job_key_prefix + job_id)
+        await super().finish_failed_job(job_id, result_data)
+        deps = self.ctx.get("deps")
+        if deps is None:  # start-up never finished: nothing to report with
+            return
+        try:
+            cause = _failure_cause(result_data)
+            await rejected.report(deps, job_id, rejected.given_up(raw, job_id, cause))
+        except Exception:
+            log.exception("job.failure_unreported", job_id=job_id)
 
     async def record_health(self) -> None:
         """arq's shared health-check key, plus this worker's own report for ``asklane status``."""
@@ -256,6 +275,15 @@ class AsklaneWorker(arq.worker.Worker):
     def _force_exit(self) -> None:
         log.error("worker.forced_exit", after_s=self._job_completion_wait + EXIT_MARGIN_SECONDS)
         os._exit(1)
+
+
+def _failure_cause(result_data: bytes | None) -> str:
+    """The exception arq stored as the failed job's result, as one line."""
+    try:
+        result = json.loads(result_data or b"")["r"]
+        return f"{result['error']}: {result['message']}"
+    except (ValueError, KeyError, TypeError):
+        return "failed by arq"
 
 
 # arq's CLI picks the settings it passes by inspecting Worker's signature; keep arq's.

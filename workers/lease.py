@@ -49,6 +49,14 @@ redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
 return 1
 """
 
+# KEYS: run marker.  ARGV: owner token.  Deletes the marker only while it names this run: a run
+# whose lease lapsed must not delete the marker of the run that took the job over.
+_RELEASE = """
+local marker = redis.call('GET', KEYS[1])
+if marker and cjson.decode(marker)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 class Lease:
     """This run's hold on a job."""
@@ -58,6 +66,7 @@ class Lease:
         self._job_id = job_id
         self._token = uuid.uuid4().hex
         self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
         #: The dead predecessor's marker (``worker``, ``heartbeat`` as a Unix time) when this run
         #: recovers a job whose worker died, else None.
         self.predecessor = predecessor
@@ -89,10 +98,8 @@ class Lease:
                 log.warning("lease.renew_failed", error=type(error).__name__)
 
     async def release(self) -> None:
-        """Drop the run marker, if it is still ours."""
-        raw = await self._redis.get(_marker_key(self._job_id))
-        if raw and json.loads(raw).get("token") == self._token:
-            await self._redis.delete(_marker_key(self._job_id))
+        """Drop the run marker, if it is still ours: one compare-and-delete."""
+        await self._release(keys=[_marker_key(self._job_id)], args=[self._token])
 
 
 @contextlib.asynccontextmanager

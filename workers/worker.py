@@ -10,7 +10,9 @@ from typing import Any
 
 import structlog
 from arq.connections import RedisSettings
+from arq.jobs import DeserializationError
 from arq.worker import func
+from pydantic import ValidationError
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -19,11 +21,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
 from app.events import ALL, JobEvents
-from app.job import ANSWER_JOB, deserialize, serialize
+from app.job import ANSWER_JOB, AskJob, deserialize_job, serialize
 from app.logs import configure_logging
 from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings, wake_workers
 from app.settings import Settings
-from workers import progress
+from workers import progress, rejected
 from workers.ai import Claude
 from workers.answer import JobFailed, WorkerDeps, answer_question
 from workers.delivery import SLACK_TIMEOUT_SECONDS, SlackDelivery
@@ -55,11 +57,29 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
 
 class _DropReportedFailures(logging.Filter):
     """arq logs every failed job with a traceback; ours were already reported as a job.failed
-    event carrying job_id, team and user, so arq's copy is noise."""
+    event carrying job_id, team and user (an undecodable job by workers/rejected.py), so arq's
+    copy is noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, (JobFailed, InvalidPayload))
+        return not isinstance(error, (JobFailed, InvalidPayload, DeserializationError))
+
+
+async def answer_job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+    """arq's entry for ANSWER_JOB. It takes whatever arguments the stored job holds, so a job of
+    the wrong shape fails as a reported job (workers/rejected.py), not as a TypeError in arq."""
+    if len(args) == 1 and not kwargs:
+        try:
+            AskJob.model_validate(args[0])
+        except ValidationError:
+            pass
+        else:
+            return await answer_question(ctx, args[0])
+    envelope = {"f": ANSWER_JOB, "a": list(args), "k": kwargs}
+    rejection = rejected.examine(envelope, ctx["job_id"])
+    assert rejection is not None  # a well-formed job returned above
+    await rejected.report(ctx["deps"], ctx["job_id"], rejection, attempts=ctx["job_try"])
+    raise InvalidPayload(rejection.problem)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -121,7 +141,7 @@ def worker_settings(settings: Settings, events: JobEvents | None = None) -> dict
     return {
         "functions": [
             func(
-                answer_question,
+                answer_job,
                 name=ANSWER_JOB,
                 max_tries=ARQ_MAX_TRIES,
                 timeout=settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS,
@@ -129,7 +149,8 @@ def worker_settings(settings: Settings, events: JobEvents | None = None) -> dict
         ],
         "redis_settings": worker_redis_settings(settings),
         "job_serializer": serialize,
-        "job_deserializer": deserialize,
+        # Strict about arq's envelope: see app.job.deserialize_job.
+        "job_deserializer": deserialize_job,
         "max_jobs": settings.worker_concurrency,
         "keep_result": DEDUPE_WINDOW_SECONDS,
         # arq's own health-check key (shared by all workers), kept fresh for `asklane status`.
