@@ -51,6 +51,10 @@ _LAST_SCORE_KEY = "asklane:queue:last-score"
 #: comes due, so the set holds only jobs waiting out a retry delay, never the backlog.
 RESCORED_INTERACTIVE_KEY = "asklane:queue:interactive-rescored"
 
+#: Where releases before RESCORED_INTERACTIVE_KEY kept every queued interactive id, with no
+#: expiry. Workers now give it one (a day, as arq gives its jobs), so a deploy leaves nothing.
+LEGACY_INTERACTIVE_KEY = "asklane:queue:interactive"
+
 #: Most re-scored jobs one promotion moves; any left over are moved at the next poll.
 PROMOTE_BATCH = 100
 

@@ -2,10 +2,11 @@
 
 Every poll of every worker runs the promotion script, and Redis runs one script at a time: its
 cost is added to every web ack waiting behind it. This bench queues 1,000 and 50,000 interactive
-jobs in a private redis-server and times the promotion as Redis sees it (INFO commandstats), for the script before the fix (kept below as the baseline: it read every queued
-interactive id and its score) and the one in app/queue.py (it reads only re-scored jobs now due),
-in the same run. A few re-scored jobs waiting out a retry delay are present,
-as in a deployment under transient errors.
+jobs in a private redis-server and times the promotion as Redis sees it (INFO commandstats), for
+the script before the fix (kept below as the baseline: it read every queued interactive id and
+its score) and the one in app/queue.py (it reads only re-scored jobs now due), in the same run.
+A few re-scored jobs waiting out a retry delay are present, as in a deployment under transient
+errors.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def time_calls(client: redis.Redis, calls: int) -> tuple[list[float], list[float
 def summary(micros: list[float]) -> str:
     ordered = sorted(micros)
     p90 = ordered[int(0.9 * (len(ordered) - 1))]
-    return f"median {statistics.median(ordered) / 1000:8.3f} ms   p90 {p90 / 1000:8.3f} ms   (n={len(ordered)})"
+    return (
+        f"median {statistics.median(ordered) / 1000:8.3f} ms   p90 {p90 / 1000:8.3f} ms   (n={len(ordered)})"
+    )
 
 
 def main() -> int:

@@ -20,13 +20,14 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 
 from app.events import JobEvents
 from app.job import ANSWER_JOB, AskJob, deserialize, reference_for, serialize
-from app.queue import open_redis
+from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
 from app.slack_app import build_bolt_app
 from tests.conftest import SlashCommands, drain, free_port, settings_from
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
-from workers.retention import FAILED_KEY
+from workers.retention import JobRecord, recent
+from workers.retry import ARQ_MAX_TRIES
 
 
 def _job(**overrides: object) -> AskJob:
@@ -129,6 +130,19 @@ def test_a_pickled_job_is_never_unpickled(
     assert fake_anthropic.calls == []
 
 
+def _failed_records(settings: Settings) -> list[JobRecord]:
+    """What `asklane jobs failed` lists."""
+
+    async def read() -> list[JobRecord]:
+        client = open_redis(settings)
+        try:
+            return await recent(client, "failed")
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
 def _envelope(function: str = ANSWER_JOB, args: object = (), kwargs: object | None = None) -> bytes:
     """arq's stored job, as JSON, with whatever function and arguments a test needs."""
     job = {"t": 1, "f": function, "a": args, "k": kwargs or {}, "et": int(time.time() * 1000)}
@@ -180,8 +194,8 @@ def test_a_job_no_worker_can_run_ends_in_a_failed_event_a_failed_record_and_a_me
     reference = reference_for("bad-job")
     [event] = failed
     assert event["job_id"] == "bad-job" and event["reference"] == reference
-    [record] = [json.loads(item) for item in redis_client.lrange(FAILED_KEY, 0, -1)]
-    assert record["job_id"] == "bad-job" and record["error"] == event["detail"]
+    [record] = _failed_records(settings)
+    assert record.job_id == "bad-job" and record.error == event["detail"]
     told = [post["text"] for post in fake_slack.delivered()]
     assert told == (
         [f":warning: Sorry, that request could not be read. Please try again. (ref {reference})"]
@@ -190,6 +204,38 @@ def test_a_job_no_worker_can_run_ends_in_a_failed_event_a_failed_record_and_a_me
     )
     assert worker.jobs_failed == 1 and fake_anthropic.calls == []
     assert not redis_client.zrange("arq:queue", 0, -1)
+
+
+def test_a_job_arq_gives_up_on_by_itself_is_recorded_and_its_asker_told(
+    settings: Settings,
+    commands: SlashCommands,
+    redis_client: redis.Redis,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    # arq fails a job over its try count without running it and without any hook.
+    job = commands.job("a question out of tries")
+    _enqueue(settings, job)
+    redis_client.set(f"arq:retry:{job.job_id}", ARQ_MAX_TRIES)
+
+    drain(settings)
+
+    [record] = _failed_records(settings)
+    assert record.job_id == job.job_id and record.reference == job.reference
+    assert "retries exceeded" in (record.error or "")
+    assert AskJob.model_validate(record.payload) == job
+    [told] = [post["text"] for post in fake_slack.delivered()]
+    assert told.startswith(":x: Sorry, I couldn't answer that") and f"(ref {job.reference})" in told
+    assert fake_anthropic.calls == []
+
+
+def _enqueue(settings: Settings, job: AskJob) -> None:
+    async def run() -> None:
+        client = open_redis(settings)
+        assert await enqueue_ask(client, job)
+        await client.aclose()
+
+    asyncio.run(run())
 
 
 def _ack_reference(settings: Settings, redis_client: ArqRedis | None, form: dict[str, str]) -> str:

@@ -57,10 +57,12 @@ def given_up(raw: bytes | None, job_id: str, cause: str) -> Rejection:
     except ValueError:
         preview = raw[:PAYLOAD_PREVIEW_CHARS].decode(errors="replace")
         return Rejection("payload is not JSON", preview, None, unreadable=True)
-    # A well-formed job arq gave up on (out of tries, say): the asker is told it failed.
-    return examine(envelope, job_id) or Rejection(
-        cause, envelope, _contact(envelope, job_id), unreadable=False
-    )
+    rejection = examine(envelope, job_id)
+    if rejection is not None:
+        return rejection
+    # A well-formed job arq gave up on (out of tries, say): the asker is told it failed, and its
+    # record holds the AskJob, as any failed job's does, so `asklane retry` can queue it again.
+    return Rejection(cause, envelope["a"][0], _contact(envelope, job_id), unreadable=False)
 
 
 def examine(envelope: object, job_id: str) -> Rejection | None:

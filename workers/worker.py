@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from arq.connections import RedisSettings
+from arq.constants import expires_extra_ms
 from arq.jobs import DeserializationError
 from arq.worker import func
 from pydantic import ValidationError
@@ -23,7 +24,7 @@ from app import metrics
 from app.events import ALL, JobEvents
 from app.job import ANSWER_JOB, AskJob, deserialize_job, serialize
 from app.logs import configure_logging
-from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings, wake_workers
+from app.queue import DEDUPE_WINDOW_SECONDS, LEGACY_INTERACTIVE_KEY, redis_settings, wake_workers
 from app.settings import Settings
 from workers import progress, rejected
 from workers.ai import Claude
@@ -99,6 +100,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         limiter=RateLimiter(ctx["redis"], settings.jobs_per_second),
         events=ctx["events"],
     )
+    with contextlib.suppress(RedisError, OSError):
+        await ctx["redis"].pexpire(LEGACY_INTERACTIVE_KEY, expires_extra_ms, nx=True)
     # Job events also feed the metrics that GET /metrics on the web process serves.
     ctx["events"].subscribe(ALL, metrics.Recorder(ctx["redis"]))
     await ctx["deps"].claude.warm_up()
