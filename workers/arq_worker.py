@@ -111,12 +111,15 @@ class AsklaneWorker(arq.worker.Worker):
         retried = self.jobs_retried
         await super().run_job(job_id, score)
         if self.jobs_retried > retried:
-            with contextlib.suppress(RedisError, OSError):
-                now_ms = time.time() * 1000
-                if is_interactive(score, now_ms):
-                    # arq re-scored it to "now + delay", among the background jobs; recorded by
-                    # that moment, it is put back in its lane by the first poll after it.
+            now_ms = time.time() * 1000
+            if is_interactive(score, now_ms):
+                # arq re-scored it to "now + delay", among the background jobs; recorded by that
+                # moment, it is put back in its lane by the first poll after it.
+                try:
                     await note_if_rescored(self.pool, job_id, now_ms)
+                except (RedisError, OSError) as error:
+                    log.warning("queue.lane_unrecorded", job_id=job_id, error=type(error).__name__)
+            with contextlib.suppress(RedisError, OSError):
                 await wake_workers(self.pool, 1)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
