@@ -157,6 +157,10 @@ def _asked(commands: SlashCommands) -> dict[str, Any]:
 BAD_JOBS: dict[str, tuple[Callable[[dict[str, Any]], bytes], bool]] = {
     "not JSON": (lambda asked: b"\x80\x04 not json {", False),
     "JSON but not a job": (lambda asked: b'["answer_question"]', False),
+    "a function name that is not a string": (
+        lambda asked: json.dumps({"t": 1, "f": [ANSWER_JOB], "a": [asked], "k": {}, "et": 0}).encode(),
+        True,
+    ),
     "unknown function": (lambda asked: _envelope("summarise_thread", [asked]), True),
     "args an object, not a list": (lambda asked: _envelope(args=asked), True),
     "several args": (lambda asked: _envelope(args=[asked, asked]), True),
