@@ -155,6 +155,8 @@ def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
         port=port,
         http=bounded_protocol(settings),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        # Nothing here serves WebSockets (Socket Mode connects out); an upgrade stays plain HTTP.
+        ws="none",
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         access_log=False,
