@@ -1,6 +1,6 @@
 """The web process: a Starlette ASGI app serving Slack requests and a health check.
 
-Run with ``uvicorn app.main:create_app --factory``.
+Served by ``python -m app.serve`` (the Procfile's web command), which bounds the HTTP edge.
 """
 
 from __future__ import annotations
@@ -17,19 +17,34 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import to_starlette_response
 from slack_bolt.async_app import AsyncBoltRequest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from app import metrics
 from app.events import JobEvents
 from app.logs import configure_logging
-from app.queue import ENQUEUE_TIMEOUT_SECONDS, open_redis, redis_answers
+from app.queue import ENQUEUE_TIMEOUT_SECONDS, open_redis, redis_accepts_writes
 from app.settings import Settings, load_settings
 from app.slack_app import build_bolt_app
-from app.verification import Refused, check_slack_request, read_body
+from app.verification import Refused, check_slack_request, read_body, single_valued
 
 log = structlog.get_logger(__name__)
+
+_CLOSE = {"connection": "close"}
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None for any other header.
+
+    As HTTP says: the scheme is case-insensitive and required, and one or more spaces part it
+    from the token.
+    """
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.lstrip(" ")
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token
 
 
 def create_app(settings: Settings | None = None, events: JobEvents | None = None) -> Starlette:
@@ -45,8 +60,10 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
 
     async def slack_events(request: Request) -> Response:
         try:
-            body = await read_body(request)
-            check_slack_request(body, request.headers, signing_secret)
+            # Bolt is handed exactly the headers the gate checked.
+            headers = single_valued(request.headers.raw)
+            body = await read_body(request, settings.http_request_timeout_seconds)
+            check_slack_request(body, headers, signing_secret)
         except Refused as refused:
             log.warning(
                 "security.request_refused",
@@ -55,12 +72,17 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
                 client=request.client.host if request.client else None,
             )
             metrics.count_soon(redis, "asklane_requests_refused", status=str(refused.status))
-            return PlainTextResponse(refused.reason, status_code=refused.status)
+            # A refused body may still be arriving; closing is cheaper than reading it.
+            return PlainTextResponse(refused.reason, status_code=refused.status, headers=_CLOSE)
+        except ClientDisconnect:
+            # The client went away mid-body: nobody is left to answer, and nothing was queued.
+            log.info("web.client_disconnected", client=request.client.host if request.client else None)
+            return Response(status_code=400)
         # Slack percent-encodes the form, so the body is ASCII; stray bytes cannot fail the decode.
         verified = AsyncBoltRequest(
             body=body.decode("utf-8", errors="replace"),
             query=str(request.url.query),
-            headers={key: [value] for key, value in request.headers.items()},
+            headers={key: [value] for key, value in headers.items()},
         )
         return to_starlette_response(await bolt.async_dispatch(verified))
 
@@ -70,17 +92,19 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        # Readiness: commands sent now would be queued.
-        if await redis_answers(redis):
+        # Readiness: a command sent now would be queued. A PING is answered by a Redis that
+        # refuses every write (maxmemory reached with noeviction, a read-only replica), so the
+        # probe writes.
+        if await redis_accepts_writes(redis):
             return JSONResponse({"status": "ready", "redis": "ok"})
-        return JSONResponse({"status": "unavailable", "redis": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "unavailable", "redis": "refusing writes"}, status_code=503)
 
     metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
 
     async def prometheus(request: Request) -> Response:
         if metrics_token is not None:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), metrics_token.encode()):
+            given = bearer_token(request.headers.get("authorization", ""))
+            if given is None or not hmac.compare_digest(given.encode(), metrics_token.encode()):
                 return PlainTextResponse("unauthorized", status_code=401)
         # Every process's counts live in Redis (app/metrics.py); without Redis there is nothing
         # true to report.

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
-from app.queue import QueueDepth, queue_depth
+from app.queue import QueueDepth, queue_depth, redis_accepts_writes
 
 log = structlog.get_logger(__name__)
 
@@ -180,12 +180,14 @@ class Recorder:
 
 
 async def render(redis: ArqRedis) -> bytes:
-    """The Prometheus text exposition of everything recorded, plus the queue depth now."""
+    """The Prometheus text exposition of everything recorded, plus the queue depth now and
+    whether Redis takes writes now."""
     counters = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(COUNTERS_KEY))
     histograms = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(HISTOGRAMS_KEY))
     depth = await queue_depth(redis)
+    writable = await redis_accepts_writes(redis)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(counters, histograms, depth))
+    registry.register(_Snapshot(counters, histograms, depth, writable))
     return generate_latest(registry)
 
 
@@ -193,17 +195,29 @@ class _Snapshot:
     """A prometheus-client collector over values already read from Redis."""
 
     def __init__(
-        self, counters: dict[bytes, bytes], histograms: dict[bytes, bytes], depth: QueueDepth
+        self,
+        counters: dict[bytes, bytes],
+        histograms: dict[bytes, bytes],
+        depth: QueueDepth,
+        writable: bool,
     ) -> None:
         self._counters = {key.decode(): float(value) for key, value in counters.items()}
         self._histograms = {key.decode(): float(value) for key, value in histograms.items()}
         self._depth = depth
+        self._writable = writable
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily("asklane_queue_depth", "Jobs in the queue now, by kind.", labels=["kind"])
         for kind in ("interactive", "background", "scheduled"):
             gauge.add_metric([kind], getattr(self._depth, kind))
         yield gauge
+        # The counters above stay readable while Redis refuses writes, and that is when an
+        # operator needs them; this says whether commands can be queued at all.
+        yield GaugeMetricFamily(
+            "asklane_redis_accepts_writes",
+            "1 when Redis took a write at scrape time (commands can be queued), else 0.",
+            value=int(self._writable),
+        )
         for name, help_text in COUNTERS.items():
             series = self._series(name)
             label_names = sorted({label for labels, _ in series for label in labels})

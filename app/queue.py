@@ -319,10 +319,18 @@ async def wake_workers(redis: ArqRedis, count: int) -> None:
             await pipe.execute()
 
 
-async def redis_answers(redis: ArqRedis) -> bool:
-    """True when Redis answers PING within ENQUEUE_TIMEOUT_SECONDS."""
+#: Written by the readiness probe; expires at once, so it never outlives a probe.
+READY_KEY = "asklane:ready-probe"
+
+
+async def redis_accepts_writes(redis: ArqRedis) -> bool:
+    """True when Redis takes a small write within ENQUEUE_TIMEOUT_SECONDS.
+
+    What readiness means: a command sent now would be queued. Redis answers PING while it refuses
+    every write (maxmemory reached with noeviction, a replica left read-only by a failover).
+    """
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-            return bool(await redis.ping())
+            return bool(await redis.set(READY_KEY, b"1", px=int(ENQUEUE_TIMEOUT_SECONDS * 1000)))
     except (RedisError, OSError, TimeoutError):
         return False

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
 
     metrics_token: SecretStr | None = None
 
+    # The web process's HTTP edge (app/serve.py): open connections it keeps, and the time a client
+    # gets to send a request's headers, and again its body.
+    http_max_connections: Annotated[int, Field(ge=1, le=100_000)] = 100
+    http_request_timeout_seconds: PositiveSeconds = 5.0
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -114,15 +119,9 @@ class Settings(BaseSettings):
     @classmethod
     def _prefixes_are_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for prefix in value:
-            # The path's slash ends the host, so "https://hooks.slack.com" cannot also admit
-            # "https://hooks.slack.com.attacker.example/".
-            if not prefix.startswith(("http://", "https://")) or prefix.count("/") < 3:
-                raise ValueError(
-                    f"{prefix!r} must be a URL prefix ending in a path, like https://hooks.slack.com/"
-                )
-            # Plain http only to this machine (a local Slack stand-in); anything else is https.
-            if prefix.startswith("http://") and urlsplit(prefix).hostname not in _LOOPBACK:
-                raise ValueError(f"{prefix!r} must be https (http is allowed only for localhost)")
+            problem = _prefix_problem(prefix)
+            if problem is not None:
+                raise ValueError(f"{prefix!r} {problem}; a prefix looks like https://hooks.slack.com/")
         return value
 
     @model_validator(mode="after")
@@ -132,6 +131,39 @@ class Settings(BaseSettings):
         if self.ai_timeout_seconds >= self.job_timeout_seconds:
             raise ValueError("AI_TIMEOUT_SECONDS must be shorter than JOB_TIMEOUT_SECONDS")
         return self
+
+
+def _prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot be a response_url prefix, or None when it can.
+
+    Delivery admits a response_url by plain string prefix, so the prefix itself must be nothing
+    but scheme, host and path: anything a URL parser reads differently from how it reads
+    (userinfo before an "@", a backslash, whitespace) would admit another host.
+    """
+    if any(char == "\\" or char.isspace() or not char.isprintable() for char in prefix):
+        return "must not contain backslashes, spaces or control characters"
+    try:
+        parts = urlsplit(prefix)
+    except ValueError:  # an unbalanced "[" in the host
+        return "must be an http(s) URL"
+    if parts.scheme not in ("http", "https") or not prefix.startswith(f"{parts.scheme}://"):
+        return "must be an http(s) URL"
+    if "@" in parts.netloc:
+        return "must not contain a user name or password (an @ before the host)"
+    try:
+        port_is_valid = parts.port is None or 0 < parts.port
+    except ValueError:
+        port_is_valid = False
+    if not parts.hostname or not port_is_valid:
+        return "must name a host (and a valid port, if any)"
+    # The path's slash ends the host, so "https://hooks.slack.com" cannot also admit
+    # "https://hooks.slack.com.attacker.example/".
+    if not parts.path.endswith("/") or parts.query or parts.fragment or prefix.endswith(("?", "#")):
+        return "must end in a path ending with '/', with no query or fragment"
+    # Plain http only to this machine (a local Slack stand-in); anything else is https.
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+        return "must be https (http is allowed only for localhost)"
+    return None
 
 
 def describe_errors(error: ValidationError) -> str:

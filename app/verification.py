@@ -1,4 +1,4 @@
-"""The gate in front of Bolt: size limit, Slack's request signature, content type.
+"""The gate in front of Bolt: size and time limits, Slack's request signature, content type.
 
 Nothing of a request is parsed before it passes here; Bolt, which would parse the form before
 checking the signature, gets only verified requests (its own check is turned off).
@@ -7,10 +7,11 @@ https://docs.slack.dev/authentication/verifying-requests-from-slack/
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from starlette.requests import Request
 
@@ -24,6 +25,10 @@ MAX_SKEW_SECONDS = 5 * 60
 
 FORM = "application/x-www-form-urlencoded"
 
+#: Headers the gate decides on. A second copy of one would let the gate read one value and Bolt
+#: another (a signed form checked, a JSON content type parsed), so a request repeating one is refused.
+GATED_HEADERS = frozenset({"content-type", "x-slack-signature", "x-slack-request-timestamp"})
+
 
 class Refused(Exception):
     """The request does not get past the gate; ``status`` and the message are the answer."""
@@ -34,17 +39,43 @@ class Refused(Exception):
         self.reason = reason
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
+async def read_body(request: Request, seconds: float, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``, and with 408
+    when it has not all arrived within ``seconds`` (a slow sender holds a connection and
+    a task for as long as it is let).
+
+    A client that goes away mid-body raises starlette's ClientDisconnect.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and (not _is_number(declared) or int(declared) > limit):
         raise Refused(413, "body too large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise Refused(413, "body too large")
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise Refused(413, "body too large")
+    except TimeoutError:
+        raise Refused(408, "request body too slow") from None
     return bytes(body)
+
+
+def single_valued(raw_headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers with one value each (the first), for the gate and Bolt alike.
+
+    Raises Refused (400) when one of GATED_HEADERS is repeated.
+    """
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in raw_headers:
+        # As Starlette decodes them; servers hand header names over lower-cased.
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name in headers:
+            if name in GATED_HEADERS:
+                raise Refused(400, f"repeated {name} header")
+            continue
+        headers[name] = value
+    return headers
 
 
 def check_slack_request(body: bytes, headers: Mapping[str, str], signing_secret: str) -> None:

@@ -6,8 +6,8 @@ and the ephemeral "Working on it" reply. Slack gives the whole round trip 3 s.
 
 How: a private redis-server and the fake Slack/Anthropic servers (only so the settings have URLs;
 nothing calls them on the ack path) run on loopback, and the web process runs as a real
-``uvicorn app.main:create_app --factory`` subprocess. Every body and signature is built before the
-clock starts. Requests go one at a time over one keep-alive HTTP/1.1 connection made with the
+``python -m app.serve`` subprocess (the Procfile's web command). Every body and signature is built
+before the clock starts. Requests go one at a time over one keep-alive HTTP/1.1 connection made with the
 stdlib ``http.client``, so the figure is the server's time plus a loopback round trip, without
 a client library's own overhead or a TCP handshake per request. Each request is timed with
 ``time.perf_counter`` from just before sending to the last byte of the response body read.

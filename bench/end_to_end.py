@@ -10,7 +10,7 @@ What is measured, per command:
     where the end-to-end time goes.
 
 How: a private redis-server, the fake Slack and fake Anthropic servers, the web process as a real
-``uvicorn app.main:create_app --factory`` subprocess and one real worker process,
+``python -m app.serve`` subprocess (the Procfile's web command) and one real worker process,
 ``arq workers.WorkerSettings``, all on loopback. Commands go one at a time: send, wait for that
 command's answer (matched on its response_url, unique per command), then the next. The fake
 Anthropic is scripted with one reply per command, delayed by ``--fake-ai-latency`` seconds.

@@ -10,6 +10,7 @@ import hmac
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -171,6 +172,25 @@ def redis_client(redis_server: RedisServer) -> redis.Redis:
     client = redis_server.client()
     client.flushall()
     return client
+
+
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, filled to its maxmemory with noeviction: it answers PING and
+    reads, and refuses every write ("OOM command not allowed")."""
+    server = RedisServer(tmp_path)
+    server.start()
+    client = server.client()
+    for n in range(200):
+        client.set(f"filler:{n}", b"x" * 10_000)
+    # Below what is used, as after a burst of writes: a write just under the limit would still
+    # pass and make the probe's answer depend on its size.
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1024 * 1024)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("probe", b"1")
+    yield server
+    server.stop()
 
 
 # --- Fake Slack and Anthropic ------------------------------------------------------------------
@@ -443,18 +463,27 @@ class WorkerProcess:
         self._log.close()
 
 
-class WebProcess:
-    """The web dyno: the Procfile's ``uvicorn app.main:create_app --factory``, bound to loopback."""
+def procfile_command(process: str, port: int) -> list[str]:
+    """The Procfile's command for ``process`` as it runs here: this venv's python, ``port`` for
+    ``$PORT``, bound to loopback instead of every interface. Read, not copied, so tests and
+    benches run exactly what Heroku runs."""
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    [line] = [line for line in lines if line.startswith(f"{process}:")]
+    replacements = {"python": sys.executable, "$PORT": str(port), "0.0.0.0": "127.0.0.1"}
+    return [replacements.get(word, word) for word in shlex.split(line.split(":", 1)[1])]
 
-    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+
+class WebProcess:
+    """The web dyno: the Procfile's ``web`` command, bound to loopback."""
+
+    def __init__(
+        self, env: dict[str, str], log_path: Path, port: int | None = None, command: list[str] | None = None
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
         self._log = log_path.open("ab")
-        uvicorn = Path(sys.executable).parent / "uvicorn"
-        command = [str(uvicorn), "app.main:create_app", "--factory", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--no-access-log", "--timeout-graceful-shutdown", "5"]
         self.process = subprocess.Popen(
-            command,
+            command or procfile_command("web", self.port),
             # Outside the checkout, so a developer's .env cannot change what runs.
             cwd=log_path.parent,
             env={**os.environ, **env},
@@ -489,6 +518,31 @@ class WebProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
         self._log.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` now (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def flood_headers(port: int, total: int, chunk: int = 256 * 1024) -> int:
+    """Send one request whose headers go on for ``total`` bytes, as fast as the server takes them,
+    with no signature. Returns the bytes sent before the server closed the connection (all of
+    them when it never did)."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            sock.sendall(b"POST /slack/events HTTP/1.1\r\nHost: asklane\r\nX-Flood: ")
+            block = b"a" * chunk
+            while sent < total:
+                sock.sendall(block)
+                sent += chunk
+        except OSError:  # reset or broken pipe: the server closed it
+            pass
+    return sent
 
 
 @pytest.fixture

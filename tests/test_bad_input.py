@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
+import pytest
 import redis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -34,6 +35,38 @@ def test_a_signed_body_that_is_not_a_form_is_refused_with_415(
 
     assert (status, text) == (415, "unsupported content type")
     assert queued_job_ids(redis_client) == []
+
+
+@pytest.mark.parametrize(
+    ("header", "second"),
+    [
+        # The gate would check the form; Bolt, handed the last copy, would parse JSON and fail.
+        ("Content-Type", "application/json"),
+        ("X-Slack-Signature", "v0=" + "0" * 64),
+        ("X-Slack-Request-Timestamp", "0"),
+    ],
+)
+def test_a_repeated_security_header_is_refused_with_400_and_logged(
+    web: TestClient,
+    commands: SlashCommands,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    header: str,
+    second: str,
+) -> None:
+    body = commands.body("what is a p99?")
+    headers = [*signature_headers(body).items(), (header, second)]
+
+    response = web.post("/slack/events", content=body, headers=headers)
+
+    assert (response.status_code, response.text) == (400, f"repeated {header.lower()} header")
+    assert queued_job_ids(redis_client) == []
+    [refused] = [
+        record.msg
+        for record in caplog.records
+        if isinstance(record.msg, dict) and record.msg["event"] == "security.request_refused"
+    ]
+    assert (refused["status"], refused["reason"]) == (400, f"repeated {header.lower()} header")
 
 
 def test_a_body_declared_larger_than_the_limit_is_refused_with_413(

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import SlashCommands, drain, free_port, settings_from, signature_headers, wait_until
+from tests.conftest import (
+    RedisServer,
+    SlashCommands,
+    drain,
+    free_port,
+    settings_from,
+    signature_headers,
+    wait_until,
+)
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
 
 
@@ -95,3 +104,40 @@ def test_with_a_metrics_token_a_scrape_needs_it(env: dict[str, str]) -> None:
         right = web.get("/metrics", headers={"Authorization": "Bearer fake-metrics-token"})
 
     assert (anonymous.status_code, wrong.status_code, right.status_code) == (401, 401, 200)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        ("Bearer fake-metrics-token", 200),
+        ("bearer fake-metrics-token", 200),
+        ("BEARER fake-metrics-token", 200),
+        ("Bearer   fake-metrics-token", 200),
+        ("fake-metrics-token", 401),
+        ("Bearerfake-metrics-token", 401),
+        ("Basic fake-metrics-token", 401),
+        ("Bearer", 401),
+        ("Bearer ", 401),
+        ("Bearer guess", 401),
+        ("Bearer fake-metrics-token extra", 401),
+    ],
+)
+def test_the_metrics_token_follows_the_bearer_scheme(
+    env: dict[str, str], authorization: str, status: int
+) -> None:
+    settings = settings_from({**env, "METRICS_TOKEN": "fake-metrics-token"})
+
+    with TestClient(create_app(settings)) as web:
+        response = web.get("/metrics", headers={"Authorization": authorization})
+
+    assert response.status_code == status
+
+
+def test_metrics_say_whether_redis_accepts_writes(env: dict[str, str], full_redis: RedisServer) -> None:
+    with TestClient(create_app(settings_from(env))) as healthy:
+        writable = _samples(healthy)[("asklane_redis_accepts_writes", ())]
+    with TestClient(create_app(settings_from({**env, "REDIS_URL": full_redis.url}))) as full:
+        refusing = _samples(full)[("asklane_redis_accepts_writes", ())]
+
+    # Still 200 with the counters: they are what an operator reads while Redis is full.
+    assert (writable, refusing) == (1, 0)

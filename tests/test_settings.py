@@ -99,11 +99,46 @@ def test_response_url_prefixes_are_comma_separated() -> None:
 
 @pytest.mark.parametrize(
     "prefix",
-    ["http://hooks.slack.com/", "https://hooks.slack.com", "ftp://hooks.slack.com/", "hooks.slack.com/"],
+    [
+        "http://hooks.slack.com/",
+        "https://hooks.slack.com",
+        "ftp://hooks.slack.com/",
+        "hooks.slack.com/",
+        "https:///",
+        "https://hooks.slack.com@evil.com/",
+        "https://user:pass@hooks.slack.com/",
+        "http://evil.com\\@localhost/",
+        "https://hooks.slack.com\\/",
+        "https://hooks.slack.com /",
+        "https://hooks.slack.com/\x7f/",
+        "https://:443/",
+        "https://hooks.slack.com:99999/",
+        "https://hooks.slack.com/commands",
+        "https://hooks.slack.com/?x=/",
+        "https://hooks.slack.com/#/",
+        "https:/hooks.slack.com/",
+        "https://[::1/",
+    ],
 )
 def test_response_url_prefixes_must_be_https_urls_with_a_path(prefix: str) -> None:
     with pytest.raises(ValueError, match="slack_response_url_prefixes"):
         settings_from({**REQUIRED, "SLACK_RESPONSE_URL_PREFIXES": prefix})
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "https://hooks.slack.com/",
+        "https://hooks.slack.com/commands/",
+        "https://hooks.example:8443/slack/",
+        "http://localhost:3001/response/",
+        "http://[::1]:3001/response/",
+    ],
+)
+def test_response_url_prefixes_of_scheme_host_and_path_are_accepted(prefix: str) -> None:
+    settings = settings_from({**REQUIRED, "SLACK_RESPONSE_URL_PREFIXES": prefix})
+
+    assert settings.slack_response_url_prefixes == (prefix,)
 
 
 def test_plain_http_response_urls_are_allowed_only_on_this_machine() -> None:

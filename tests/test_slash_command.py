@@ -16,6 +16,7 @@ from app.events import JobEvents
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import (
+    RedisServer,
     SlashCommands,
     ack_text,
     drain,
@@ -195,6 +196,22 @@ def test_readyz_is_503_but_healthz_200_when_redis_is_unreachable(env: dict[str, 
 
     assert ready.status_code == 503
     assert alive.status_code == 200
+
+
+def test_readyz_is_503_while_redis_answers_but_refuses_writes(
+    env: dict[str, str], commands: SlashCommands, full_redis: RedisServer
+) -> None:
+    settings = settings_from({**env, "REDIS_URL": full_redis.url})
+
+    with TestClient(create_app(settings)) as web:
+        ready = web.get("/readyz")
+        command = commands.send(web, "what is a p99?")
+
+    assert full_redis.client().ping()
+    # Readiness agrees with what a command sent now gets.
+    assert "temporarily unavailable" in ack_text(command)
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "unavailable", "redis": "refusing writes"}
 
 
 def test_enqueueing_a_job_reaches_subscribed_hooks_once(settings: Settings, commands: SlashCommands) -> None:
