@@ -109,7 +109,7 @@ async def answer_question(ctx: dict[str, Any], payload: object) -> str:
             log.warning("job.redis_unavailable", error=type(error).__name__, detail=str(error))
             defer = deps.settings.job_retry_base_seconds
             if too_old_to_wait(await _enqueued_at_if_redis_allows(deps, job), defer):
-                await _fail_too_old_despite_redis(job, deps)
+                return await _fail_too_old_despite_redis(job, deps)
             raise Retry(defer=defer) from error
 
 
@@ -397,29 +397,22 @@ async def _enqueued_at_if_redis_allows(deps: WorkerDeps, job: AskJob) -> datetim
         return age.from_payload(job)
 
 
-async def _fail_too_old_despite_redis(job: AskJob, deps: WorkerDeps) -> NoReturn:
-    """Fail a job that Redis errors kept deferring until it is too old; tell the user even if
-    Redis is still failing, with nothing to record it in."""
+async def _fail_too_old_despite_redis(job: AskJob, deps: WorkerDeps) -> str:
+    """End a job that Redis errors kept deferring until it is too old: tell the user, unless
+    the answer already reached them."""
     too_old = PermanentError(
         "redis errors kept the job waiting past MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON
     )
     try:
+        if await store.was_delivered(deps.redis, job.job_id):
+            return "already-delivered"
         await _fail(job, deps, too_old, Timings())
     except RedisError as error:
-        log.error("job.failed_without_redis", error=type(error).__name__, detail=str(error))
-        try:
-            await deps.slack.send(job, messages.failed(too_old.reason, job.reference))
-        except Exception as post_error:
-            log.error("job.failure_undelivered", error=type(post_error).__name__, detail=str(post_error))
-        await deps.events.emit(
-            "job.failed",
-            level="error",
-            job_id=job.job_id,
-            error="PermanentError",
-            detail=str(too_old),
-            permanent=True,
-        )
-        raise JobFailed(f"PermanentError: {too_old}") from error
+        # Still failing: whether the answer went out cannot be known, and an error post would
+        # replace it. Try again later: the first run with Redis back tells the user (or finds the
+        # answer delivered), as every run of a job this old does.
+        log.warning("job.too_old_redis_unavailable", error=type(error).__name__, detail=str(error))
+        raise Retry(defer=deps.settings.job_retry_base_seconds) from error
 
 
 def _ms_since(moment: datetime) -> int:
