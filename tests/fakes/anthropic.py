@@ -26,7 +26,9 @@ MODELS = "/v1/models"
 KNOWN_MODELS = ("claude-haiku-5-5", "claude-sonnet-5-5", "claude-opus-5-5")
 
 
-def message(text: str, *, stop_reason: str = "end_turn", model: str = "claude-haiku-5-5") -> dict[str, Any]:
+def message(
+    text: str, *, stop_reason: str = "end_turn", model: str = "claude-haiku-5-5", output_tokens: int = 34
+) -> dict[str, Any]:
     """A successful Messages API response body."""
     return {
         "id": "msg_fake",
@@ -36,7 +38,7 @@ def message(text: str, *, stop_reason: str = "end_turn", model: str = "claude-ha
         "content": [{"type": "text", "text": text}],
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 34},
+        "usage": {"input_tokens": 12, "output_tokens": output_tokens},
     }
 
 
@@ -91,6 +93,8 @@ class FakeAnthropic(FakeServer):
 
     #: Seconds every unscripted answer takes.
     default_delay = 0.0
+    #: Output tokens every unscripted answer reports (and counts against an output-token limit).
+    output_tokens = 34
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,6 +107,7 @@ class FakeAnthropic(FakeServer):
     def reset(self) -> None:
         super().reset()
         self.default_delay = 0.0
+        self.output_tokens = 34
         with self._lock:
             self._limit = None
             self._answered.clear()
@@ -132,7 +137,7 @@ class FakeAnthropic(FakeServer):
                 and sum(tokens for _, tokens in self._answered) >= limit.output_tokens
             )
             if not full:
-                self._answered.append((now, message("")["usage"]["output_tokens"]))
+                self._answered.append((now, self.output_tokens))
                 return None
             self.refused += 1
             # Room again once the oldest answered call leaves the window (exact for requests; for
@@ -192,7 +197,7 @@ class FakeAnthropic(FakeServer):
         if reply is None:
             question = body["messages"][-1]["content"]
             reply = Reply(
-                json=message(f"Answer to: {question}"),
+                json=message(f"Answer to: {question}", output_tokens=self.output_tokens),
                 headers={"request-id": "req_fake"},
                 delay=self.default_delay,
             )
