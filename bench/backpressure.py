@@ -2,10 +2,9 @@
 
 What is measured: ``--questions`` commands sent at once to the web process (a real uvicorn
 subprocess), answered by ``--workers`` real worker processes (``arq workers.WorkerSettings``)
-against the fake Anthropic enforcing an output-token limit per sliding window
-(``--output-token-limit`` tokens per ``--window`` seconds, each answer ``--answer-tokens``
-tokens), which refuses calls over it with 429 ``rate_limit_error`` and a ``retry-after``, as
-Anthropic does. Printed: calls refused, questions answered and failed (an error message), and
+against the fake Anthropic enforcing an output-token limit (``--output-token-limit`` tokens
+per ``--window`` seconds, refilled continuously; each answer ``--answer-tokens`` tokens), which
+refuses calls over it with 429 ``rate_limit_error`` and a ``retry-after``, as Anthropic does. Printed: calls refused, questions answered and failed (an error message), and
 the time from sending to the last final message, with the settings that bound the wait.
 
 Issue 9 measured, before back-pressure waits stopped spending retries: 1,500 output tokens per

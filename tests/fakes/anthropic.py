@@ -1,8 +1,9 @@
 """A fake Anthropic Messages API: records requests, answers from a script or with an echo.
 
-It also serves ``GET /v1/models/{id}`` (404 for ids it does not know), can enforce a per-window
-rate limit the way Anthropic does (429 ``rate_limit_error`` with ``retry-after``), and can send a
-reply's body verbatim or trickle it a byte at a time over a chunked response.
+It also serves ``GET /v1/models/{id}`` (404 for ids it does not know), can enforce a rate limit
+the way Anthropic does (a continuously refilled bucket; over it, 429 ``rate_limit_error`` with
+``retry-after``), and can send a reply's body verbatim or trickle it a byte at a time over a
+chunked response.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import json
 import math
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +99,9 @@ class FakeAnthropic(FakeServer):
     def __init__(self) -> None:
         super().__init__()
         self._limit: _Limit | None = None
-        #: (monotonic time, output tokens) of each answered call, for the rate limit.
-        self._answered: deque[tuple[float, int]] = deque()
+        #: What is left in each bucket of the rate limit, as of ``_filled_at`` (monotonic).
+        self._levels = {"requests": 0.0, "output_tokens": 0.0}
+        self._filled_at = 0.0
         #: Calls refused by the rate limit.
         self.refused = 0
 
@@ -110,40 +111,43 @@ class FakeAnthropic(FakeServer):
         self.output_tokens = 34
         with self._lock:
             self._limit = None
-            self._answered.clear()
             self.refused = 0
 
     def rate_limit(
         self, *, requests: int | None = None, output_tokens: int | None = None, window: float = 60.0
     ) -> None:
-        """Refuse calls over ``requests`` or ``output_tokens`` answered in any sliding ``window``
-        seconds with a 429 ``rate_limit_error`` and a ``retry-after`` of the seconds until there is
-        room again (whole seconds, as Anthropic sends). Scripted replies are not counted."""
+        """Enforce ``requests`` and/or ``output_tokens`` per ``window`` seconds as Anthropic does:
+        a bucket per limit holding up to that many, refilled continuously at that many per window,
+        from which each answered call takes one request and its output tokens. A call finding a
+        bucket short (under one request or one token) gets a 429 ``rate_limit_error`` with a
+        ``retry-after`` of the whole seconds until it is not. Scripted replies are not counted."""
         with self._lock:
             self._limit = _Limit(requests, output_tokens, window)
-            self._answered.clear()
+            self._levels = {"requests": float(requests or 0), "output_tokens": float(output_tokens or 0)}
+            self._filled_at = time.monotonic()
 
     def _over_limit(self) -> Reply | None:
-        """The 429 for a call arriving now, or None (and the call is counted) when within limit."""
+        """The 429 for a call arriving now, or None (and the call is charged) when within limit."""
         with self._lock:
             limit = self._limit
             if limit is None:
                 return None
             now = time.monotonic()
-            while self._answered and self._answered[0][0] <= now - limit.window:
-                self._answered.popleft()
-            full = (limit.requests is not None and len(self._answered) >= limit.requests) or (
-                limit.output_tokens is not None
-                and sum(tokens for _, tokens in self._answered) >= limit.output_tokens
-            )
-            if not full:
-                self._answered.append((now, self.output_tokens))
+            elapsed, self._filled_at = now - self._filled_at, now
+            waits = []
+            for kind, size in (("requests", limit.requests), ("output_tokens", limit.output_tokens)):
+                if size is None:
+                    continue
+                rate = size / limit.window
+                self._levels[kind] = min(float(size), self._levels[kind] + elapsed * rate)
+                if self._levels[kind] < 1:
+                    waits.append((1 - self._levels[kind]) / rate if rate else limit.window)
+            if not waits:
+                self._levels["requests"] -= 1
+                self._levels["output_tokens"] -= self.output_tokens
                 return None
             self.refused += 1
-            # Room again once the oldest answered call leaves the window (exact for requests; for
-            # tokens it is when the window has room for the smallest step, as Anthropic estimates).
-            free_in = self._answered[0][0] + limit.window - now if self._answered else limit.window
-        return error(429, "rate_limit_error", retry_after=max(1, math.ceil(free_in)))
+        return error(429, "rate_limit_error", retry_after=max(1, math.ceil(max(waits))))
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(MESSAGES, self._messages)
