@@ -49,6 +49,7 @@ class Settings(BaseSettings):
         "Answer concisely and accurately; use Markdown sparingly."
     )
     ai_timeout_seconds: PositiveSeconds = 30.0
+    ai_backpressure_max_wait_seconds: PositiveSeconds = 180.0
 
     worker_concurrency: Annotated[int, Field(ge=1, le=1000)] = 5
     jobs_per_second: PositiveSeconds = 10.0

@@ -33,6 +33,7 @@ from starlette.testclient import TestClient
 from app.events import JobEvents
 from app.job import AskJob
 from app.main import create_app
+from app.queue import ENQUEUED_AT_PREFIX, enqueue_ask, open_redis
 from app.settings import Settings
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.slack import FakeSlack
@@ -353,6 +354,24 @@ def ack_text(response: httpx.Response) -> str:
         for element in block.get("elements", []):
             parts.append(element.get("text", ""))
     return "\n".join(parts)
+
+
+def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, redis_age: float | None) -> None:
+    """Queue ``job`` as the web would, stamped ``redis_age`` seconds ago on Redis's clock (no
+    stamp at all when None, as a release before the stamp queued it)."""
+
+    async def enqueue() -> None:
+        arq_redis = open_redis(settings)
+        assert await enqueue_ask(arq_redis, job)
+        await arq_redis.aclose()
+
+    asyncio.run(enqueue())
+    key = ENQUEUED_AT_PREFIX + job.job_id
+    if redis_age is None:
+        client.delete(key)
+    else:
+        seconds, micros = client.time()
+        client.set(key, int(seconds * 1000 + micros // 1000 - redis_age * 1000), px=3_600_000)
 
 
 # --- Workers -----------------------------------------------------------------------------------

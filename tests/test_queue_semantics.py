@@ -40,6 +40,7 @@ from tests.conftest import (
     SlashCommands,
     WorkerProcess,
     drain,
+    enqueue_stamped,
     max_in_window,
     settings_from,
     wait_until,
@@ -233,18 +234,13 @@ def test_lifecycle_events_reach_subscribed_hooks(
 
 def test_a_job_too_old_to_answer_in_time_tells_the_user(
     settings: Settings,
+    redis_client: redis.Redis,
     commands: SlashCommands,
     fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
     job = commands.job("an old question", enqueued_at=datetime.now(UTC) - timedelta(minutes=40))
-
-    async def enqueue() -> None:
-        client = open_redis(settings)
-        await enqueue_ask(client, job)
-        await client.aclose()
-
-    asyncio.run(enqueue())
+    enqueue_stamped(settings, redis_client, job, redis_age=40 * 60)
     drain(settings)
 
     assert fake_anthropic.calls == []

@@ -1,19 +1,27 @@
-"""How the answer job meets Claude's failures: retry what is transient, report what is not."""
+"""How the answer job meets Claude's failures: retry what is transient, report what is not,
+and wait out back-pressure without spending retries."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
 from starlette.testclient import TestClient
 
+from app.events import ALL, JobEvents
 from app.main import create_app
+from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
 from tests.conftest import SlashCommands, drain, settings_from
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
+from tests.fakes.anthropic import MESSAGES, FakeAnthropic, RawReply, error, message, trickled
 from tests.fakes.server import Reply
 from tests.fakes.slack import FakeSlack
+from workers.ratelimit import PAUSE_KEY, RateLimiter
+from workers.retry import MAX_JOB_AGE_SECONDS
 
 
 def _texts(fake_slack: FakeSlack) -> list[str]:
@@ -97,7 +105,7 @@ def test_exhausted_retries_end_with_an_error_message_with_a_reference(
         (error(400, "invalid_request_error"), "could not process"),
         (error(401, "authentication_error"), "API key"),
         (error(403, "permission_error"), "API key"),
-        (error(404, "not_found_error"), "could not process"),
+        (error(404, "not_found_error"), "an admin needs to fix ANTHROPIC_MODEL"),
         (error(429, "rate_limit_error", error_code="enforced_spend_limit_reached"), "usage limit"),
         (Reply(json=message("", stop_reason="refusal")), "declined"),
     ],
@@ -171,3 +179,182 @@ def test_an_answer_cut_short_by_max_tokens_is_delivered_with_a_note(
     [post] = fake_slack.delivered()
     assert post["blocks"][0]["text"] == "The first half of"
     assert "cut short" in post["blocks"][1]["elements"][0]["text"]
+
+
+def _recording() -> tuple[JobEvents, list[tuple[str, dict[str, Any]]]]:
+    """Job events with a hook that keeps every event, in order."""
+    events, seen = JobEvents(), []
+
+    async def keep(event: str, fields: dict[str, Any]) -> None:
+        seen.append((event, fields))
+
+    events.subscribe(ALL, keep)
+    return events, seen
+
+
+def test_an_ai_call_trickling_a_byte_at_a_time_is_cut_at_ai_timeout_and_retried(
+    env: dict[str, str],
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    # Every byte arrives well within the SDK's per-read timeout; the whole body would take 12 s.
+    settings = settings_from({**env, "AI_TIMEOUT_SECONDS": "1", "JOB_TIMEOUT_SECONDS": "30"})
+    fake_anthropic.script(MESSAGES, trickled(message("a slow answer " * 10), byte_every=0.05))
+    events, seen = _recording()
+
+    with TestClient(create_app(settings)) as web:
+        commands.send(web, "what is a p99?")
+    drain(settings, events=events)
+
+    assert len(fake_anthropic.calls) == 2
+    assert _texts(fake_slack) == ["Answer to: what is a p99?"]
+    [retrying] = [fields for event, fields in seen if event == "job.retrying"]
+    assert "AI_TIMEOUT_SECONDS" in retrying["reason"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        RawReply(body=b'{"id": "msg_fake", "type": "message", "content": [{"type": "te'),
+        RawReply(body=b"<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html"),
+        Reply(json={}),
+        Reply(json={**message("unused"), "content": None}),
+    ],
+    ids=["truncated-json", "html", "empty-object", "content-null"],
+)
+def test_a_200_whose_body_cannot_be_used_is_retried_as_transient(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    reply: Reply,
+) -> None:
+    fake_anthropic.script(MESSAGES, reply)
+    events, seen = _recording()
+
+    commands.send(web, "what is a p99?")
+    drain(settings, events=events)
+
+    assert len(fake_anthropic.calls) == 2
+    assert _texts(fake_slack) == ["Answer to: what is a p99?"]
+    [retrying] = [fields for event, fields in seen if event == "job.retrying"]
+    assert "unusable body" in retrying["reason"]
+
+
+def _limit_used_up_for_a_day() -> Reply:
+    """An answer saying the output-token limit is used up until this time tomorrow."""
+    reset = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    headers = {
+        "anthropic-ratelimit-output-tokens-remaining": "0",
+        "anthropic-ratelimit-output-tokens-reset": reset,
+    }
+    return Reply(json=message("Answer to: the first question"), headers=headers)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [error(429, "rate_limit_error", retry_after=86400), _limit_used_up_for_a_day()],
+    ids=["retry-after-a-day", "ratelimit-reset-in-a-day"],
+)
+def test_a_pause_asked_for_a_day_is_stored_no_longer_than_the_job_timeout(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    redis_client: redis.Redis,
+    reply: Reply,
+) -> None:
+    fake_anthropic.script(MESSAGES, reply)
+    events, _ = _recording()
+    stored: list[float] = []
+
+    async def read_the_pause(event: str, fields: dict[str, Any]) -> None:
+        seconds, micros = redis_client.time()
+        until_us = int(redis_client.get(PAUSE_KEY) or 0)
+        stored.append((until_us - (seconds * 1_000_000 + micros)) / 1_000_000)
+
+    # Read while the pause is in force: after the 429 (deferred), or after the answer (completed).
+    events.subscribe("job.deferred", read_the_pause)
+    events.subscribe("job.completed", read_the_pause)
+
+    commands.send(web, "the first question")
+    drain(settings, events=events)
+
+    assert 0 < max(stored) <= settings.job_timeout_seconds
+    # Waited out, then answered: a capped pause delays a question, it does not fail it.
+    assert len(fake_slack.answers()) == 1
+
+
+def test_a_job_whose_rate_limit_wait_would_pass_its_max_age_is_told_at_once(
+    settings: Settings,
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    # Two seconds of its life left, and every worker paused for five.
+    job = commands.job(
+        "an old question", enqueued_at=datetime.now(UTC) - timedelta(seconds=MAX_JOB_AGE_SECONDS - 2)
+    )
+
+    async def pause_and_enqueue() -> None:
+        client = open_redis(settings)
+        await RateLimiter(client, settings.jobs_per_second).pause(5.0, "429 from Anthropic")
+        await enqueue_ask(client, job)
+        await client.aclose()
+
+    asyncio.run(pause_and_enqueue())
+    events, seen = _recording()
+    drain(settings, events=events)
+
+    assert fake_anthropic.calls == []
+    assert "job.deferred" not in [event for event, _ in seen]
+    [text] = _texts(fake_slack)
+    assert "waited too long" in text
+    assert "(ref " in text
+
+
+def test_rate_limit_refusals_use_no_retries_so_every_queued_question_is_answered(
+    env: dict[str, str],
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    # One retry each, and a limit that refuses most of the first calls: spending retries on
+    # 429s would fail most questions.
+    settings = settings_from({**env, "JOB_MAX_RETRIES": "1"})
+    fake_anthropic.rate_limit(requests=3, window=2.0)
+    questions = [f"question {n}" for n in range(12)]
+
+    with TestClient(create_app(settings)) as web:
+        for question in questions:
+            commands.send(web, question)
+    worker = drain(settings)
+
+    assert fake_anthropic.refused > 0
+    assert sorted(fake_slack.answers()) == sorted(f"Answer to: {q}" for q in questions)
+    assert not [text for text in _texts(fake_slack) if text.startswith(":x:")]
+    assert worker.jobs_failed == 0
+
+
+def test_a_question_held_back_longer_than_the_backpressure_max_wait_gets_the_error_message(
+    env: dict[str, str],
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    settings = settings_from({**env, "JOB_MAX_RETRIES": "5", "AI_BACKPRESSURE_MAX_WAIT_SECONDS": "1.5"})
+    fake_anthropic.rate_limit(requests=0, window=1.0)  # refuses every call, retry-after 1 s
+
+    with TestClient(create_app(settings)) as web:
+        commands.send(web, "what is a p99?")
+    worker = drain(settings)
+
+    # Ended by the wait bound, not by spending its retries on the refusals.
+    assert 1 <= len(fake_anthropic.calls) < settings.job_max_retries + 1
+    [text] = [text for text in _texts(fake_slack) if text.startswith(":x:")]
+    assert "Claude is busy" in text
+    assert "(ref " in text
+    assert worker.jobs_failed == 1

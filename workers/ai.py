@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,10 +11,10 @@ from email.utils import parsedate_to_datetime
 
 import anthropic
 import structlog
-from anthropic.types import TextBlock
+from anthropic.types import Message, TextBlock
 
 from app.settings import Settings
-from workers.errors import PermanentError, TransientError
+from workers.errors import BackPressure, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
@@ -69,16 +71,28 @@ class Claude:
         """
         started = time.perf_counter()
         try:
-            raw = await self._client.messages.with_raw_response.create(
-                model=self._settings.anthropic_model,
-                max_tokens=self._settings.ai_max_tokens,
-                system=self._settings.ai_system_prompt,
-                messages=[{"role": "user", "content": question}],
-            )
-            response = await raw.parse()
+            # The SDK's timeout bounds each read, so a response trickling in a byte at a time
+            # would hold the slot until the job's own deadline: bound the whole call instead.
+            async with asyncio.timeout(self._settings.ai_timeout_seconds):
+                raw = await self._client.messages.with_raw_response.create(
+                    model=self._settings.anthropic_model,
+                    max_tokens=self._settings.ai_max_tokens,
+                    system=self._settings.ai_system_prompt,
+                    messages=[{"role": "user", "content": question}],
+                )
+                parsed: object = await raw.parse()
+        except TimeoutError as error:
+            raise TransientError(
+                f"anthropic call took over AI_TIMEOUT_SECONDS ({self._settings.ai_timeout_seconds:g} s)"
+            ) from error
+        except anthropic.NotFoundError as error:
+            raise model_not_found(error, self._settings.anthropic_model) from error
         except anthropic.APIError as error:
             raise classify(error) from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:  # a 200 cut off, say
+            raise unusable_body(f"{type(error).__name__}: {error}") from error
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        response = usable_message(parsed)
 
         if response.stop_reason == "refusal":
             raise PermanentError("stop_reason refusal", reason="Claude declined to answer this question.")
@@ -100,20 +114,37 @@ class Claude:
         )
 
     async def warm_up(self) -> None:
-        """Make one cheap call (list one model) before the first question.
+        """Look up the configured model before the first question.
 
         A process's first request pays for lazy imports and for opening the connection (DNS, TLS)
         — tens of milliseconds between the rate limiter's grant and the request reaching
         Anthropic. Paying it at start-up keeps later grants and arrivals in step, and shows an
-        operator a bad key or an unreachable API at once.
+        operator a bad key, an unreachable API or a mistyped ANTHROPIC_MODEL at once.
+
+        A model that does not exist is logged as one ERROR (``worker.model_not_found``) and the
+        worker keeps running: every question then ends in a message saying an admin must fix
+        the model, which is better than questions waiting on a worker that is not there.
         """
+        model = self._settings.anthropic_model
         started = time.perf_counter()
         try:
-            await self._client.models.list(limit=1, timeout=5.0)
+            await self._client.models.retrieve(model, timeout=5.0)
+        except anthropic.NotFoundError as error:
+            if error.type != "not_found_error":  # not Anthropic's 404: a wrong ANTHROPIC_BASE_URL
+                log.warning("worker.ai_unreachable", error=type(error).__name__, detail=str(classify(error)))
+                return
+            log.error(
+                "worker.model_not_found",
+                model=model,
+                detail=f"ANTHROPIC_MODEL {model!r} does not exist for this API key; every question will fail",
+                request_id=error.request_id,
+            )
         except anthropic.APIError as error:
             log.warning("worker.ai_unreachable", error=type(error).__name__, detail=str(classify(error)))
         else:
-            log.info("worker.ai_ready", latency_ms=round((time.perf_counter() - started) * 1000, 1))
+            log.info(
+                "worker.ai_ready", model=model, latency_ms=round((time.perf_counter() - started) * 1000, 1)
+            )
 
     async def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -131,7 +162,10 @@ def classify(error: anthropic.APIError) -> TransientError | PermanentError:
     detail = f"anthropic {status} {error.type or ''} {error.error_code or ''}".strip()
     if status == 429 and (error.error_code or "").endswith("spend_limit_reached"):
         return PermanentError(detail, reason="the team's Claude usage limit has been reached.")
-    if status == 429 or status >= 500 or status in RETRYABLE_STATUSES:
+    if status == 429:
+        # The organisation's request or token rate: wait, as everyone must, not a failed try.
+        return BackPressure(detail, retry_after=retry_after_seconds(error.response.headers))
+    if status >= 500 or status in RETRYABLE_STATUSES:
         return TransientError(
             detail,
             retry_after=retry_after_seconds(error.response.headers),
@@ -144,6 +178,46 @@ def classify(error: anthropic.APIError) -> TransientError | PermanentError:
     if status == 413:
         return PermanentError(detail, reason="the question is too large for Claude.")
     return PermanentError(detail, reason="Claude could not process this request.")
+
+
+def model_not_found(error: anthropic.NotFoundError, model: str) -> TransientError | PermanentError:
+    """A 404 from the Messages API: Anthropic's own (``not_found_error``) means the model."""
+    if error.type != "not_found_error":
+        return classify(error)  # not Anthropic's answer: a wrong ANTHROPIC_BASE_URL, say
+    return PermanentError(
+        f"anthropic 404 not_found_error: model {model}",
+        reason=(
+            f"the Claude model asklane is set to use ({model}) does not exist; "
+            "an admin needs to fix ANTHROPIC_MODEL."
+        ),
+    )
+
+
+def unusable_body(detail: str) -> TransientError:
+    """A 200 we cannot read (cut off, an HTML error page from a proxy, fields missing): the next
+    try usually gets a proper one."""
+    return TransientError(f"anthropic 200 with an unusable body: {detail}")
+
+
+def usable_message(parsed: object) -> Message:
+    """``parsed`` if it is a Message we can read, else raise :func:`unusable_body`.
+
+    The SDK builds responses without validating them, so an HTML page comes back as a string
+    and ``{}`` as a Message whose fields are all None.
+    """
+    if not isinstance(parsed, Message):
+        raise unusable_body(f"not a message ({type(parsed).__name__})")
+    if not isinstance(parsed.content, list):
+        raise unusable_body("no content")
+    usage = parsed.usage
+    if usage is None or not isinstance(usage.input_tokens, int) or not isinstance(usage.output_tokens, int):
+        raise unusable_body("no usage")
+    if not isinstance(parsed.model, str):
+        raise unusable_body("no model")
+    for block in parsed.content:
+        if isinstance(block, TextBlock) and not isinstance(block.text, str):
+            raise unusable_body("a text block without text")
+    return parsed
 
 
 def retry_after_seconds(headers: object) -> float | None:

@@ -19,19 +19,29 @@ from app import messages
 from app.events import JobEvents
 from app.job import AskJob
 from app.settings import Settings
-from workers import progress, retention, store
+from workers import age, progress, retention, store
 from workers.ai import Claude
 from workers.delivery import SlackDelivery
-from workers.errors import DeliveryFailed, InvalidPayload, JobError, PermanentError, TransientError
+from workers.errors import (
+    BackPressure,
+    DeliveryFailed,
+    InvalidPayload,
+    JobError,
+    PermanentError,
+    TransientError,
+)
 from workers.formatting import answer_message
 from workers.lease import Lease, lease
-from workers.ratelimit import RateLimiter, SlotTooFar
-from workers.retry import MAX_STALLS, retry_delay, should_retry, too_old_to_wait
+from workers.ratelimit import RateLimiter, SlotTooFar, spread
+from workers.retry import MAX_STALLS, retry_delay, should_retry, too_old_to_wait, waited_too_long
 
 log = structlog.get_logger(__name__)
 
 TOO_OLD_REASON = "the question waited too long in the queue. Please ask again."
 CRASHED_REASON = "answering it crashed the assistant twice, so it was given up. Please try rephrasing."
+#: Detail of the failure that ends a job Anthropic's rate limit kept waiting too long; the user
+#: gets TransientError's "Claude is busy" message.
+BACKPRESSURE_TOO_LONG = "waited out anthropic's rate limit past AI_BACKPRESSURE_MAX_WAIT_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,10 @@ async def answer_question(ctx: dict[str, Any], payload: object) -> str:
             # Redis failed outside the retry policy (which itself needs Redis): try the whole job
             # again shortly, uncounted, rather than let arq fail it without telling anyone.
             log.warning("job.redis_unavailable", error=type(error).__name__, detail=str(error))
-            raise Retry(defer=deps.settings.job_retry_base_seconds) from error
+            defer = deps.settings.job_retry_base_seconds
+            if too_old_to_wait(await _enqueued_at_if_redis_allows(deps, job), defer):
+                return await _fail_too_old_despite_redis(job, deps)
+            raise Retry(defer=defer) from error
 
 
 async def _run_with_lease(job: AskJob, deps: WorkerDeps, score: int) -> str:
@@ -134,16 +147,17 @@ async def _run_with_lease(job: AskJob, deps: WorkerDeps, score: int) -> str:
 
 async def _run(job: AskJob, deps: WorkerDeps, score: int, held: Lease) -> str:
     settings = deps.settings
+    enqueued_at = await age.enqueued_at(deps.redis, job)
     # Attempts that did work: earlier failed ones and this one (arq's try count also counts
     # rate-limit deferrals and shutdown re-queues).
     timings = Timings(
-        queued_ms=_ms_since(job.enqueued_at), attempt=await store.failure_count(deps.redis, job.job_id) + 1
+        queued_ms=_ms_since(enqueued_at), attempt=await store.failure_count(deps.redis, job.job_id) + 1
     )
     await deps.events.emit(
         "job.started", job_id=job.job_id, attempt=timings.attempt, queued_ms=timings.queued_ms
     )
     try:
-        if too_old_to_wait(job, 0):
+        if too_old_to_wait(enqueued_at, 0):
             raise PermanentError("job older than MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON)
         # Our own deadline sits inside arq's, so a timeout is a transient failure we handle
         # rather than arq failing the job silently.
@@ -153,10 +167,16 @@ async def _run(job: AskJob, deps: WorkerDeps, score: int, held: Lease) -> str:
         log.warning("job.abandoned", reason="another run has this job")
         return "abandoned"
     except SlotTooFar as wait:
-        # Waiting for the rate limiter is not a failure: no retry is used up.
+        # Waiting for the rate limiter is not a failure: no retry is used up. It is bounded all
+        # the same, so the user hears in time rather than never.
         defer = wait.defer
+        if too_old_to_wait(enqueued_at, defer):
+            too_old = PermanentError("rate-limit wait would pass MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON)
+            await _fail(job, deps, too_old, timings)
+        if waited_too_long(await deps.limiter.refused_for(job.job_id, refused_now=False), defer, settings):
+            await _fail(job, deps, TransientError(BACKPRESSURE_TOO_LONG), timings)
         await deps.events.emit("job.deferred", job_id=job.job_id, delay_s=round(defer, 3))
-        if _ms_since(job.enqueued_at) >= settings.progress_after_seconds * 1000:
+        if _ms_since(enqueued_at) >= settings.progress_after_seconds * 1000:
             ahead = await deps.redis.zcount(default_queue_name, "-inf", f"({score}")
             await progress.tell_queued(deps.redis, deps.slack, job, ahead)
         raise Retry(defer=defer) from None
@@ -176,7 +196,7 @@ async def _run(job: AskJob, deps: WorkerDeps, score: int, held: Lease) -> str:
             "job.completed",
             job_id=job.job_id,
             via=via,
-            total_ms=_ms_since(job.enqueued_at),
+            total_ms=_ms_since(enqueued_at),
             queued_ms=timings.queued_ms,
             ai_ms=timings.ai_ms,
             delivery_ms=timings.delivery_ms,
@@ -186,6 +206,8 @@ async def _run(job: AskJob, deps: WorkerDeps, score: int, held: Lease) -> str:
         await _retain(deps, job.job_id, job, job.model_dump(mode="json"), "completed", timings, via=via)
         return via
 
+    if isinstance(failure, BackPressure):
+        await _wait_out_back_pressure(job, deps, failure, enqueued_at, timings)
     if isinstance(failure, TransientError):
         if failure.throttled:
             await deps.limiter.pause(failure.retry_after or settings.job_retry_base_seconds, str(failure))
@@ -193,10 +215,31 @@ async def _run(job: AskJob, deps: WorkerDeps, score: int, held: Lease) -> str:
         failures = await store.record_failure(deps.redis, job.job_id, phase)
         if should_retry(failure, failures, settings):
             delay = retry_delay(failure, failures, settings)
-            if not too_old_to_wait(job, delay):
+            if not too_old_to_wait(enqueued_at, delay):
                 await _retrying(deps, job, failures, delay, str(failure), phase)
                 raise Retry(defer=await _tell_user_we_retry(job, deps, delay)) from failure
     await _fail(job, deps, failure, timings)
+
+
+async def _wait_out_back_pressure(
+    job: AskJob, deps: WorkerDeps, refusal: BackPressure, enqueued_at: datetime, timings: Timings
+) -> NoReturn:
+    """Anthropic refused the call for the organisation's rate limit: hold every worker's calls
+    for its retry-after and defer this job until then, using none of its retries; fail it once
+    the wait would pass AI_BACKPRESSURE_MAX_WAIT_SECONDS since its first refusal, or its age."""
+    settings = deps.settings
+    paused = await deps.limiter.pause(refusal.retry_after or settings.job_retry_base_seconds, str(refusal))
+    refused_for = await deps.limiter.refused_for(job.job_id, refused_now=True)
+    defer = spread(paused)
+    if waited_too_long(refused_for, defer, settings) or too_old_to_wait(enqueued_at, defer):
+        await _fail(job, deps, TransientError(BACKPRESSURE_TOO_LONG), timings)
+    await deps.events.emit(
+        "job.deferred", job_id=job.job_id, delay_s=round(defer, 3), reason=str(refusal), waited_s=refused_for
+    )
+    if refused_for == 0 and _ms_since(enqueued_at) / 1000 + defer >= settings.progress_after_seconds:
+        # Once per job: "Claude is busy, retrying in N s", as for a retry.
+        defer = await _tell_user_we_retry(job, deps, defer, force=True)
+    raise Retry(defer=defer) from refusal
 
 
 async def _fail(job: AskJob, deps: WorkerDeps, failure: Exception, timings: Timings) -> NoReturn:
@@ -259,9 +302,10 @@ async def _retrying(
     )
 
 
-async def _tell_user_we_retry(job: AskJob, deps: WorkerDeps, delay: float) -> float:
-    """Post "retrying in N s" for a long wait; returns the delay left after posting it."""
-    if delay < deps.settings.progress_after_seconds:
+async def _tell_user_we_retry(job: AskJob, deps: WorkerDeps, delay: float, *, force: bool = False) -> float:
+    """Post "retrying in N s" for a long wait (or any, ``force``); returns the delay left after
+    posting it."""
+    if delay < deps.settings.progress_after_seconds and not force:
         return delay
     started = time.monotonic()
     await progress.post_update(deps.redis, deps.slack, job, messages.retrying(job.text, delay))
@@ -343,6 +387,32 @@ async def _retain(
     )
     if limit > 0:
         await retention.keep(deps.redis, record, limit)
+
+
+async def _enqueued_at_if_redis_allows(deps: WorkerDeps, job: AskJob) -> datetime:
+    """The job's Redis-clock enqueue moment, or the payload's (clamped) while Redis fails."""
+    try:
+        return await age.enqueued_at(deps.redis, job)
+    except RedisError:
+        return age.from_payload(job)
+
+
+async def _fail_too_old_despite_redis(job: AskJob, deps: WorkerDeps) -> str:
+    """End a job that Redis errors kept deferring until it is too old: tell the user, unless
+    the answer already reached them."""
+    too_old = PermanentError(
+        "redis errors kept the job waiting past MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON
+    )
+    try:
+        if await store.was_delivered(deps.redis, job.job_id):
+            return "already-delivered"
+        await _fail(job, deps, too_old, Timings())
+    except RedisError as error:
+        # Still failing: whether the answer went out cannot be known, and an error post would
+        # replace it. Try again later: the first run with Redis back tells the user (or finds the
+        # answer delivered), as every run of a job this old does.
+        log.warning("job.too_old_redis_unavailable", error=type(error).__name__, detail=str(error))
+        raise Retry(defer=deps.settings.job_retry_base_seconds) from error
 
 
 def _ms_since(moment: datetime) -> int:

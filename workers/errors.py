@@ -38,6 +38,15 @@ class TransientError(JobError):
         self.throttled = throttled
 
 
+class BackPressure(TransientError):
+    """The provider asks everyone to slow down (a rate-limit 429): the question did not fail, it
+    must wait. Waiting uses none of its retries; it is bounded by the job's maximum age and
+    AI_BACKPRESSURE_MAX_WAIT_SECONDS instead (see :mod:`workers.retry`)."""
+
+    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+        super().__init__(detail, retry_after=retry_after, throttled=True)
+
+
 class DeliveryFailed(TransientError):
     """Slack did not take the message (rate limited, 5xx, unreachable). Counted apart from AI
     failures: a generated answer gets its own retries to reach the user."""

@@ -13,6 +13,12 @@ A job whose booking would be near sleeps until it and then calls the AI with no 
 between. When the next free moment is far off, nothing is booked: the job is deferred until
 about then without being charged an attempt (see :class:`SlotTooFar`), so waiting neither holds a
 concurrency slot for long nor polls Redis.
+
+No pause is stored longer than the limiter's ``max_pause`` (the job timeout): a retry-after of a
+day would otherwise stop every worker for a day. When the limit is still in force after it, the
+next call meets another 429 and pauses again, so the fleet probes about once per ``max_pause``.
+Each job's own wait is bounded apart from the pause, by its maximum age and, once it has been
+refused itself, by AI_BACKPRESSURE_MAX_WAIT_SECONDS (:meth:`RateLimiter.refused_for`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ log = structlog.get_logger(__name__)
 
 WINDOW_KEY = "asklane:ratelimit:bookings"
 PAUSE_KEY = "asklane:ratelimit:pause"
+#: Per job: when Anthropic first refused it for the organisation's rate limit (ms, Redis's clock).
+REFUSED_SINCE_PREFIX = "asklane:ratelimit:refused-since:"
+
+#: The longest pause stored when the limiter is not told otherwise (the default job timeout).
+MAX_PAUSE_SECONDS = 60.0
+
+#: A job's refused-since mark outlives any job (they give up at 25 minutes).
+REFUSED_SINCE_TTL_MS = 3600 * 1000
 
 #: The window, in microseconds: one second plus 20 ms for the jitter between a grant and the
 #: request reaching Anthropic (a process's first request opens its connection). It costs 2% of
@@ -90,6 +104,17 @@ return 1
 """
 
 
+# KEYS: the job's refused-since key.  ARGV: '1' when the job was refused just now, ttl_ms.
+# Returns the milliseconds since the job's first refusal on Redis's clock, -1 if never refused.
+_REFUSED_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] == '1' then redis.call('SET', KEYS[1], now, 'NX', 'PX', tonumber(ARGV[2])) end
+local since = redis.call('GET', KEYS[1])
+if not since then return -1 end
+return math.max(now - tonumber(since), 0)
+"""
+
 # KEYS: pause key.  Returns the microseconds of pause left on Redis's clock, 0 when none.
 _PAUSED_FOR = """
 local t = redis.call('TIME')
@@ -114,14 +139,20 @@ class SlotTooFar(Exception):
         Jobs deferred together would otherwise all come back at the same free moment, one would
         get it, and the rest would be deferred again and again.
         """
-        return self.wait + random.uniform(0.0, MAX_INLINE_WAIT_SECONDS)
+        return spread(self.wait)
+
+
+def spread(wait: float) -> float:
+    """``wait`` plus a random share of the inline window, so jobs waiting together part."""
+    return wait + random.uniform(0.0, MAX_INLINE_WAIT_SECONDS)
 
 
 class RateLimiter:
     """Books AI-call start times for every worker sharing the Redis."""
 
-    def __init__(self, redis: ArqRedis, per_second: float) -> None:
+    def __init__(self, redis: ArqRedis, per_second: float, *, max_pause: float = MAX_PAUSE_SECONDS) -> None:
         self._redis = redis
+        self.max_pause = max_pause
         # The log counts whole calls: a rate of 2.5 allows 2 per second; below 1 it allows one call
         # per 1/rate seconds.
         self._limit = max(1, int(per_second))
@@ -129,6 +160,7 @@ class RateLimiter:
         self._book = redis.register_script(_BOOK)
         self._pause = redis.register_script(_PAUSE)
         self._paused_for = redis.register_script(_PAUSED_FOR)
+        self._refused_for = redis.register_script(_REFUSED_FOR)
         #: Monotonic time before which a newly started job would only be deferred again.
         self.no_slot_until = 0.0
 
@@ -180,9 +212,24 @@ class RateLimiter:
                 await self._redis.zrem(WINDOW_KEY, unused)
                 raise SlotTooFar(0.0)
 
-    async def pause(self, seconds: float, reason: str) -> None:
-        """Hold every worker's new AI calls for ``seconds``; logs once per pause, not per job."""
-        if seconds <= 0:
-            return
-        if await self._pause(keys=[PAUSE_KEY], args=[int(seconds * 1_000_000)]):
-            log.warning("ai.paused", seconds=round(seconds, 3), reason=reason)
+    async def pause(self, seconds: float, reason: str) -> float:
+        """Hold every worker's new AI calls for ``seconds``, at most ``max_pause``; returns the
+        pause asked for after the cap. Logs once per pause, not per job."""
+        capped = min(seconds, self.max_pause)
+        if capped <= 0:
+            return 0.0
+        if await self._pause(keys=[PAUSE_KEY], args=[int(capped * 1_000_000)]):
+            log.warning("ai.paused", seconds=round(capped, 3), asked_s=round(seconds, 3), reason=reason)
+        return capped
+
+    async def refused_for(self, job_id: str, *, refused_now: bool) -> float | None:
+        """Seconds since Anthropic first refused this job for the rate limit, None if never.
+
+        ``refused_now`` marks a refusal that just happened (the first one starts the count).
+        """
+        millis = int(
+            await self._refused_for(
+                keys=[REFUSED_SINCE_PREFIX + job_id], args=["1" if refused_now else "0", REFUSED_SINCE_TTL_MS]
+            )
+        )
+        return None if millis < 0 else millis / 1000

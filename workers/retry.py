@@ -6,9 +6,17 @@
 |                  | JOB_RETRY_JITTER of it, or the upstream's retry-after when longer;      |
 |                  | capped at JOB_TIMEOUT_SECONDS; at most JOB_MAX_RETRIES retries, and     |
 |                  | never past MAX_JOB_AGE_SECONDS; then fail                               |
-| throttled (429,  | as above, and every worker holds its AI calls for the retry-after       |
-| 529)             | (the shared pause in :mod:`workers.ratelimit`)                          |
-| SlotTooFar       | wait for the rate limiter: deferred, not counted as a failure           |
+| throttled (529)  | as above, and every worker holds its AI calls for the retry-after       |
+|                  | (the shared pause in :mod:`workers.ratelimit`, at most the job timeout) |
+| BackPressure     | wait, not a failure: every worker holds its AI calls for the            |
+| (rate-limit 429) | retry-after (capped as above) and the job is deferred until then, no    |
+|                  | retry used; fail once the wait would pass AI_BACKPRESSURE_MAX_WAIT_     |
+|                  | SECONDS since its first refusal, or MAX_JOB_AGE_SECONDS                 |
+| SlotTooFar       | wait for the rate limiter: deferred, not counted as a failure; fail     |
+|                  | when the wait would pass MAX_JOB_AGE_SECONDS or (for a job refused      |
+|                  | before) AI_BACKPRESSURE_MAX_WAIT_SECONDS                                |
+| Redis error      | whole job again in JOB_RETRY_BASE_SECONDS, uncounted; fail when that    |
+| outside policy   | would pass MAX_JOB_AGE_SECONDS                                          |
 | PermanentError   | fail now                                                                |
 | worker died      | re-run by another worker (job.stalled); after MAX_STALLS re-runs, fail  |
 | failure message  | retried alone, as a TransientError, when Slack does not take it         |
@@ -16,8 +24,10 @@
 | anything else    | a bug: fail now                                                         |
 
 "fail" means the user gets an error message with a reference id and the job is recorded as
-failed with its real cause. Failures are counted by the job itself in Redis, not by arq's
-``job_try``, which also counts rate-limit deferrals and SIGTERM re-queues.
+failed with its real cause. Every deferral checks the job's age (measured from its Redis-clock
+enqueue stamp, :mod:`workers.age`), so none lets a job end silently inside arq. Failures are
+counted by the job itself in Redis, not by arq's ``job_try``, which also counts rate-limit
+deferrals and SIGTERM re-queues.
 """
 
 from __future__ import annotations
@@ -25,7 +35,6 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from app.job import AskJob
 from app.settings import Settings
 from workers.errors import TransientError
 
@@ -56,7 +65,16 @@ def retry_delay(error: TransientError, failures: int, settings: Settings) -> flo
     return min(delay, settings.job_timeout_seconds)
 
 
-def too_old_to_wait(job: AskJob, delay: float) -> bool:
-    """True when running again after ``delay`` would pass MAX_JOB_AGE_SECONDS."""
-    deadline = job.enqueued_at + timedelta(seconds=MAX_JOB_AGE_SECONDS)
+def too_old_to_wait(enqueued_at: datetime, delay: float) -> bool:
+    """True when running again after ``delay`` would pass MAX_JOB_AGE_SECONDS.
+
+    ``enqueued_at`` is the job's queueing moment on this worker's clock (:mod:`workers.age`).
+    """
+    deadline = enqueued_at + timedelta(seconds=MAX_JOB_AGE_SECONDS)
     return datetime.now(UTC) + timedelta(seconds=delay) > deadline
+
+
+def waited_too_long(refused_for: float | None, delay: float, settings: Settings) -> bool:
+    """True when a job refused for back-pressure ``refused_for`` seconds ago would, after waiting
+    ``delay`` more, have waited past AI_BACKPRESSURE_MAX_WAIT_SECONDS. Never refused: False."""
+    return refused_for is not None and refused_for + delay > settings.ai_backpressure_max_wait_seconds

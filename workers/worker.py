@@ -97,7 +97,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis=ctx["redis"],
         claude=Claude(settings),
         slack=SlackDelivery(settings),
-        limiter=RateLimiter(ctx["redis"], settings.jobs_per_second),
+        limiter=RateLimiter(ctx["redis"], settings.jobs_per_second, max_pause=settings.job_timeout_seconds),
         events=ctx["events"],
     )
     with contextlib.suppress(RedisError, OSError):

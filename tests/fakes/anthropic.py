@@ -1,7 +1,18 @@
-"""A fake Anthropic Messages API: records requests, answers from a script or with an echo."""
+"""A fake Anthropic Messages API: records requests, answers from a script or with an echo.
+
+It also serves ``GET /v1/models/{id}`` (404 for ids it does not know), can enforce a rate limit
+the way Anthropic does (a continuously refilled bucket; over it, 429 ``rate_limit_error`` with
+``retry-after``), and can send a reply's body verbatim or trickle it a byte at a time over a
+chunked response.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -9,9 +20,15 @@ from aiohttp import web
 from tests.fakes.server import FakeServer, Reply
 
 MESSAGES = "/v1/messages"
+MODELS = "/v1/models"
+
+#: Model ids the fake knows; any other is a 404 ``not_found_error``, as Anthropic answers.
+KNOWN_MODELS = ("claude-haiku-5-5", "claude-sonnet-5-5", "claude-opus-5-5")
 
 
-def message(text: str, *, stop_reason: str = "end_turn", model: str = "claude-haiku-5-5") -> dict[str, Any]:
+def message(
+    text: str, *, stop_reason: str = "end_turn", model: str = "claude-haiku-5-5", output_tokens: int = 34
+) -> dict[str, Any]:
     """A successful Messages API response body."""
     return {
         "id": "msg_fake",
@@ -21,7 +38,7 @@ def message(text: str, *, stop_reason: str = "end_turn", model: str = "claude-ha
         "content": [{"type": "text", "text": text}],
         "stop_reason": stop_reason,
         "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 34},
+        "usage": {"input_tokens": 12, "output_tokens": output_tokens},
     }
 
 
@@ -38,6 +55,24 @@ def error(
     return Reply(status=status, json=body, headers=headers)
 
 
+@dataclass
+class RawReply(Reply):
+    """A reply whose body is sent as these bytes, not as JSON (a cut-off body, an HTML page).
+
+    With ``byte_every`` set, the body is trickled one byte per that many seconds over a chunked
+    response: each read arrives in time, the whole never does.
+    """
+
+    body: bytes = b""
+    content_type: str = "application/json"
+    byte_every: float | None = None
+
+
+def trickled(body: dict[str, Any], byte_every: float) -> RawReply:
+    """A 200 whose JSON ``body`` arrives one byte every ``byte_every`` seconds."""
+    return RawReply(body=json.dumps(body).encode(), byte_every=byte_every, headers={"request-id": "req_slow"})
+
+
 def api_key(headers: Any) -> str | None:
     """The key as the SDK sends it: ``x-api-key`` or ``Authorization: Bearer``."""
     bearer = headers.get("authorization", "")
@@ -46,47 +81,152 @@ def api_key(headers: Any) -> str | None:
     )
 
 
+@dataclass
+class _Limit:
+    requests: int | None
+    output_tokens: int | None
+    window: float
+
+
 class FakeAnthropic(FakeServer):
     """Answers "Answer to: <question>" unless scripted otherwise."""
 
     #: Seconds every unscripted answer takes.
     default_delay = 0.0
+    #: Output tokens every unscripted answer reports (and counts against an output-token limit).
+    output_tokens = 34
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._limit: _Limit | None = None
+        #: What is left in each bucket of the rate limit, as of ``_filled_at`` (monotonic).
+        self._levels = {"requests": 0.0, "output_tokens": 0.0}
+        self._filled_at = 0.0
+        #: Calls refused by the rate limit.
+        self.refused = 0
 
     def reset(self) -> None:
         super().reset()
         self.default_delay = 0.0
+        self.output_tokens = 34
+        with self._lock:
+            self._limit = None
+            self.refused = 0
+
+    def rate_limit(
+        self, *, requests: int | None = None, output_tokens: int | None = None, window: float = 60.0
+    ) -> None:
+        """Enforce ``requests`` and/or ``output_tokens`` per ``window`` seconds as Anthropic does:
+        a bucket per limit holding up to that many, refilled continuously at that many per window,
+        from which each answered call takes one request and its output tokens. A call finding a
+        bucket short (under one request or one token) gets a 429 ``rate_limit_error`` with a
+        ``retry-after`` of the whole seconds until it is not. Scripted replies are not counted."""
+        with self._lock:
+            self._limit = _Limit(requests, output_tokens, window)
+            self._levels = {"requests": float(requests or 0), "output_tokens": float(output_tokens or 0)}
+            self._filled_at = time.monotonic()
+
+    def _over_limit(self) -> Reply | None:
+        """The 429 for a call arriving now, or None (and the call is charged) when within limit."""
+        with self._lock:
+            limit = self._limit
+            if limit is None:
+                return None
+            now = time.monotonic()
+            elapsed, self._filled_at = now - self._filled_at, now
+            waits = []
+            for kind, size in (("requests", limit.requests), ("output_tokens", limit.output_tokens)):
+                if size is None:
+                    continue
+                rate = size / limit.window
+                self._levels[kind] = min(float(size), self._levels[kind] + elapsed * rate)
+                if self._levels[kind] < 1:
+                    waits.append((1 - self._levels[kind]) / rate if rate else limit.window)
+            if not waits:
+                self._levels["requests"] -= 1
+                self._levels["output_tokens"] -= self.output_tokens
+                return None
+            self.refused += 1
+        return error(429, "rate_limit_error", retry_after=max(1, math.ceil(max(waits))))
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(MESSAGES, self._messages)
-        app.router.add_get("/v1/models", self._models)
+        app.router.add_get(MODELS, self._models)
+        app.router.add_get(MODELS + "/{model_id}", self._model)
+
+    @staticmethod
+    def _model_info(model_id: str) -> dict[str, Any]:
+        return {
+            "type": "model",
+            "id": model_id,
+            "display_name": model_id.replace("-", " ").title(),
+            "created_at": "2026-01-01T00:00:00Z",
+        }
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         if not api_key(request.headers):
             return web.json_response(error(401, "authentication_error").json, status=401)
-        model = {
-            "type": "model",
-            "id": "claude-haiku-5-5",
-            "display_name": "Claude Haiku 5.5",
-            "created_at": "2026-01-01T00:00:00Z",
-        }
+        models = [self._model_info(model_id) for model_id in KNOWN_MODELS]
+        limit = int(request.query.get("limit", "20"))
+        data = models[:limit]
         return web.json_response(
-            {"data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]}
+            {
+                "data": data,
+                "has_more": len(models) > limit,
+                "first_id": data[0]["id"],
+                "last_id": data[-1]["id"],
+            }
         )
+
+    async def _model(self, request: web.Request) -> web.StreamResponse:
+        model_id = request.match_info["model_id"]
+        if not api_key(request.headers):
+            reply = error(401, "authentication_error")
+        elif model_id not in KNOWN_MODELS:
+            reply = error(404, "not_found_error")
+        else:
+            reply = Reply(json=self._model_info(model_id))
+        self.record(MODELS, request.headers, {"model": model_id}, reply)
+        return await self.respond(request, reply)
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        reply = self.next_reply(MESSAGES)
+        reply: Reply | None
         if not api_key(request.headers):
             reply = error(401, "authentication_error")
-        elif reply is None:
+        elif body.get("model") not in KNOWN_MODELS:
+            reply = error(404, "not_found_error")
+        else:
+            reply = self.next_reply(MESSAGES) or self._over_limit()
+        if reply is None:
             question = body["messages"][-1]["content"]
             reply = Reply(
-                json=message(f"Answer to: {question}"),
+                json=message(f"Answer to: {question}", output_tokens=self.output_tokens),
                 headers={"request-id": "req_fake"},
                 delay=self.default_delay,
             )
         self.record(MESSAGES, request.headers, body, reply)
         return await self.respond(request, reply)
+
+    async def respond(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        if not isinstance(reply, RawReply):
+            return await super().respond(request, reply)
+        if reply.byte_every is None:
+            return web.Response(
+                body=reply.body, status=reply.status, headers=reply.headers, content_type=reply.content_type
+            )
+        response = web.StreamResponse(status=reply.status, headers=reply.headers)
+        response.content_type = reply.content_type
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for index in range(len(reply.body)):
+                await response.write(reply.body[index : index + 1])
+                await asyncio.sleep(reply.byte_every)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client gave up on it, as it should
+        return response
 
     @property
     def calls(self) -> list[Any]:
