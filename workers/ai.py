@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import anthropic
 import structlog
@@ -13,6 +12,7 @@ from anthropic.types import TextBlock
 
 from app.settings import Settings
 from workers.errors import PermanentError, TransientError
+from workers.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -144,33 +144,6 @@ def classify(error: anthropic.APIError) -> TransientError | PermanentError:
     if status == 413:
         return PermanentError(detail, reason="the question is too large for Claude.")
     return PermanentError(detail, reason="Claude could not process this request.")
-
-
-def retry_after_seconds(headers: object) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), if present."""
-    get = getattr(headers, "get", None)
-    if get is None:
-        return None
-    millis = get("retry-after-ms")
-    if millis:
-        try:
-            return max(float(millis) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def exhausted_limit_reset(headers: object) -> float | None:
