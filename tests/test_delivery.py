@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 import redis
@@ -10,10 +12,11 @@ from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import BOT_TOKEN, SlashCommands, drain, settings_from
+from tests.conftest import BOT_TOKEN, SlashCommands, drain, queued_job_ids, settings_from
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.fakes.server import Reply
 from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+from workers.delivery import RESPONSE_URL_USES
 from workers.retention import FAILED_KEY
 
 ANSWER = "Answer to: what is a p99?"
@@ -183,6 +186,26 @@ def test_a_failure_message_slack_refuses_at_first_is_retried_until_shown(
     assert record["error"].startswith("PermanentError")
 
 
+def test_a_failure_message_goes_by_post_ephemeral_once_the_response_url_is_unusable(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    fake_anthropic.script(MESSAGES, error(400, "invalid_request_error"))
+    fake_slack.inject_faults(RESPONSE, 1.0, [Reply(status=503)])
+
+    commands.send(web, "what is a p99?")
+    worker = drain(settings)
+
+    # The post and one retry of it; then chat.postEphemeral.
+    assert len(fake_slack.received(RESPONSE)) == 2
+    [shown] = fake_slack.received(POST_EPHEMERAL)
+    assert "couldn't answer" in shown.body["text"] and "(ref " in shown.body["text"]
+    assert worker.jobs_failed == 1
+
+
 def test_a_failure_message_slack_never_takes_still_fails_the_job_once(
     web: TestClient,
     commands: SlashCommands,
@@ -191,12 +214,93 @@ def test_a_failure_message_slack_never_takes_still_fails_the_job_once(
     fake_anthropic: FakeAnthropic,
 ) -> None:
     fake_anthropic.script(MESSAGES, error(400, "invalid_request_error"))
-    fake_slack.script(RESPONSE, *[Reply(status=503)] * 10)
+    fake_slack.inject_faults(RESPONSE, 1.0, [Reply(status=503)])
+    fake_slack.inject_faults(
+        POST_EPHEMERAL, 1.0, [Reply(status=500, json={"ok": False, "error": "internal_error"})]
+    )
 
     commands.send(web, "what is a p99?")
     worker = drain(settings)
 
     assert len(fake_anthropic.calls) == 1
-    assert len(fake_slack.received(RESPONSE)) == settings.job_max_retries + 1
+    assert len(fake_slack.received(RESPONSE)) == 2
     assert fake_slack.delivered() == []
     assert worker.jobs_failed == 1
+
+
+def test_a_response_url_failing_for_good_gets_the_answer_through_post_ephemeral(
+    env: dict[str, str],
+    web: TestClient,
+    commands: SlashCommands,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    # Claude's retries make progress updates want the response_url too.
+    settings = settings_from({**env, "PROGRESS_AFTER_SECONDS": "0.1", "JOB_RETRY_BASE_SECONDS": "0.1"})
+    fake_anthropic.script(MESSAGES, *[error(500, "api_error")] * 3)
+    fake_slack.inject_faults(RESPONSE, 1.0, [Reply(status=500)])
+
+    commands.send(web, "what is a p99?")
+    drain(settings)
+
+    assert len(fake_slack.received(RESPONSE)) <= RESPONSE_URL_USES
+    [answer] = fake_slack.received(POST_EPHEMERAL)
+    assert answer.body["blocks"][0]["text"] == ANSWER
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+def test_a_response_url_dropping_every_connection_gets_the_answer_through_post_ephemeral(
+    web: TestClient, commands: SlashCommands, settings: Settings, fake_slack: FakeSlack
+) -> None:
+    fake_slack.inject_faults(RESPONSE, 1.0, [Reply(action="drop")])
+
+    commands.send(web, "what is a p99?")
+    drain(settings)
+
+    assert len(fake_slack.received(RESPONSE)) == 2
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["86400", format_datetime(datetime.now(UTC) + timedelta(days=1), usegmt=True)],
+    ids=["seconds", "http-date"],
+)
+def test_a_429_whose_retry_after_outlives_the_job_falls_back_at_once(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
+    retry_after: str,
+) -> None:
+    fake_slack.inject_faults(RESPONSE, 1.0, [Reply(status=429, headers={"Retry-After": retry_after})])
+
+    commands.send(web, "what is a p99?")
+    worker = drain(settings)
+
+    assert len(fake_slack.received(RESPONSE)) == 1
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
+    assert worker.jobs_retried == 0
+
+
+def test_an_unreadable_stored_failure_still_tells_the_user_and_keeps_a_failed_record(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    redis_client: redis.Redis,
+) -> None:
+    commands.send(web, "what is a p99?")
+    [job_id] = queued_job_ids(redis_client)
+    # As an older or newer version might have written it.
+    redis_client.set(f"asklane:failure:{job_id}", json.dumps({"message": "timed out"}))
+
+    worker = drain(settings)
+
+    assert fake_anthropic.calls == []
+    [shown] = [post["text"] for post in fake_slack.delivered()]
+    assert "something went wrong" in shown and "(ref " in shown
+    assert worker.jobs_failed == 1
+    [record] = [json.loads(raw) for raw in redis_client.lrange(FAILED_KEY, 0, -1)]
+    assert record["error"].startswith("UnreadableRecord")

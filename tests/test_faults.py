@@ -1,5 +1,5 @@
 """The chaos suite: Redis, workers, the web process, Anthropic and Slack fail; no command is lost
-and none is answered twice.
+and none is answered twice, and what the user sees last is the answer.
 
 "Answered" means one final message the user can see: the answer, or the error message with its
 reference. Each command has its own response_url and user, so every message Slack accepted is
@@ -12,13 +12,22 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import RedisServer, SlashCommands, WebProcess, WorkerProcess, ack_text, wait_until
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.conftest import (
+    RedisServer,
+    SlashCommands,
+    WebProcess,
+    WorkerProcess,
+    ack_text,
+    queued_job_ids,
+    wait_until,
+)
+from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
 from tests.fakes.server import Reply
 from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
 
@@ -266,3 +275,83 @@ def test_restarting_the_web_process_loses_no_queued_command(
     start_worker()
 
     _assert_each_answered_exactly_once(fake_slack, before + after, timeout=30)
+
+
+#: Key patterns covering every key except arq's results (``arq:result:*``): Redis ACLs only allow.
+_ALL_BUT_ARQ_RESULTS = [
+    "[^a]*",
+    "a[^r]*",
+    "ar[^q]*",
+    "arq[^:]*",
+    "arq:[^r]*",
+    "arq:r[^e]*",
+    "arq:re[^s]*",
+    "arq:res[^u]*",
+    "arq:resu[^l]*",
+    "arq:resul[^t]*",
+    "arq:result[^:]*",
+]
+
+
+def test_redis_failing_as_arq_records_the_job_finished_leaves_the_answer_in_view(
+    own_redis: RedisServer,
+    commands: SlashCommands,
+    start_web: Callable[..., WebProcess],
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    admin = own_redis.client()
+
+    def refuse_arq_results(body: Any) -> None:
+        # Slack has the answer; Redis will now refuse the write of arq's result, so arq's finish
+        # transaction fails and the job stays queued after the user has their answer.
+        if str(body.get("text", "")).startswith("Answer to: first question"):
+            fake_slack.on_response_url = None
+            write = [f"%W~{pattern}" for pattern in _ALL_BUT_ARQ_RESULTS]
+            admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "%R~*", *write)
+
+    fake_slack.on_response_url = refuse_arq_results
+    web = start_web(REDIS_URL=own_redis.url)
+    worker = start_worker(
+        REDIS_URL=own_redis.url, WORKER_CONCURRENCY="1", AI_TIMEOUT_SECONDS="30", JOB_TIMEOUT_SECONDS="40"
+    )
+    client = httpx.Client(base_url=web.url, timeout=10)
+    first = _send(client, commands, ["first question"])
+
+    worker.wait_for_log("redis.unavailable")  # arq's finish failed
+    admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "~*")
+    [first_id] = queued_job_ids(admin)
+    # The worker's only slot is taken, so the first job is not re-run before the queue sweep,
+    # which runs beside the jobs, finds it once its lease lapses.
+    fake_anthropic.script(
+        MESSAGES,
+        Reply(action="hold", json=message("Answer to: second question"), headers={"request-id": "r"}),
+    )
+    second = _send(client, commands, ["second question"])
+    wait_until(lambda: admin.exists(f"asklane:progress:queued:{first_id}"), timeout=40)
+    fake_anthropic.release()
+
+    _assert_each_answered_exactly_once(fake_slack, first + second, timeout=30, as_seen=True)
+    worker.wait_for_log("job.already_delivered")  # the re-run, which arq could record
+    assert queued_job_ids(admin) == []
+
+
+def test_a_response_url_failing_for_good_still_answers_every_command_once(
+    web: TestClient,
+    commands: SlashCommands,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    fake_slack.inject_faults(RESPONSE, 1.0, [Reply(status=500), Reply(status=503), Reply(action="drop")])
+    fake_anthropic.default_delay = 0.3  # questions wait, so progress updates want the response_url too
+    start_worker(PROGRESS_AFTER_SECONDS="0.5"), start_worker(PROGRESS_AFTER_SECONDS="0.5")
+
+    forms = _send(web, commands, [f"question {n}" for n in range(30)])
+
+    _assert_each_answered_exactly_once(fake_slack, forms, timeout=90)
+    for form in forms:
+        hook = form["response_url"].removeprefix(fake_slack.url)
+        assert len(fake_slack.received(hook)) <= 5, form["text"]
+    assert all(post.accepted for post in fake_slack.received(POST_EPHEMERAL))

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import pytest
+import redis
+from arq.connections import ArqRedis
 from starlette.testclient import TestClient
 
+from app.job import ANSWER_JOB, AskJob, serialize
+from app.queue import open_redis
+from app.settings import Settings
 from tests.conftest import SlashCommands, WorkerProcess, drain, settings_from, wait_until
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
-from tests.fakes.slack import FakeSlack
-from workers.progress import MAX_INTERIM_UPDATES
+from tests.fakes.slack import RESPONSE, FakeSlack
+from workers import store
+from workers.delivery import SlackDelivery
+from workers.progress import MAX_INTERIM_UPDATES, sweep_forever, sweep_once
 
 
 def _posts_to(fake_slack: FakeSlack, response_url: str) -> list[str]:
@@ -79,3 +92,108 @@ def test_a_question_waiting_in_the_queue_is_told_where_it_stands(
     assert "queued behind 1 other question" in last[0]
     assert last[-1] == "Answer to: question 2"
     assert all(len(_posts_to(fake_slack, form["response_url"])) <= MAX_INTERIM_UPDATES + 1 for form in forms)
+
+
+def _in_redis(settings: Settings, work: Callable[[ArqRedis], Awaitable[object]]) -> None:
+    """Run ``work`` with an async client, as a worker has one."""
+
+    async def run() -> None:
+        client = open_redis(settings)
+        try:
+            await work(client)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def _enqueue(settings: Settings, job: AskJob) -> None:
+    _in_redis(
+        settings,
+        lambda client: client.enqueue_job(ANSWER_JOB, job.model_dump(mode="json"), _job_id=job.job_id),
+    )
+
+
+def _enqueue_raw(redis_client: redis.Redis, job_id: str, args: object) -> None:
+    """A job in arq's queue whose arguments are ``args``, as a damaged or foreign payload has."""
+    now_ms = int(time.time() * 1000)
+    raw = serialize({"t": 1, "f": ANSWER_JOB, "a": args, "k": {}, "et": now_ms})
+    redis_client.set(f"arq:job:{job_id}", raw)
+    redis_client.zadd("arq:queue", {job_id: now_ms - 1})
+
+
+def _sweep(settings: Settings) -> None:
+    _in_redis(settings, lambda client: sweep_once(client, SlackDelivery(settings), wait_after=0))
+
+
+@pytest.mark.parametrize("finished", ["delivered", "failed"])
+def test_the_sweep_posts_no_notice_for_a_finished_job_still_in_the_queue(
+    settings: Settings, commands: SlashCommands, fake_slack: FakeSlack, finished: str
+) -> None:
+    # The answer (or the error) was posted and recorded, but arq could not record the job finished
+    # (a Redis error at that moment): it is still queued, with no in-progress key.
+    job = commands.job("what is a p99?")
+    _enqueue(settings, job)
+    if finished == "delivered":
+        _in_redis(settings, lambda client: store.mark_delivered(client, job.job_id, "response_url"))
+    else:
+        notice = store.FailureNotice(error="PermanentError", detail="x", reason="no.", permanent=True)
+        _in_redis(settings, lambda client: store.save_failure(client, job.job_id, notice))
+
+    _sweep(settings)
+
+    assert fake_slack.received(RESPONSE) == []
+
+
+@pytest.mark.parametrize("args", [{"question": "why?"}, 5, None], ids=["object", "number", "null"])
+def test_the_sweep_skips_a_job_that_is_not_an_ask_job_and_tells_the_ones_behind_it(
+    settings: Settings, commands: SlashCommands, fake_slack: FakeSlack, redis_client: redis.Redis, args: Any
+) -> None:
+    _enqueue_raw(redis_client, "damaged-job", args)
+    job = commands.job("what is a p99?")
+    _enqueue(settings, job)
+
+    _sweep(settings)
+
+    [notice] = _posts_to(fake_slack, job.response_url)
+    assert "queued behind 1 other question" in notice
+
+
+def test_a_failing_sweep_is_logged_once_per_kind_and_its_recovery_once(
+    settings: Settings, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    def failed_queue_reads() -> int:
+        stats = redis_client.info("commandstats").get("cmdstat_zrangebyscore", {})
+        return int(stats.get("failed_calls", 0))
+
+    def events(name: str) -> list[dict[str, Any]]:
+        return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == name]
+
+    # Not a sorted set: every sweep's read of the queue fails (WRONGTYPE).
+    redis_client.set("arq:queue", "damaged")
+    before = failed_queue_reads()
+    loop = asyncio.new_event_loop()
+    stopping = asyncio.Event()
+
+    async def sweep() -> None:
+        client = open_redis(settings)
+        await sweep_forever(client, SlackDelivery(settings), 0, stopping, every=0.01)
+        await client.aclose()
+
+    sweeper = threading.Thread(target=loop.run_until_complete, args=(sweep(),))
+    sweeper.start()
+    try:
+        wait_until(lambda: failed_queue_reads() >= before + 5)
+        redis_client.delete("arq:queue")
+        wait_until(lambda: events("progress.sweep_recovered"))
+    finally:
+        loop.call_soon_threadsafe(stopping.set)
+        sweeper.join(10)
+        loop.close()
+
+    [failed] = events("progress.sweep_failed")
+    assert failed["error"] == "ResponseError"
+    [recovered] = events("progress.sweep_recovered")
+    assert recovered["failed_sweeps"]["ResponseError"] >= 5

@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import anthropic
 import structlog
@@ -15,6 +14,7 @@ from anthropic.types import Message, TextBlock
 
 from app.settings import Settings
 from workers.errors import BackPressure, PermanentError, TransientError
+from workers.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -218,33 +218,6 @@ def usable_message(parsed: object) -> Message:
         if isinstance(block, TextBlock) and not isinstance(block.text, str):
             raise unusable_body("a text block without text")
     return parsed
-
-
-def retry_after_seconds(headers: object) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), if present."""
-    get = getattr(headers, "get", None)
-    if get is None:
-        return None
-    millis = get("retry-after-ms")
-    if millis:
-        try:
-            return max(float(millis) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def exhausted_limit_reset(headers: object) -> float | None:

@@ -137,7 +137,15 @@ async def _run_with_lease(job: AskJob, deps: WorkerDeps, score: int) -> str:
                     f"worker died {MAX_STALLS + 1} times running it", reason=CRASHED_REASON
                 )
                 await _fail(job, deps, crashed, Timings())
-        failure = await store.load_failure(deps.redis, job.job_id)
+        try:
+            failure = await store.load_failure(deps.redis, job.job_id)
+        except store.UnreadableRecord as error:
+            # The job did fail, for a reason this version cannot read (a rolling deploy, damage):
+            # tell the user in general terms rather than fail the job silently.
+            log.error("job.failure_record_unreadable", detail=str(error))
+            failure = store.FailureNotice(
+                error="UnreadableRecord", detail=str(error), reason=JobError.default_reason, permanent=True
+            )
         if failure is not None:
             # The job has failed already; only the message telling the user is left to send.
             attempts = await store.failure_count(deps.redis, job.job_id)
@@ -263,7 +271,7 @@ async def _give_up(job: AskJob, deps: WorkerDeps, failure: store.FailureNotice, 
     # is re-run to tell them, not to ask Claude again.
     await store.save_failure(deps.redis, job.job_id, failure)
     try:
-        via = await deps.slack.send(job, messages.failed(failure.reason, job.reference))
+        via = await deps.slack.send(deps.redis, job, messages.failed(failure.reason, job.reference))
     except DeliveryFailed as error:
         failures = await store.record_failure(deps.redis, job.job_id, "notice")
         if should_retry(error, failures, deps.settings):
@@ -342,7 +350,7 @@ async def _answer_and_deliver(job: AskJob, deps: WorkerDeps, timings: Timings, h
     if held.lost or await store.was_delivered(deps.redis, job.job_id):
         raise LeaseLost()
     started = time.perf_counter()
-    via = await deps.slack.send(job, answer_message(stored.text, cut_short=stored.cut_short))
+    via = await deps.slack.send(deps.redis, job, answer_message(stored.text, cut_short=stored.cut_short))
     timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)
     await _record_delivery(deps, job, via)
     return via

@@ -1,8 +1,18 @@
 """Posting the ephemeral reply back to Slack.
 
 The command's response_url comes first: it works in DMs and in channels the bot has not joined,
-where chat.postEphemeral fails. When the response_url is refused, expired or used up (Slack allows
-five posts in thirty minutes), chat.postEphemeral through SLACK_API_URL is the fallback.
+where chat.postEphemeral fails. chat.postEphemeral through SLACK_API_URL is the fallback. The rule
+for when a response_url may be used, in one place (:class:`ResponseUrlBudget`):
+
+* Slack accepts RESPONSE_URL_USES (5) posts to a response_url. Every POST is counted in Redis per
+  job, failed ones included, and none is made past the budget.
+* An interim update (progress) may only take a use that leaves KEPT_FOR_FINAL (2) of them: the
+  final message (answer or error) and one retry of its post.
+* The final message's post failing with a 5xx, a timeout, a dropped connection or a 429 is retried
+  once (with the job's backoff); when that retry fails too, or a 429's Retry-After would outlive
+  the job, or Slack refuses the URL, or the budget is spent, the response_url is marked unusable
+  for the job (in Redis, so a re-run on another worker honours it) and the message goes by
+  chat.postEphemeral at once.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
+from arq.connections import ArqRedis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
@@ -18,7 +29,10 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from app.job import AskJob
 from app.messages import SlackMessage
 from app.settings import Settings
+from workers import age, store
 from workers.errors import DeliveryFailed, PermanentError
+from workers.retry import too_old_to_wait
+from workers.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -33,11 +47,93 @@ TRANSIENT_API_ERRORS = frozenset(
 UNDELIVERABLE = "I couldn't post the answer here. Try again in a channel or DM where asklane is available."
 
 
+#: Posts Slack accepts to one response_url.
+RESPONSE_URL_USES = 5
+
+#: Uses an interim update must leave untouched: the final message and one retry of its post.
+KEPT_FOR_FINAL = 2
+
+#: Failed posts of a final message to the response_url before chat.postEphemeral takes over.
+FAILED_POSTS_BEFORE_FALLBACK = 2
+
+# KEYS: uses counter, unusable marker.  ARGV: most uses allowed after this one, TTL seconds.
+# 1 when a use was taken; 0 when the budget does not allow it; -1 when the URL is unusable.
+_TAKE_USE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[1]) then return 0 end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def _uses_key(job_id: str) -> str:
+    return f"asklane:response_url:uses:{job_id}"
+
+
+def _failed_key(job_id: str) -> str:
+    return f"asklane:response_url:failed:{job_id}"
+
+
+def _unusable_key(job_id: str) -> str:
+    return f"asklane:response_url:unusable:{job_id}"
+
+
+class ResponseUrlBudget:
+    """Slack's five uses of a job's response_url, and whether it is still worth using, in Redis."""
+
+    def __init__(self, redis: ArqRedis) -> None:
+        self._redis = redis
+
+    async def take(self, job: AskJob, *, interim: bool) -> bool:
+        """Take one use for a POST about to be made; False when none may be taken."""
+        limit = RESPONSE_URL_USES - KEPT_FOR_FINAL if interim else RESPONSE_URL_USES
+        script = self._redis.register_script(_TAKE_USE)
+        taken = int(
+            await script(
+                keys=[_uses_key(job.job_id), _unusable_key(job.job_id)],
+                args=[limit, store.STATE_TTL_SECONDS],
+            )
+        )
+        if taken == 0 and not interim:
+            await self.give_up(job, "budget spent")
+        return taken == 1
+
+    async def failed(self, job: AskJob, error: DeliveryFailed, max_wait: float) -> bool:
+        """Count a failed post of a final message; True when the response_url is now given up."""
+        key = _failed_key(job.job_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, store.STATE_TTL_SECONDS)
+            count, _ = await pipe.execute()
+        wait = error.retry_after or 0.0
+        if wait > max_wait or too_old_to_wait(await age.enqueued_at(self._redis, job), wait):
+            await self.give_up(job, f"retry-after {wait:g} s would outlive the job")
+            return True
+        if int(count) >= FAILED_POSTS_BEFORE_FALLBACK:
+            await self.give_up(job, f"{count} failed posts, last {error}")
+            return True
+        return False
+
+    async def give_up(self, job: AskJob, reason: str) -> None:
+        """Never post to this job's response_url again, on any worker."""
+        if await self._redis.set(_unusable_key(job.job_id), reason, nx=True, ex=store.STATE_TTL_SECONDS):
+            log.warning("delivery.response_url_unusable", job_id=job.job_id, reason=reason)
+
+    async def uses(self, job: AskJob) -> int:
+        """Posts made to the job's response_url so far."""
+        return int(await self._redis.get(_uses_key(job.job_id)) or 0)
+
+
 class SlackDelivery:
     """Sends one message to the user who asked, ephemerally."""
 
     def __init__(self, settings: Settings) -> None:
         self._prefixes = settings.slack_response_url_prefixes
+        #: A 429 asking for longer than this is not waited for on the response_url: a retry
+        #: never waits longer than a job's run (workers/retry.py).
+        self._max_wait = float(settings.job_timeout_seconds)
         self._web = AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(),
             base_url=settings.slack_api_url,
@@ -48,48 +144,62 @@ class SlackDelivery:
         """True when the URL is under one of SLACK_RESPONSE_URL_PREFIXES."""
         return any(response_url.startswith(prefix) for prefix in self._prefixes)
 
-    async def send(self, job: AskJob, message: SlackMessage) -> str:
-        """Post the message; returns the path used ("response_url" or "chat.postEphemeral").
+    async def send(self, redis: ArqRedis, job: AskJob, message: SlackMessage) -> str:
+        """Post the final message; returns the path used ("response_url" or "chat.postEphemeral").
 
         Raises TransientError (rate limited, Slack unreachable) or PermanentError.
         """
         try:
-            return await self._send(job, message)
+            return await self._send(redis, job, message)
         except BlocksRejected as rejected:
             if message.plain is None:
                 raise PermanentError(str(rejected), reason=UNDELIVERABLE) from rejected
             # Slack's block limits are not all documented (a markdown block expands into several);
             # the same answer as plain text always fits.
             log.warning("delivery.blocks_rejected", detail=str(rejected))
-            return await self._send(job, SlackMessage(text=message.plain))
+            return await self._send(redis, job, SlackMessage(text=message.plain))
 
-    async def update_notice(self, job: AskJob, message: SlackMessage) -> bool:
+    async def update_notice(self, redis: ArqRedis, job: AskJob, message: SlackMessage) -> bool:
         """Replace the user's notice through the response_url only; True when Slack took it.
 
         Interim updates never fall back to chat.postEphemeral (which would add a message rather
-        than replace one) and never raise: the answer matters, the update does not.
+        than replace one), only take a use the final message can spare, and never raise: the
+        answer matters, the update does not.
         """
         if not self.allows(job.response_url):
             return False
+        budget = ResponseUrlBudget(redis)
         try:
-            return await self._via_response_url(job.response_url, message)
+            if not await budget.take(job, interim=True):
+                return False
+            posted = await self._via_response_url(job.response_url, message)
+            if not posted:
+                await budget.give_up(job, "refused")
+            return posted
         except Exception as error:
             log.info("delivery.update_failed", error=type(error).__name__)
             return False
 
-    async def _send(self, job: AskJob, message: SlackMessage) -> str:
-        if self.allows(job.response_url):
-            if await self._via_response_url(job.response_url, message):
-                return "response_url"
-        else:
+    async def _send(self, redis: ArqRedis, job: AskJob, message: SlackMessage) -> str:
+        if not self.allows(job.response_url):
             # A response_url outside Slack's hosts means a forged or poisoned job: never POST there.
             log.warning("security.response_url_refused", host=urlsplit(job.response_url).hostname)
+        elif await (budget := ResponseUrlBudget(redis)).take(job, interim=False):
+            try:
+                if await self._via_response_url(job.response_url, message):
+                    return "response_url"
+                await budget.give_up(job, "refused")
+            except DeliveryFailed as error:
+                if not await budget.failed(job, error, self._max_wait):
+                    raise
         await self._via_post_ephemeral(job, message)
         return "chat.postEphemeral"
 
     async def _via_response_url(self, url: str, message: SlackMessage) -> bool:
         """True when posted; False when Slack refused the URL and the fallback should be tried."""
-        client = AsyncWebhookClient(url, timeout=SLACK_TIMEOUT_SECONDS)
+        # No retry inside the SDK (its default re-sends on a dropped connection): every POST must
+        # be one counted use of Slack's five.
+        client = AsyncWebhookClient(url, timeout=SLACK_TIMEOUT_SECONDS, retry_handlers=[])
         try:
             response = await client.send(
                 text=message.text,
@@ -104,7 +214,7 @@ class SlackDelivery:
         if 200 <= status < 300:
             return True
         if status == 429:
-            raise DeliveryFailed("response_url 429", retry_after=_retry_after(response.headers))
+            raise DeliveryFailed("response_url 429", retry_after=retry_after_seconds(response.headers))
         if status >= 500:
             raise DeliveryFailed(f"response_url {status}")
         if message.blocks and _rejects_blocks(str(response.body)):
@@ -127,7 +237,7 @@ class SlackDelivery:
             headers = getattr(error.response, "headers", None)
             if status == 429 or status >= 500 or code in TRANSIENT_API_ERRORS or not code:
                 raise DeliveryFailed(
-                    f"chat.postEphemeral {status} {code}", retry_after=_retry_after(headers)
+                    f"chat.postEphemeral {status} {code}", retry_after=retry_after_seconds(headers)
                 ) from error
             if message.blocks and _rejects_blocks(code):
                 raise BlocksRejected(f"chat.postEphemeral {code}") from error
@@ -142,14 +252,3 @@ class BlocksRejected(Exception):
 
 def _rejects_blocks(error: str) -> bool:
     return "blocks" in error or "too_long" in error
-
-
-def _retry_after(headers: object) -> float | None:
-    get = getattr(headers, "get", None)
-    if get is None:
-        return None
-    value = get("Retry-After") or get("retry-after")
-    try:
-        return max(float(value), 0.0) if value is not None else None
-    except (TypeError, ValueError):
-        return None

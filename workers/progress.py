@@ -3,14 +3,17 @@
 A question waiting PROGRESS_AFTER_SECONDS or more is told why: "queued behind N other
 questions" (found by a sweep of the queue that one worker at a time runs) or "Claude is busy,
 retrying in 8 s" (posted by the job as it defers itself). A job gets at most
-MAX_INTERIM_UPDATES, counted in Redis, so Slack's five uses of a response_url still leave room
-for the answer and a retry of its post.
+MAX_INTERIM_UPDATES, counted in Redis, and each takes a response_url use only when the answer and
+a retry of its post still have theirs (workers/delivery.py, ResponseUrlBudget).
+
+A notice is never posted for a job that has been answered or has failed: the check is made
+immediately before each post, because a job can stay in arq's queue after its final message went
+out (arq could not record it finished: a Redis error, a failover, a worker killed at that moment).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable
 from typing import Any, cast
@@ -56,10 +59,14 @@ async def _claim(redis: ArqRedis, job_id: str) -> bool:
 
 
 async def post_update(redis: ArqRedis, slack: SlackDelivery, job: AskJob, message: SlackMessage) -> bool:
-    """Post an interim update if this job still has one to spend. True when posted."""
+    """Post an interim update if this job still has one to spend and is not finished. True when posted."""
     if not await _claim(redis, job.job_id):
         return False
-    posted = await slack.update_notice(job, message)
+    if await store.is_finished(redis, job.job_id):
+        # The user has the answer or the error: a notice now would replace it.
+        log.info("job.progress_skipped", job_id=job.job_id, reason="finished")
+        return False
+    posted = await slack.update_notice(redis, job, message)
     log.info("job.progress", job_id=job.job_id, posted=posted, text=message.text)
     return posted
 
@@ -70,12 +77,14 @@ async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: AskJob, ahead:
         await post_update(redis, slack, job, messages.queued(job.text, ahead))
 
 
-async def sweep_once(redis: ArqRedis, slack: SlackDelivery, wait_after: float) -> None:
+async def sweep_once(
+    redis: ArqRedis, slack: SlackDelivery, wait_after: float, every: float = SWEEP_EVERY_SECONDS
+) -> None:
     """Tell every question waiting ``wait_after`` seconds or more, not yet told, where it stands."""
     # One worker sweeps per period, however many there are.
     # The lock ends a little before the next sweep is due, so the worker that holds it can
     # always sweep again on time.
-    if not await redis.set(_SWEEP_LOCK, 1, nx=True, px=int(SWEEP_EVERY_SECONDS * 900)):
+    if not await redis.set(_SWEEP_LOCK, 1, nx=True, px=max(int(every * 900), 1)):
         return
     now_ms = time.time() * 1000
     head = await cast(
@@ -92,19 +101,41 @@ async def sweep_once(redis: ArqRedis, slack: SlackDelivery, wait_after: float) -
             job = await _load(redis, job_id)
             if job is not None:
                 await tell_queued(redis, slack, job, ahead)
+            elif await redis.set(_queued_key(job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS):
+                # Not an AskJob (the run side fails it and says so); looked at once, not every sweep.
+                log.warning("progress.job_unreadable", job_id=job_id)
         ahead += 1
 
 
 async def sweep_forever(
-    redis: ArqRedis, slack: SlackDelivery, wait_after: float, stopping: asyncio.Event
+    redis: ArqRedis,
+    slack: SlackDelivery,
+    wait_after: float,
+    stopping: asyncio.Event,
+    every: float = SWEEP_EVERY_SECONDS,
 ) -> None:
-    """Run :func:`sweep_once` every SWEEP_EVERY_SECONDS until ``stopping`` is set."""
+    """Run :func:`sweep_once` every ``every`` seconds until ``stopping`` is set.
+
+    A failing sweep is logged once per kind of error (``progress.sweep_failed``), not once per
+    sweep, and its end once (``progress.sweep_recovered``): a Redis outage would otherwise log
+    every second.
+    """
+    failing: dict[str, int] = {}
     # A flag as well as cancellation: redis-py can swallow a cancellation that lands inside a
     # command (redis/redis-py#2028), which would leave this loop running forever.
     while not stopping.is_set():
-        with contextlib.suppress(Exception):
-            await sweep_once(redis, slack, wait_after)
-        await asyncio.sleep(SWEEP_EVERY_SECONDS)
+        try:
+            await sweep_once(redis, slack, wait_after, every)
+        except Exception as error:
+            kind = type(error).__name__
+            if kind not in failing:
+                log.error("progress.sweep_failed", error=kind, detail=str(error)[:200])
+            failing[kind] = failing.get(kind, 0) + 1
+        else:
+            if failing:
+                log.info("progress.sweep_recovered", failed_sweeps=failing)
+                failing = {}
+        await asyncio.sleep(every)
 
 
 def _enqueued_ms(score: float, now_ms: float) -> float:
@@ -120,5 +151,6 @@ async def _load(redis: ArqRedis, job_id: str) -> AskJob | None:
     try:
         definition: Any = deserialize_job(raw, deserializer=deserialize)
         return AskJob.model_validate(definition.args[0])
-    except (ValidationError, IndexError, DeserializationError):
+    except (ValidationError, LookupError, TypeError, DeserializationError):
+        # args that are an object, not a list, or whose first item is not an AskJob.
         return None

@@ -131,7 +131,7 @@ async def _tell(deps: WorkerDeps, rejection: Rejection, reference: str) -> None:
     )
     try:
         # The delivery code checks the response_url against SLACK_RESPONSE_URL_PREFIXES.
-        await deps.slack.send(rejection.contact, message)
+        await deps.slack.send(deps.redis, rejection.contact, message)
     except Exception as error:
         log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 from arq.connections import ArqRedis
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 #: Per-job state outlives any run of the job: the last one starts before MAX_JOB_AGE_SECONDS
 #: (25 min) and ends within a job timeout. Slack's response_url is dead after 30 min anyway.
@@ -67,10 +67,22 @@ async def save_answer(redis: ArqRedis, job_id: str, answer: StoredAnswer) -> Non
     await redis.set(_answer_key(job_id), answer.model_dump_json(), ex=STATE_TTL_SECONDS)
 
 
+class UnreadableRecord(Exception):
+    """A stored record does not parse: written by another version (a rolling deploy) or damaged."""
+
+
 async def load_failure(redis: ArqRedis, job_id: str) -> FailureNotice | None:
-    """The failure of an earlier attempt whose message has not reached the user yet, if any."""
+    """The failure of an earlier attempt whose message has not reached the user yet, if any.
+
+    Raises UnreadableRecord when one is stored but cannot be read.
+    """
     raw = await redis.get(_failure_key(job_id))
-    return FailureNotice.model_validate_json(raw) if raw else None
+    if not raw:
+        return None
+    try:
+        return FailureNotice.model_validate_json(raw)
+    except ValidationError as error:
+        raise UnreadableRecord(f"failure record: {error.error_count()} error(s)") from error
 
 
 async def save_failure(redis: ArqRedis, job_id: str, failure: FailureNotice) -> None:
@@ -97,6 +109,12 @@ async def record_failure(redis: ArqRedis, job_id: str, phase: Phase) -> int:
 async def was_delivered(redis: ArqRedis, job_id: str) -> bool:
     """True when an earlier attempt already posted the final message."""
     return bool(await redis.exists(_delivered_key(job_id)))
+
+
+async def is_finished(redis: ArqRedis, job_id: str) -> bool:
+    """True once the job's final message went out, or once it failed (the failure record is kept
+    from before its message is posted until the delivered marker replaces it)."""
+    return bool(await redis.exists(_delivered_key(job_id), _failure_key(job_id)))
 
 
 async def mark_delivered(redis: ArqRedis, job_id: str, via: str) -> None:

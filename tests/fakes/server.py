@@ -15,7 +15,8 @@ from aiohttp import web
 
 @dataclass
 class Reply:
-    """One scripted answer. ``action`` "drop" closes the connection; "hang" never answers."""
+    """One scripted answer. ``action`` "drop" closes the connection; "hang" never answers; "hold"
+    answers once the test calls :meth:`FakeServer.release`."""
 
     status: int = 200
     json: Any = None
@@ -54,6 +55,7 @@ class FakeServer:
         self._scripts: dict[str, list[Reply]] = {}
         self._faults: dict[str, tuple[float, tuple[Reply, ...]]] = {}
         self._rng = random.Random(0)
+        self._released = asyncio.Event()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -83,6 +85,11 @@ class FakeServer:
             self._scripts.clear()
             self._faults.clear()
             self.in_flight = self.max_in_flight = 0
+            self._released = asyncio.Event()
+
+    def release(self) -> None:
+        """Let every "hold" reply, now and later, answer."""
+        self._loop.call_soon_threadsafe(self._released.set)
 
     def script(self, kind: str, *replies: Reply) -> None:
         """Queue replies for requests of ``kind``; once used up, the default reply applies."""
@@ -132,6 +139,8 @@ class FakeServer:
         try:
             if reply.delay:
                 await asyncio.sleep(reply.delay)
+            if reply.action == "hold":
+                await self._released.wait()
             if reply.action == "hang":
                 await asyncio.sleep(3600)
             if reply.action == "drop":

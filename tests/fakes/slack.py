@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -29,11 +30,14 @@ class FakeSlack(FakeServer):
         #: The Socket Mode connection an app holds, and the envelopes' acks it sent back.
         self.socket: web.WebSocketResponse | None = None
         self.socket_acks: list[dict[str, Any]] = []
+        #: Called with each response_url post's body before it is answered (in the server's thread).
+        self.on_response_url: Callable[[Any], None] | None = None
 
     def reset(self) -> None:
         super().reset()
         self.socket = None
         self.socket_acks = []
+        self.on_response_url = None
 
     async def _connections_open(self, request: web.Request) -> web.StreamResponse:
         app_token = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -79,6 +83,8 @@ class FakeSlack(FakeServer):
 
     async def _response_url(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if self.on_response_url is not None:
+            self.on_response_url(body)
         reply = self.next_reply(RESPONSE) or Reply(json=None)
         self.record(request.path, request.headers, body, reply)
         if reply.json is None and reply.action == "reply":
