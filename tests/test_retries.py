@@ -14,9 +14,9 @@ from starlette.testclient import TestClient
 
 from app.events import ALL, JobEvents
 from app.main import create_app
-from app.queue import enqueue_ask, open_redis
+from app.queue import open_redis
 from app.settings import Settings
-from tests.conftest import SlashCommands, drain, settings_from
+from tests.conftest import SlashCommands, drain, enqueue_stamped, settings_from
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, RawReply, error, message, trickled
 from tests.fakes.server import Reply
 from tests.fakes.slack import FakeSlack
@@ -290,6 +290,7 @@ def test_a_pause_asked_for_a_day_is_stored_no_longer_than_the_job_timeout(
 
 def test_a_job_whose_rate_limit_wait_would_pass_its_max_age_is_told_at_once(
     settings: Settings,
+    redis_client: redis.Redis,
     commands: SlashCommands,
     fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
@@ -299,13 +300,13 @@ def test_a_job_whose_rate_limit_wait_would_pass_its_max_age_is_told_at_once(
         "an old question", enqueued_at=datetime.now(UTC) - timedelta(seconds=MAX_JOB_AGE_SECONDS - 2)
     )
 
-    async def pause_and_enqueue() -> None:
+    async def pause() -> None:
         client = open_redis(settings)
         await RateLimiter(client, settings.jobs_per_second).pause(5.0, "429 from Anthropic")
-        await enqueue_ask(client, job)
         await client.aclose()
 
-    asyncio.run(pause_and_enqueue())
+    asyncio.run(pause())
+    enqueue_stamped(settings, redis_client, job, redis_age=MAX_JOB_AGE_SECONDS - 2)
     events, seen = _recording()
     drain(settings, events=events)
 
