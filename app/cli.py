@@ -111,7 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--failed", action="store_true", required=True, help="the failed-jobs list")
     for sub in (status, jobs, retry, purge):
         sub.add_argument("--json", action="store_true", help="machine-readable output")
-    ask = commands.add_parser("ask", help="ask a question in the sandbox and print the replies")
+    ask = commands.add_parser(
+        "ask",
+        help="ask a question in the sandbox and print the replies",
+        epilog="exit status: 0 the reply is complete (an answer, or an ack that is the whole reply); "
+        "1 an error message, or no answer within --timeout; 2 cannot ask (stack down, not the sandbox)",
+    )
     ask.add_argument("question")
     ask.add_argument("--url", help="the web process (default: http://127.0.0.1:$PORT, $PORT 3000 by default)")
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
