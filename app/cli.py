@@ -6,7 +6,10 @@
     asklane purge --failed         empty the failed-jobs list
 
     asklane ask "question"         in the sandbox (``make run`` without Slack credentials): send a
-                                   signed /ask to the web process and print what the asker sees
+                                   signed /ask to the web process at $PORT (3000 by default, as
+                                   ``make run`` starts it) and print what the asker sees; exits 0
+                                   when the reply is complete, 1 when it is an error or does not
+                                   come, 2 when it cannot ask (not the sandbox, stack not running)
     asklane sandbox                run the sandbox's Slack and Claude stand-ins (app/sandbox.py)
 
 Tables for people by default; ``--json`` for scripts. Reads REDIS_URL and the rest of the
@@ -19,19 +22,23 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import urlencode
 from urllib.request import Request, urlopen
 
 import uvicorn
+from pydantic import ValidationError
 
-from app import sandbox
+from app import messages, sandbox
 from app.queue import open_redis
-from app.settings import Settings, load_settings
+from app.settings import SANDBOX_ENV_FILE, Settings, describe_errors
 from app.verification import FORM, signature_of
 from workers import operations, retention
 
@@ -45,8 +52,49 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
         uvicorn.run(sandbox.create_app(), host="127.0.0.1", port=args.port, log_level="warning")
         return 0
     if args.command == "ask":
-        return ask_in_sandbox(settings or load_settings(), args.question, args.url, args.timeout)
-    return asyncio.run(_run(args, settings or load_settings()))
+        return ask_in_sandbox(
+            settings or _load_settings(), args.question, args.url or web_url(), args.timeout
+        )
+    return asyncio.run(_run(args, settings or _load_settings()))
+
+
+#: Where ``make run`` (scripts/run-local) and the Procfile put the web process without $PORT.
+DEFAULT_WEB_PORT = 3000
+
+#: What `make run` in sandbox mode provides when .env leaves them empty.
+_SANDBOX_PROVIDES = frozenset(name.lower() for name in sandbox.sandbox_settings(offline_model=True))
+
+_START_HINT = "start it with `make run` (README, Quick start)"
+
+
+def web_url() -> str:
+    """The web process as ``make run`` starts it: on $PORT of this machine."""
+    return f"http://127.0.0.1:{os.environ.get('PORT') or DEFAULT_WEB_PORT}"
+
+
+def _load_settings() -> Settings:
+    """The settings, or exit 2 with one line: how to start the stack when that is what is missing,
+    the settings error otherwise."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        missing = {str(e["loc"][0]) for e in error.errors() if e["type"] == "missing" and e["loc"]}
+        # Sandbox mode is Slack credentials absent; make run then provides these in the file.
+        only_sandbox_missing = (
+            len(missing) == len(error.errors())
+            and {"slack_signing_secret", "slack_bot_token"} <= missing <= _SANDBOX_PROVIDES
+        )
+        if only_sandbox_missing and not Path(SANDBOX_ENV_FILE).exists():
+            # Credentials absent and no sandbox settings: the sandbox stack is not running,
+            # which is what a newcomer needs to hear, not a settings error.
+            print(
+                f"asklane: the stack is not running (no {SANDBOX_ENV_FILE}) and "
+                f"{', '.join(sorted(name.upper() for name in missing))} are not set: {_START_HINT}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"asklane: invalid configuration: {describe_errors(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,22 +111,54 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--failed", action="store_true", required=True, help="the failed-jobs list")
     for sub in (status, jobs, retry, purge):
         sub.add_argument("--json", action="store_true", help="machine-readable output")
-    ask = commands.add_parser("ask", help="ask a question in the sandbox and print the replies")
+    ask = commands.add_parser(
+        "ask",
+        help="ask a question in the sandbox and print the replies",
+        epilog="exit status: 0 the reply is complete (an answer, or an ack that is the whole reply); "
+        "1 an error message, or no answer within --timeout; 2 cannot ask (stack down, not the sandbox)",
+    )
     ask.add_argument("question")
-    ask.add_argument("--url", default="http://127.0.0.1:3000", help="the web process (default :3000)")
+    ask.add_argument("--url", help="the web process (default: http://127.0.0.1:$PORT, $PORT 3000 by default)")
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     stand_ins = commands.add_parser("sandbox", help="run the local Slack and Claude stand-ins")
     stand_ins.add_argument("--port", type=int, default=sandbox.DEFAULT_PORT)
     return parser
 
 
+class StackUnreachable(Exception):
+    """The web process or the sandbox's stand-in did not answer: the stack is not running."""
+
+    def __init__(self, url: str, error: OSError) -> None:
+        reason = getattr(error, "reason", None) or error
+        super().__init__(f"nothing answers at {url} ({reason})")
+
+
+def awaits_more(ack: dict[str, Any]) -> bool:
+    """Whether another message follows ``ack``. The web acks a queued question with the "Working
+    on it" notice and nothing else; any other ack (help, too long, over quota, unavailable) is the
+    whole reply."""
+    return ack.get("text") == messages.working_on_it("").text
+
+
 def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: float) -> int:
     """Send ``question`` as a signed slash command and print each message its asker would see,
-    until the answer (exit 0) or an error message (exit 1) arrives."""
+    until the reply is complete (exit 0: the answer, or an ack that is the whole reply) or failed
+    (exit 1: an error message, or nothing within ``timeout``); exit 2 when it cannot ask."""
     prefix = settings.slack_response_url_prefixes[0]
     if not prefix.endswith(sandbox.RESPONSE_PATH):
         print("asklane ask works in the sandbox: `make run` without Slack credentials", file=sys.stderr)
         return 2
+    try:
+        return _converse(settings, prefix, question, web_url, timeout)
+    except StackUnreachable as error:
+        print(f"asklane: {error}: the stack is not running; {_START_HINT}", file=sys.stderr)
+        return 2
+    except HTTPError as error:
+        print(f"asklane: {error.url} answered HTTP {error.code} {error.reason}", file=sys.stderr)
+        return 1
+
+
+def _converse(settings: Settings, prefix: str, question: str, web_url: str, timeout: float) -> int:
     base = prefix.removesuffix(sandbox.RESPONSE_PATH)
     hook = uuid.uuid4().hex
     form = {
@@ -97,17 +177,16 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
         "X-Slack-Request-Timestamp": timestamp,
         "X-Slack-Signature": signature_of(body, timestamp, settings.slack_signing_secret.get_secret_value()),
     }
-    with urlopen(Request(web_url + "/slack/events", body, headers), timeout=10) as response:
-        print(_shown({"via": "ack", **json.loads(response.read())}))
+    ack = _json(Request(web_url + "/slack/events", body, headers), timeout=10)
+    print(_shown({"via": "ack", **ack}))
+    if not awaits_more(ack):
+        return 0
     deadline = time.monotonic() + timeout
     seen = {hook: 0, f"{form['channel_id']}:{form['user_id']}": 0}
     while time.monotonic() < deadline:
         for box in seen:
             wait = 1.0 if box == hook else 0.0
-            with urlopen(
-                f"{base}{sandbox.MESSAGES_PATH}{box}?after={seen[box]}&wait={wait}", timeout=15
-            ) as reply:
-                arrived = json.loads(reply.read())
+            arrived = _json(f"{base}{sandbox.MESSAGES_PATH}{box}?after={seen[box]}&wait={wait}", timeout=15)
             seen[box] += len(arrived)
             for message in arrived:
                 print(_shown(message))
@@ -115,6 +194,17 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
                     return 1 if str(message.get("text", "")).startswith(":x:") else 0
     print(f"no answer within {timeout:g} s", file=sys.stderr)
     return 1
+
+
+def _json(request: Request | str, timeout: float) -> Any:
+    url = request.full_url if isinstance(request, Request) else request
+    try:
+        with urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except HTTPError:
+        raise
+    except OSError as error:  # refused, reset, timed out: URLError and socket errors alike
+        raise StackUnreachable(url.split("?")[0], error) from None
 
 
 def _shown(message: dict[str, Any]) -> str:

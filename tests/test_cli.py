@@ -15,10 +15,21 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.cli import main
+from app import messages, sandbox
+from app.cli import awaits_more, main
 from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
-from tests.conftest import SlashCommands, WorkerProcess, drain, queued_job_ids, wait_until
+from tests.conftest import (
+    ROOT,
+    SlashCommands,
+    WebProcess,
+    WorkerProcess,
+    drain,
+    free_port,
+    queued_job_ids,
+    settings_from,
+    wait_until,
+)
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.fakes.slack import FakeSlack
 from workers.retention import FAILED_KEY
@@ -145,3 +156,121 @@ def test_the_installed_command_reads_its_settings_from_the_environment(
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("queued      0 interactive, 0 background")
+
+
+# --- asklane ask: the sandbox's question from the terminal -------------------------------------
+
+
+@pytest.fixture
+def sandbox_env(env: dict[str, str]) -> dict[str, str]:
+    """The test deployment with response_urls at a sandbox stand-in's address where nothing
+    listens: ``asklane ask`` may not go there unless a message is still to come."""
+    prefix = f"http://127.0.0.1:{free_port()}{sandbox.RESPONSE_PATH}"
+    return env | {"SLACK_RESPONSE_URL_PREFIXES": prefix}
+
+
+@pytest.mark.parametrize(
+    ("ack", "more"),
+    [
+        (messages.working_on_it("a question"), True),
+        (messages.usage("/ask"), False),
+        (messages.too_long("/ask", 5000, 4000), False),
+        (messages.over_quota("user", 10, "minute", 30), False),
+        (messages.unavailable("ref12345"), False),
+        (messages.malformed_request("ref12345"), False),
+    ],
+    ids=["working-on-it", "usage", "too-long", "over-quota", "unavailable", "malformed"],
+)
+def test_only_the_working_on_it_ack_awaits_another_message(ack: messages.SlackMessage, more: bool) -> None:
+    assert awaits_more({"response_type": "ephemeral", "text": ack.text, "blocks": ack.blocks}) is more
+
+
+@pytest.mark.parametrize(
+    ("question", "shown"), [("help", "Ask Claude anything"), ("x" * 4001, "4,001 characters long")]
+)
+def test_ask_prints_an_ack_that_is_the_whole_reply_and_exits_0_at_once(
+    start_web: Callable[..., WebProcess],
+    sandbox_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    question: str,
+    shown: str,
+) -> None:
+    web = start_web(**sandbox_env)
+
+    status = main(["ask", question, "--url", web.url], settings_from(sandbox_env))
+
+    assert status == 0
+    assert shown in capsys.readouterr().out
+
+
+def test_ask_without_url_asks_the_web_process_on_port_as_make_run_starts_it(
+    start_web: Callable[..., WebProcess],
+    sandbox_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    web = start_web(**sandbox_env)
+    monkeypatch.setenv("PORT", str(web.port))
+
+    assert main(["ask", "help"], settings_from(sandbox_env)) == 0
+    assert "Ask Claude anything" in capsys.readouterr().out
+
+
+def test_ask_with_the_stack_not_running_says_in_one_line_how_to_start_it(
+    sandbox_env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORT", str(free_port()))  # nothing listens there
+
+    status = main(["ask", "anyone there?"], settings_from(sandbox_env))
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert "the stack is not running" in line and "`make run`" in line
+
+
+def _asklane_outside_the_stack(command: str, folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed ``asklane`` run in ``folder``, with no setting from the test's environment."""
+    names = {name.upper() for name in Settings.model_fields} | {"PORT"}
+    clean = {key: value for key, value in os.environ.items() if key.upper() not in names}
+    asklane = Path(sys.executable).parent / "asklane"
+    return subprocess.run(
+        [str(asklane), command, *(["a question"] if command == "ask" else [])],
+        env=clean | env,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("command", ["status", "ask"])
+@pytest.mark.parametrize("dotenv", [False, True], ids=["no-.env", ".env-from-example"])
+def test_without_credentials_or_a_running_sandbox_asklane_says_how_to_start_the_stack(
+    tmp_path: Path, command: str, dotenv: bool
+) -> None:
+    if dotenv:  # what a newcomer has after a first `make run`, stopped since
+        (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+
+    done = _asklane_outside_the_stack(command, tmp_path)
+
+    [line] = done.stderr.splitlines()
+    assert done.returncode == 2
+    assert line.startswith("asklane: the stack is not running") and "`make run`" in line
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"SLACK_SIGNING_SECRET": "s", "SLACK_BOT_TOKEN": "xoxb-t"}, "ANTHROPIC_API_KEY"),
+    ],
+    ids=["a-bad-value-besides", "slack-credentials-without-anthropic"],
+)
+def test_a_real_misconfiguration_is_still_reported_as_one(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    done = _asklane_outside_the_stack("status", tmp_path, **env)
+
+    [line] = done.stderr.splitlines()
+    assert done.returncode == 2
+    assert line.startswith("asklane: invalid configuration:") and named in line

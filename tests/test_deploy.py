@@ -1,4 +1,5 @@
-"""The files Heroku reads agree with the code: app.json, Procfile, requirements.txt, .python-version."""
+"""The files Heroku and a newcomer read agree with the code: app.json, Procfile, requirements.txt,
+.python-version, .env.example and the README's Quick start and configuration table."""
 
 from __future__ import annotations
 
@@ -60,3 +61,30 @@ def test_heroku_installs_the_package_with_the_python_the_project_requires() -> N
     assert requirements == ["."]
     assert minimum is not None
     assert (ROOT / ".python-version").read_text().strip() == minimum.group(1)
+
+
+def _readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_configuration_table_lists_every_setting_and_the_local_ports() -> None:
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", _readme_section("Configuration"), re.M))
+
+    # PORT and SANDBOX_PORT are read by the Procfile, make run and asklane ask, not by Settings.
+    assert documented == {name.upper() for name in Settings.model_fields} | {"PORT", "SANDBOX_PORT"}
+
+
+def test_env_example_logs_for_reading_locally_while_production_defaults_to_json() -> None:
+    example = dict(
+        line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if line[:1].isupper()
+    )
+
+    assert example["LOG_FORMAT"] == "console"
+    assert Settings.model_fields["log_format"].default == "json"
+
+
+def test_quick_start_installs_what_make_test_needs() -> None:
+    [apt] = re.findall(r"`apt-get install ([^`]+)`", _readme_section("Quick start"))
+
+    assert {"make", "redis-server", "openssl"} <= set(apt.split())
