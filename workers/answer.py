@@ -12,7 +12,6 @@ import structlog
 from arq import Retry
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from app import messages
@@ -25,7 +24,6 @@ from workers.delivery import SlackDelivery
 from workers.errors import (
     BackPressure,
     DeliveryFailed,
-    InvalidPayload,
     JobError,
     PermanentError,
     TransientError,
@@ -76,28 +74,11 @@ class JobFailed(Exception):
     """Raised after the user has been told, so arq records the job as failed with its cause."""
 
 
-async def answer_question(ctx: dict[str, Any], payload: object) -> str:
-    """arq job: answer one AskJob. Returns how the answer was delivered."""
+async def answer_question(ctx: dict[str, Any], job: AskJob) -> str:
+    """Answer one AskJob (validated by arq's entry, workers/worker.py). Returns how the answer
+    was delivered."""
     deps: WorkerDeps = ctx["deps"]
     run: int = ctx["job_try"]
-    try:
-        job = AskJob.model_validate(payload)
-    except ValidationError as error:
-        # No trustworthy response_url or user to tell; fail once, visibly to operators.
-        fields = sorted({".".join(map(str, e["loc"])) for e in error.errors()})
-        await deps.events.emit(
-            "job.failed",
-            level="error",
-            job_id=ctx["job_id"],
-            error="InvalidPayload",
-            detail=f"fields {fields}",
-            permanent=True,
-        )
-        await _retain(
-            deps, ctx["job_id"], None, payload, "failed", Timings(), error=f"invalid payload {fields}"
-        )
-        raise InvalidPayload(f"payload does not match AskJob: {fields}") from None
-
     with structlog.contextvars.bound_contextvars(
         job_id=job.job_id, team=job.team_id, user=job.user_id, reference=job.reference, run=run
     ):

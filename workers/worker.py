@@ -71,11 +71,11 @@ async def answer_job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
     the wrong shape fails as a reported job (workers/rejected.py), not as a TypeError in arq."""
     if len(args) == 1 and not kwargs:
         try:
-            AskJob.model_validate(args[0])
+            job = AskJob.model_validate(args[0])
         except ValidationError:
             pass
         else:
-            return await answer_question(ctx, args[0])
+            return await answer_question(ctx, job)
     envelope = {"f": ANSWER_JOB, "a": list(args), "k": kwargs}
     rejection = rejected.examine(envelope, ctx["job_id"])
     assert rejection is not None  # a well-formed job returned above
