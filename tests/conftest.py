@@ -389,7 +389,7 @@ def drain(settings: Settings, *, events: JobEvents | None = None) -> Worker:
         try:
             await asyncio.wait_for(worker.async_run(), DRAIN_TIMEOUT_SECONDS)
         except TimeoutError:
-            pytest.fail(f"worker did not drain in {DRAIN_TIMEOUT_SECONDS} s; tasks:\n{_task_stacks()}")
+            pytest.fail(f"worker did not drain in {DRAIN_TIMEOUT_SECONDS} s; tasks:\n{task_stacks()}")
         finally:
             await asyncio.wait_for(worker.close(), 10)
         return worker
@@ -404,12 +404,12 @@ def drain(settings: Settings, *, events: JobEvents | None = None) -> Worker:
             task.cancel()
         if leftovers:
             _, stuck = loop.run_until_complete(asyncio.wait(leftovers, timeout=10))
-            assert not stuck, f"tasks ignored cancellation:\n{_task_stacks(loop)}"
+            assert not stuck, f"tasks ignored cancellation:\n{task_stacks(loop)}"
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
-def _task_stacks(loop: asyncio.AbstractEventLoop | None = None) -> str:
+def task_stacks(loop: asyncio.AbstractEventLoop | None = None) -> str:
     out = io.StringIO()
     for task in asyncio.all_tasks(loop):
         task.print_stack(file=out)

@@ -43,6 +43,7 @@ from tests.conftest import (
     enqueue_stamped,
     max_in_window,
     settings_from,
+    task_stacks,
     wait_until,
 )
 from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
@@ -502,9 +503,11 @@ def test_a_retry_that_comes_due_on_a_busy_worker_starts_on_an_idle_one(
         finally:
             for task in running:
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            # Bounded: a worker that ignored its cancellation fails the test, showing where.
+            _, stuck = await asyncio.wait(running, timeout=15)
+            assert not stuck, f"workers ignored cancellation:\n{task_stacks()}"
             for worker in workers:
-                await worker.close()
+                await asyncio.wait_for(worker.close(), 15)
 
     asyncio.run(run())
 

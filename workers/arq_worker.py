@@ -75,6 +75,12 @@ class AsklaneWorker(arq.worker.Worker):
         self._health_reported_at = 0.0
 
     async def _poll_iteration(self) -> None:
+        # A stop (arq cancels the loop's task on SIGINT, and tests cancel it) that landed inside a
+        # Redis command can be swallowed by redis-py (redis/redis-py#2028): the task still counts
+        # the request, so honour it here rather than poll on forever.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         # Read before arq's own poll: a job due between this reading and arq's is then seen as
         # "upcoming" below and polled again at once, rather than missed until the idle timeout.
         polled_at_ms = time.time() * 1000

@@ -25,13 +25,25 @@ class RedisTap:
         self.fired = threading.Event()
 
     def start(self) -> Self:
-        threading.Thread(target=self._run, daemon=True).start()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("tap did not start")
         return self
 
     def stop(self) -> None:
+        """Close every proxied connection, then the loop, so no task is left pending."""
+
+        async def close_connections() -> None:
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            if others:
+                await asyncio.wait(others, timeout=5)
+
+        asyncio.run_coroutine_threadsafe(close_connections(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
     def before_reply(self, matches: Callable[[bytes], bool], action: Callable[[], None]) -> None:
         """Once: when a command sent through the tap ``matches``, run ``action`` after Redis has
