@@ -38,7 +38,7 @@ from harness import (
     start_loopback,
 )
 
-from tests.conftest import SlashCommands, signature_headers
+from tests.support.slack_requests import SlashCommands, signature_headers
 
 WORKING = "Working on it"
 UNAVAILABLE = "temporarily unavailable"

@@ -31,8 +31,9 @@ from pathlib import Path
 import httpx
 from harness import WebProcess, deployment_env, start_loopback
 
-from tests.conftest import SlashCommands, WorkerProcess
-from tests.fakes.slack import POST_EPHEMERAL, RESPONSE
+from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE
+from tests.support.processes import WorkerProcess
+from tests.support.slack_requests import SlashCommands
 
 
 def main() -> int:

@@ -45,10 +45,12 @@ from harness import (
 )
 
 from app.job import job_id_for
-from tests.conftest import SlashCommands, WorkerProcess, log_events, signature_headers
-from tests.fakes.anthropic import MESSAGES, message
-from tests.fakes.server import Reply
-from tests.fakes.slack import POST_EPHEMERAL, RESPONSE
+from tests.support.fakes.anthropic import MESSAGES, message
+from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE
+from tests.support.logs import log_events
+from tests.support.processes import WorkerProcess
+from tests.support.slack_requests import SlashCommands, signature_headers
 
 WORKING = "Working on it"
 

@@ -1,8 +1,8 @@
 """Shared pieces of the benchmarks: the deployment they run against and the statistics they print.
 
 Everything listens on 127.0.0.1: a private redis-server, the fake Slack and Anthropic servers from
-the test suite, and the web process as a real uvicorn subprocess (the Procfile's web command, bound
-to loopback). Nothing here talks to any other host.
+the test support package (tests/support), and the web process as a real uvicorn subprocess (the
+Procfile's web command, bound to loopback). Nothing here talks to any other host.
 """
 
 from __future__ import annotations
@@ -17,17 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import (  # noqa: E402
-    ANTHROPIC_KEY,
-    BOT_TOKEN,
-    SIGNING_SECRET,
-    RedisServer,
-    WebProcess,
-    log_events,
-    max_in_window,
-)
-from tests.fakes.anthropic import FakeAnthropic  # noqa: E402
-from tests.fakes.slack import FakeSlack  # noqa: E402
+from tests.support.deployment import loopback_env  # noqa: E402
+from tests.support.fakes.anthropic import FakeAnthropic  # noqa: E402
+from tests.support.fakes.slack import FakeSlack  # noqa: E402
+from tests.support.logs import log_events  # noqa: E402
+from tests.support.measures import max_in_window  # noqa: E402
+from tests.support.processes import WebProcess  # noqa: E402
+from tests.support.redis import RedisServer  # noqa: E402
 
 __all__ = [
     "ROOT",
@@ -46,20 +42,9 @@ __all__ = [
 def deployment_env(redis: RedisServer, slack: FakeSlack, anthropic: FakeAnthropic) -> dict[str, str]:
     """Settings of a loopback deployment, as the processes read them from the environment."""
     return {
-        "REDIS_URL": redis.url,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_BOT_TOKEN": BOT_TOKEN,
-        "SLACK_API_URL": slack.api_url,
-        "SLACK_RESPONSE_URL_PREFIXES": slack.response_prefix,
-        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
-        "ANTHROPIC_BASE_URL": anthropic.url,
+        **loopback_env(redis.url, slack, anthropic),
         # Per-request INFO logging is not what is being measured.
         "LOG_LEVEL": "WARNING",
-        # Nor are the fair-use limits: one bench user asks thousands of questions.
-        "QUOTA_USER_PER_MINUTE": "0",
-        "QUOTA_USER_PER_DAY": "0",
-        "QUOTA_TEAM_PER_MINUTE": "0",
-        "QUOTA_TEAM_PER_DAY": "0",
     }
 
 

@@ -34,7 +34,9 @@ from pathlib import Path
 
 from harness import WebProcess, deployment_env, start_loopback
 
-from tests.conftest import flood_headers, free_port, rss_bytes
+from tests.support.measures import rss_bytes
+from tests.support.processes import free_port
+from tests.support.slack_requests import flood_headers
 
 CONNECTIONS = 4
 MB = 1024 * 1024

@@ -50,7 +50,8 @@ from harness import (
     start_loopback,
 )
 
-from tests.conftest import SIGNING_SECRET, WorkerProcess, free_port
+from tests.support.deployment import SIGNING_SECRET
+from tests.support.processes import WorkerProcess, free_port
 
 VENV_BIN = Path(sys.executable).parent
 TARGETS = {"asklane, workers draining": (None, 25.0), "asklane, workers idle": (3.0, 10.0)}

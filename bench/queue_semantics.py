@@ -86,8 +86,10 @@ from harness import (
 
 from app.job import AskJob
 from app.queue import enqueue_ask, open_redis
-from tests.conftest import SlashCommands, WorkerProcess, settings_from
-from tests.fakes.anthropic import MESSAGES, error
+from tests.support.deployment import settings_from
+from tests.support.fakes.anthropic import MESSAGES, error
+from tests.support.processes import WorkerProcess
+from tests.support.slack_requests import SlashCommands
 
 SCENARIOS = ("pickup", "rate", "retry", "sigkill")
 

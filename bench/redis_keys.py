@@ -23,8 +23,9 @@ if str(ROOT) not in sys.path:
 
 from app.queue import enqueue_ask, open_redis  # noqa: E402
 from bench.harness import FakeAnthropic, FakeSlack, RedisServer, deployment_env  # noqa: E402
-from tests.conftest import SlashCommands, settings_from  # noqa: E402
-from tests.fakes.anthropic import MESSAGES, error  # noqa: E402
+from tests.support.deployment import settings_from  # noqa: E402
+from tests.support.fakes.anthropic import MESSAGES, error  # noqa: E402
+from tests.support.slack_requests import SlashCommands  # noqa: E402
 from workers.arq_worker import AsklaneWorker  # noqa: E402
 from workers.worker import worker_settings  # noqa: E402
 

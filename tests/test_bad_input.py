@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from app.verification import MAX_BODY_BYTES
-from tests.conftest import SlashCommands, ack_text, queued_job_ids, signature_headers
+from tests.support.jobs import queued_job_ids
+from tests.support.slack_requests import SlashCommands, ack_text, signature_headers
 
 FORM = "application/x-www-form-urlencoded"
 

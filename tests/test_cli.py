@@ -19,19 +19,13 @@ from app import messages, sandbox
 from app.cli import awaits_more, main
 from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
-from tests.conftest import (
-    ROOT,
-    SlashCommands,
-    WebProcess,
-    WorkerProcess,
-    drain,
-    free_port,
-    queued_job_ids,
-    settings_from,
-    wait_until,
-)
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
-from tests.fakes.slack import FakeSlack
+from tests.support.deployment import ROOT, settings_from
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.support.fakes.slack import FakeSlack
+from tests.support.jobs import drain, queued_job_ids
+from tests.support.processes import WebProcess, WorkerProcess, free_port
+from tests.support.slack_requests import SlashCommands
+from tests.support.waiting import wait_until
 from workers.retention import FAILED_KEY
 
 

@@ -12,10 +12,12 @@ from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import BOT_TOKEN, SlashCommands, drain, queued_job_ids, settings_from
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
-from tests.fakes.server import Reply
-from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+from tests.support.deployment import BOT_TOKEN, settings_from
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+from tests.support.jobs import drain, queued_job_ids
+from tests.support.slack_requests import SlashCommands
 from workers.delivery import RESPONSE_URL_USES
 from workers.retention import FAILED_KEY
 

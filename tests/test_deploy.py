@@ -12,7 +12,7 @@ import pytest
 from pydantic_core import PydanticUndefined
 
 from app.settings import Settings
-from tests.conftest import ROOT
+from tests.support.deployment import ROOT
 
 
 @pytest.fixture(scope="module")

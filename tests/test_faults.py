@@ -10,26 +10,21 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import (
-    RedisServer,
-    SlashCommands,
-    WebProcess,
-    WorkerProcess,
-    ack_text,
-    queued_job_ids,
-    wait_until,
-)
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
-from tests.fakes.server import Reply
-from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
+from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+from tests.support.jobs import queued_job_ids
+from tests.support.processes import WebProcess, WorkerProcess
+from tests.support.redis import RedisServer
+from tests.support.slack_requests import SlashCommands, ack_text
+from tests.support.waiting import wait_until
 
 FINAL = ("Answer to:", ":x: Sorry")
 
@@ -83,23 +78,14 @@ def _send(client: TestClient | httpx.Client, commands: SlashCommands, texts: lis
     return forms
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own, with AOF on, that the test may stop, kill and restart."""
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    server.workdir.mkdir()
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_with_redis_stopped_the_web_still_answers_and_both_processes_recover(
-    own_redis: RedisServer,
+    start_redis: Callable[..., RedisServer],
     commands: SlashCommands,
     start_web: Callable[..., WebProcess],
     start_worker: Callable[..., WorkerProcess],
     fake_slack: FakeSlack,
 ) -> None:
+    own_redis = start_redis(appendonly=True)  # AOF on: stored jobs survive a kill
     web = start_web(REDIS_URL=own_redis.url)
     worker = start_worker(REDIS_URL=own_redis.url)
     client = httpx.Client(base_url=web.url, timeout=10)
@@ -123,12 +109,13 @@ def test_with_redis_stopped_the_web_still_answers_and_both_processes_recover(
 
 
 def test_queued_jobs_survive_redis_being_killed_and_restarted(
-    own_redis: RedisServer,
+    start_redis: Callable[..., RedisServer],
     commands: SlashCommands,
     start_web: Callable[..., WebProcess],
     start_worker: Callable[..., WorkerProcess],
     fake_slack: FakeSlack,
 ) -> None:
+    own_redis = start_redis(appendonly=True)  # AOF on: stored jobs survive a kill
     web = start_web(REDIS_URL=own_redis.url)
     forms = _send(httpx.Client(base_url=web.url), commands, [f"stored question {n}" for n in range(5)])
 
@@ -294,13 +281,14 @@ _ALL_BUT_ARQ_RESULTS = [
 
 
 def test_redis_failing_as_arq_records_the_job_finished_leaves_the_answer_in_view(
-    own_redis: RedisServer,
+    start_redis: Callable[..., RedisServer],
     commands: SlashCommands,
     start_web: Callable[..., WebProcess],
     start_worker: Callable[..., WorkerProcess],
     fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
+    own_redis = start_redis(appendonly=True)  # AOF on: stored jobs survive a kill
     admin = own_redis.client()
 
     def refuse_arq_results(body: Any) -> None:

@@ -10,9 +10,10 @@ import redis
 
 from app.events import ALL, JobEvents
 from app.settings import Settings
-from tests.conftest import SlashCommands, drain, enqueue_stamped
-from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.slack import FakeSlack
+from tests.support.fakes.anthropic import FakeAnthropic
+from tests.support.fakes.slack import FakeSlack
+from tests.support.jobs import drain, enqueue_stamped
+from tests.support.slack_requests import SlashCommands
 from workers.retry import MAX_JOB_AGE_SECONDS
 
 

@@ -23,9 +23,12 @@ from app.job import ANSWER_JOB, AskJob, deserialize, reference_for, serialize
 from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
 from app.slack_app import build_bolt_app
-from tests.conftest import SlashCommands, drain, free_port, settings_from
-from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.slack import FakeSlack
+from tests.support.deployment import settings_from
+from tests.support.fakes.anthropic import FakeAnthropic
+from tests.support.fakes.slack import FakeSlack
+from tests.support.jobs import drain
+from tests.support.processes import free_port
+from tests.support.slack_requests import SlashCommands
 from workers.retention import JobRecord, recent
 from workers.retry import ARQ_MAX_TRIES
 

@@ -14,19 +14,14 @@ import httpx
 from starlette.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import (
-    ROOT,
-    RedisServer,
-    SlashCommands,
-    WorkerProcess,
-    free_port,
-    is_alive,
-    settings_from,
-    wait_until,
-)
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, message
-from tests.fakes.server import Reply
-from tests.fakes.slack import FakeSlack
+from tests.support.deployment import ROOT, settings_from
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, message
+from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import FakeSlack
+from tests.support.processes import WorkerProcess, free_port, is_alive
+from tests.support.redis import RedisServer
+from tests.support.slack_requests import SlashCommands
+from tests.support.waiting import wait_until
 
 ANSWER = "Answer to: what is a p99?"
 
@@ -98,25 +93,21 @@ def test_worker_survives_a_redis_restart_and_answers_afterwards(
     commands: SlashCommands,
     start_worker: Callable[..., WorkerProcess],
     fake_slack: FakeSlack,
-    tmp_path: Path,
+    start_redis: Callable[..., RedisServer],
 ) -> None:
-    own_redis = RedisServer(tmp_path)
-    own_redis.start()
-    try:
-        worker = start_worker(REDIS_URL=own_redis.url)
-        own_redis.stop()
-        worker.wait_for_log("redis.unavailable")
-        time.sleep(1.0)
-        assert worker.process.poll() is None
+    own_redis = start_redis()
+    worker = start_worker(REDIS_URL=own_redis.url)
+    own_redis.stop()
+    worker.wait_for_log("redis.unavailable")
+    time.sleep(1.0)
+    assert worker.process.poll() is None
 
-        own_redis.start()
-        worker.wait_for_log("redis.reconnected")
-        with TestClient(create_app(settings_from({**env, "REDIS_URL": own_redis.url}))) as web:
-            commands.send(web, "what is a p99?")
-        wait_until(fake_slack.delivered)
-        assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
-    finally:
-        own_redis.stop()
+    own_redis.start()
+    worker.wait_for_log("redis.reconnected")
+    with TestClient(create_app(settings_from({**env, "REDIS_URL": own_redis.url}))) as web:
+        commands.send(web, "what is a p99?")
+    wait_until(fake_slack.delivered)
+    assert [post["text"] for post in fake_slack.delivered()] == [ANSWER]
 
 
 def test_procfile_web_line_serves_slack_on_port_and_stops_on_sigterm(

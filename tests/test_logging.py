@@ -12,18 +12,13 @@ import structlog
 from starlette.testclient import TestClient
 
 from app.logs import configure_logging
-from tests.conftest import (
-    ANTHROPIC_KEY,
-    BOT_TOKEN,
-    SIGNING_SECRET,
-    SlashCommands,
-    WorkerProcess,
-    settings_from,
-    wait_until,
-)
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
-from tests.fakes.server import Reply
-from tests.fakes.slack import RESPONSE, FakeSlack
+from tests.support.deployment import ANTHROPIC_KEY, BOT_TOKEN, SIGNING_SECRET, settings_from
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import RESPONSE, FakeSlack
+from tests.support.processes import WorkerProcess
+from tests.support.slack_requests import SlashCommands
+from tests.support.waiting import wait_until
 
 QUESTION = "which-unique-question-text-42?"
 

@@ -13,7 +13,10 @@ from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import ROOT, SlashCommands, ack_text, signature_headers
+from tests.support.deployment import ROOT
+
+#: The bot scope each Web API method the code calls needs.
+from tests.support.slack_requests import SlashCommands, ack_text, signature_headers
 
 #: The bot scope each Web API method the code calls needs.
 SCOPE_OF_METHOD = {"chat_postEphemeral": "chat:write"}

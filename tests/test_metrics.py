@@ -10,16 +10,13 @@ from starlette.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import (
-    RedisServer,
-    SlashCommands,
-    drain,
-    free_port,
-    settings_from,
-    signature_headers,
-    wait_until,
-)
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.support.deployment import settings_from
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.support.jobs import drain
+from tests.support.processes import free_port
+from tests.support.redis import RedisServer
+from tests.support.slack_requests import SlashCommands, signature_headers
+from tests.support.waiting import wait_until
 
 
 def _samples(web: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

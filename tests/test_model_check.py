@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 from starlette.testclient import TestClient
 
-from tests.conftest import SlashCommands, WorkerProcess, wait_until
-from tests.fakes.slack import FakeSlack
+from tests.support.fakes.slack import FakeSlack
+from tests.support.processes import WorkerProcess
+from tests.support.slack_requests import SlashCommands
+from tests.support.waiting import wait_until
 
 
 def test_a_worker_started_with_an_unknown_model_logs_one_error_naming_it(

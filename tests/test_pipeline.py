@@ -5,10 +5,12 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from app.settings import Settings
-from tests.conftest import ANTHROPIC_KEY, SlashCommands, ack_text, drain, queued_job_ids
-from tests.fakes.anthropic import FakeAnthropic, api_key
-from tests.fakes.server import Reply
-from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+from tests.support.deployment import ANTHROPIC_KEY
+from tests.support.fakes.anthropic import FakeAnthropic, api_key
+from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
+from tests.support.jobs import drain, queued_job_ids
+from tests.support.slack_requests import SlashCommands, ack_text
 
 
 def test_ask_acks_with_an_ephemeral_notice_echoing_the_question(

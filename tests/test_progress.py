@@ -17,9 +17,13 @@ from starlette.testclient import TestClient
 from app.job import ANSWER_JOB, AskJob, serialize
 from app.queue import open_redis
 from app.settings import Settings
-from tests.conftest import SlashCommands, WorkerProcess, drain, settings_from, wait_until
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
-from tests.fakes.slack import RESPONSE, FakeSlack
+from tests.support.deployment import settings_from
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.support.fakes.slack import RESPONSE, FakeSlack
+from tests.support.jobs import drain
+from tests.support.processes import WorkerProcess
+from tests.support.slack_requests import SlashCommands
+from tests.support.waiting import wait_until
 from workers import store
 from workers.delivery import SlackDelivery
 from workers.progress import MAX_INTERIM_UPDATES, sweep_forever, sweep_once

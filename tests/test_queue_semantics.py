@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,21 +34,17 @@ from app.queue import (
     promote_due_interactive,
 )
 from app.settings import Settings
-from tests.conftest import (
-    RedisServer,
-    SlashCommands,
-    WorkerProcess,
-    drain,
-    enqueue_stamped,
-    max_in_window,
-    settings_from,
-    task_stacks,
-    wait_until,
-)
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
-from tests.fakes.redis_tap import RedisTap
-from tests.fakes.server import Reply
-from tests.fakes.slack import RESPONSE, FakeSlack
+from tests.support.deployment import settings_from
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
+from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import RESPONSE, FakeSlack
+from tests.support.jobs import drain, enqueue_stamped, task_stacks
+from tests.support.measures import max_in_window
+from tests.support.processes import WorkerProcess
+from tests.support.redis import RedisServer
+from tests.support.redis_tap import RedisTap
+from tests.support.slack_requests import SlashCommands
+from tests.support.waiting import wait_until
 from workers import arq_worker, lease
 from workers.retention import COMPLETED_KEY, FAILED_KEY
 from workers.worker import worker_settings
@@ -287,10 +282,11 @@ def test_a_worker_starts_jobs_by_priority_then_in_queue_order(
 
 
 def test_sigterm_with_redis_down_still_exits_within_the_grace_period(
-    env: dict[str, str], start_worker: Callable[..., WorkerProcess], tmp_path: Path
+    env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    start_redis: Callable[..., RedisServer],
 ) -> None:
-    own_redis = RedisServer(tmp_path)
-    own_redis.start()
+    own_redis = start_redis()
     worker = start_worker(REDIS_URL=own_redis.url, SHUTDOWN_GRACE_SECONDS="2")
     own_redis.stop()
     worker.wait_for_log("redis.unavailable")

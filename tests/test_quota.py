@@ -13,7 +13,10 @@ import redis
 from starlette.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import SlashCommands, WebProcess, ack_text, queued_job_ids, settings_from
+from tests.support.deployment import settings_from
+from tests.support.jobs import queued_job_ids
+from tests.support.processes import WebProcess
+from tests.support.slack_requests import SlashCommands, ack_text
 
 MakeWeb = Callable[..., TestClient]
 

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 from starlette.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import RedisServer, SlashCommands, drain, settings_from
-from tests.fakes.slack import FakeSlack
-
-
-@pytest.fixture
-def tls_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, tls=True)
-    server.start()
-    yield server
-    server.stop()
+from tests.support.deployment import settings_from
+from tests.support.fakes.slack import FakeSlack
+from tests.support.jobs import drain
+from tests.support.redis import RedisServer
+from tests.support.slack_requests import SlashCommands
 
 
 def test_rediss_with_verification_off_carries_a_command_end_to_end(
-    env: dict[str, str], tls_redis: RedisServer, commands: SlashCommands, fake_slack: FakeSlack
+    env: dict[str, str],
+    start_redis: Callable[..., RedisServer],
+    commands: SlashCommands,
+    fake_slack: FakeSlack,
 ) -> None:
+    tls_redis = start_redis(tls=True)
     settings = settings_from({**env, "REDIS_URL": tls_redis.url, "REDIS_TLS_VERIFY": "false"})
 
     with TestClient(create_app(settings)) as web:
@@ -35,8 +32,9 @@ def test_rediss_with_verification_off_carries_a_command_end_to_end(
 
 
 def test_rediss_with_verification_on_refuses_a_self_signed_certificate(
-    env: dict[str, str], tls_redis: RedisServer
+    env: dict[str, str], start_redis: Callable[..., RedisServer]
 ) -> None:
+    tls_redis = start_redis(tls=True)
     settings = settings_from({**env, "REDIS_URL": tls_redis.url, "REDIS_TLS_VERIFY": "true"})
 
     with TestClient(create_app(settings)) as web:

@@ -16,10 +16,12 @@ from app.events import ALL, JobEvents
 from app.main import create_app
 from app.queue import open_redis
 from app.settings import Settings
-from tests.conftest import SlashCommands, drain, enqueue_stamped, settings_from
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, RawReply, error, message, trickled
-from tests.fakes.server import Reply
-from tests.fakes.slack import FakeSlack
+from tests.support.deployment import settings_from
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, RawReply, error, message, trickled
+from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import FakeSlack
+from tests.support.jobs import drain, enqueue_stamped
+from tests.support.slack_requests import SlashCommands
 from workers.ratelimit import PAUSE_KEY, RateLimiter
 from workers.retry import MAX_JOB_AGE_SECONDS
 

@@ -16,7 +16,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from app import sandbox
-from tests.conftest import ROOT, RedisServer, free_port, is_alive, wait_until
+from tests.support.deployment import ROOT
+from tests.support.processes import free_port, is_alive
+from tests.support.redis import RedisServer
+from tests.support.waiting import wait_until
 
 
 def test_the_slack_stand_in_hands_out_posted_messages_in_order() -> None:

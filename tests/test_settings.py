@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from tests.conftest import ROOT, settings_from
+from tests.support.deployment import ROOT, settings_from
 
 REQUIRED = {
     "SLACK_SIGNING_SECRET": "fake-secret",

@@ -15,17 +15,12 @@ from app.ask import MAX_QUESTION_CHARS
 from app.events import JobEvents
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import (
-    RedisServer,
-    SlashCommands,
-    ack_text,
-    drain,
-    free_port,
-    queued_job_ids,
-    settings_from,
-    signature_headers,
-)
-from tests.fakes.slack import FakeSlack
+from tests.support.deployment import settings_from
+from tests.support.fakes.slack import FakeSlack
+from tests.support.jobs import drain, queued_job_ids
+from tests.support.processes import free_port
+from tests.support.redis import RedisServer
+from tests.support.slack_requests import SlashCommands, ack_text, signature_headers
 
 
 @pytest.mark.parametrize("text", ["", "   ", "help", "HELP", "?"])

@@ -7,8 +7,11 @@ import redis
 from starlette.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import SlashCommands, drain, queued_job_ids, settings_from, wait_until
-from tests.fakes.slack import FakeSlack
+from tests.support.deployment import settings_from
+from tests.support.fakes.slack import FakeSlack
+from tests.support.jobs import drain, queued_job_ids
+from tests.support.slack_requests import SlashCommands
+from tests.support.waiting import wait_until
 
 APP_TOKEN = "xapp-1-A0APP-fake-app-token-for-tests"
 

@@ -9,15 +9,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
-from tests.conftest import (
-    WebProcess,
-    flood_headers,
-    is_alive,
-    log_events,
-    rss_bytes,
-    signature_headers,
-    wait_until,
-)
+from tests.support.logs import log_events
+
+#: A budget for "the server closed it", far above the 1 s deadline the tests set.
+from tests.support.measures import rss_bytes
+
+#: A budget for "the server closed it", far above the 1 s deadline the tests set.
+from tests.support.processes import WebProcess, is_alive
+
+#: A budget for "the server closed it", far above the 1 s deadline the tests set.
+from tests.support.slack_requests import flood_headers, signature_headers
+
+#: A budget for "the server closed it", far above the 1 s deadline the tests set.
+from tests.support.waiting import wait_until
 
 #: A budget for "the server closed it", far above the 1 s deadline the tests set.
 CLOSED_WITHIN_SECONDS = 15.0

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.server import FakeServer, Reply
+from tests.support.fakes.server import FakeServer, Reply
 
 RESPONSE = "/response/"
 POST_EPHEMERAL = "/api/chat.postEphemeral"

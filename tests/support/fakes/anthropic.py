@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.server import FakeServer, Reply
+from tests.support.fakes.server import FakeServer, Reply
 
 MESSAGES = "/v1/messages"
 MODELS = "/v1/models"

@@ -1,0 +1,82 @@
+"""Jobs in this process: queue one as the web would, look at the queue, and drain it with a real
+worker (the same AsklaneWorker ``arq workers.WorkerSettings`` runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+import redis
+from arq.worker import Worker
+
+from app.events import JobEvents
+from app.job import AskJob
+from app.queue import ENQUEUED_AT_PREFIX, enqueue_ask, open_redis
+from app.settings import Settings
+from workers.arq_worker import AsklaneWorker
+from workers.worker import worker_settings
+
+DRAIN_TIMEOUT_SECONDS = 90
+
+
+def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, redis_age: float | None) -> None:
+    """Queue ``job`` as the web would, stamped ``redis_age`` seconds ago on Redis's clock (no
+    stamp at all when None, as a release before the stamp queued it)."""
+
+    async def enqueue() -> None:
+        arq_redis = open_redis(settings)
+        assert await enqueue_ask(arq_redis, job)
+        await arq_redis.aclose()
+
+    asyncio.run(enqueue())
+    key = ENQUEUED_AT_PREFIX + job.job_id
+    if redis_age is None:
+        client.delete(key)
+    else:
+        seconds, micros = client.time()
+        client.set(key, int(seconds * 1000 + micros // 1000 - redis_age * 1000), px=3_600_000)
+
+
+def queued_job_ids(client: redis.Redis) -> list[str]:
+    """Ids of the jobs waiting in arq's default queue."""
+    return [member.decode() for member in client.zrange("arq:queue", 0, -1)]
+
+
+def drain(settings: Settings, *, events: JobEvents | None = None) -> Worker:
+    """Run a real worker in this process until the queue (retries included) is empty.
+
+    Bounded, so a worker that never drains fails the test instead of hanging the whole run, and
+    the failure shows where every task of the loop was waiting.
+    """
+
+    async def run() -> Worker:
+        worker = AsklaneWorker(**worker_settings(settings, events), burst=True, handle_signals=False)
+        try:
+            await asyncio.wait_for(worker.async_run(), DRAIN_TIMEOUT_SECONDS)
+        except TimeoutError:
+            pytest.fail(f"worker did not drain in {DRAIN_TIMEOUT_SECONDS} s; tasks:\n{task_stacks()}")
+        finally:
+            await asyncio.wait_for(worker.close(), 10)
+        return worker
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        # asyncio.run would wait unboundedly for leftover tasks to take their cancellation.
+        leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            _, stuck = loop.run_until_complete(asyncio.wait(leftovers, timeout=10))
+            assert not stuck, f"tasks ignored cancellation:\n{task_stacks(loop)}"
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def task_stacks(loop: asyncio.AbstractEventLoop | None = None) -> str:
+    out = io.StringIO()
+    for task in asyncio.all_tasks(loop):
+        task.print_stack(file=out)
+    return out.getvalue()
