@@ -55,8 +55,9 @@ def unknown_command(command: str, ours: str) -> SlackMessage:
 def over_quota(scope: str, allowed: int, period: str, retry_after: float) -> SlackMessage:
     """The asker (or their workspace) has used up a fair-use limit; no job was queued."""
     who = "You have" if scope == "user" else "Your workspace has"
+    asked = "1 question" if allowed == 1 else f"{allowed:,} questions"
     text = (
-        f":raised_hand: {who} asked {allowed:,} questions this {period}, the most asklane takes. "
+        f":raised_hand: {who} asked {asked} this {period}, the most asklane takes. "
         f"You can ask again in {_duration(retry_after)}."
     )
     return SlackMessage(text=text, blocks=[_section(text)])

@@ -129,7 +129,7 @@ def test_the_wait_given_is_that_of_the_limit_that_lifts_last(
 
     refused = commands.send(web, "second")
 
-    assert "You have asked 1 questions this day" in ack_text(refused)
+    assert "You have asked 1 question this day" in ack_text(refused)
     assert "ask again in 24 h" in ack_text(refused)
 
 
