@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from workers.formatting import (
     FALLBACK_CHARS,
     MARKDOWN_LIMIT,
     TRUNCATED_NOTE,
     answer_message,
+    fit_markdown,
 )
 
 SAMPLE = """# Rotating a key
@@ -60,6 +63,34 @@ def test_an_answer_without_line_breaks_is_still_cut_to_the_limit() -> None:
     body = _markdown(answer_message("x" * 50_000).blocks)
 
     assert len(body) <= MARKDOWN_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ("short", "short"),
+        ("x" * 40, "x" * 40),
+        ("a" * 20 + "\n\n" + "b" * 30, "a" * 20 + "\n…"),
+        ("a" * 5 + "\n\n" + "b" * 20 + "\n" + "c" * 30, "a" * 5 + "\n\n" + "b" * 20 + "\n…"),
+        ("x" * 100, "x" * 34 + "\n…"),
+        ("```\n" + "y" * 100, "```\n" + "y" * 30 + "\n…\n```"),
+        ("```\nz\n```\n" + "w" * 100, "```\nz\n```\n" + "w" * 24 + "\n…"),
+    ],
+    ids=[
+        "fits: unchanged",
+        "exactly the limit: unchanged",
+        "at a paragraph break",
+        "at a line break when the last paragraph break is too early",
+        "mid-line when there is no break",
+        "an open code fence is closed",
+        "a closed code fence is left alone",
+    ],
+)
+def test_text_over_the_limit_is_cut_at_the_cleanest_boundary_and_marked(text: str, cut: str) -> None:
+    fitted, truncated = fit_markdown(text, 40)
+
+    assert (fitted, truncated) == (cut, cut != text)
+    assert len(fitted) <= 40
 
 
 def test_notification_text_is_a_short_preview() -> None:
