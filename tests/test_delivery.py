@@ -306,3 +306,49 @@ def test_an_unreadable_stored_failure_still_tells_the_user_and_keeps_a_failed_re
     assert worker.jobs_failed == 1
     [record] = [json.loads(raw) for raw in redis_client.lrange(FAILED_KEY, 0, -1)]
     assert record["error"].startswith("UnreadableRecord")
+
+
+@pytest.mark.parametrize(
+    ("reply", "delivered"),
+    [
+        (Reply(status=429, json={"ok": False, "error": "ratelimited"}, headers={"Retry-After": "0"}), True),
+        (Reply(json={"ok": False, "error": "internal_error"}), True),
+        (Reply(json={"ok": False, "error": "fatal_error"}), True),
+        (Reply(json={"ok": False, "error": "service_unavailable"}), True),
+        (Reply(json={"ok": False, "error": "request_timeout"}), True),
+        (Reply(status=500), True),
+        (Reply(json={"ok": False, "error": "invalid_blocks"}), True),
+        (Reply(json={"ok": False, "error": "channel_not_found"}), False),
+        (Reply(json={"ok": False, "error": "user_not_in_channel"}), False),
+    ],
+    ids=[
+        "ratelimited: retried",
+        "internal_error: retried",
+        "fatal_error: retried",
+        "service_unavailable: retried",
+        "request_timeout: retried",
+        "500 without a body: retried",
+        "invalid_blocks: resent as plain text",
+        "channel_not_found: fails the job",
+        "user_not_in_channel: fails the job",
+    ],
+)
+def test_each_post_ephemeral_error_is_retried_resent_or_fails_the_job_as_its_kind_says(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_slack: FakeSlack,
+    fake_anthropic: FakeAnthropic,
+    reply: Reply,
+    delivered: bool,
+) -> None:
+    fake_slack.script(RESPONSE, Reply(status=404), Reply(status=404))
+    # A job that fails tells the user the same way, which refuses again.
+    fake_slack.script(POST_EPHEMERAL, *[reply] * (1 if delivered else 2))
+
+    commands.send(web, "what is a p99?")
+    worker = drain(settings)
+
+    assert len(fake_anthropic.calls) == 1
+    assert [post["text"] for post in fake_slack.delivered()] == ([ANSWER] if delivered else [])
+    assert worker.jobs_failed == (0 if delivered else 1)
