@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import arq.cli
+import arq.constants
 import arq.worker
 import pytest
 
@@ -57,6 +58,11 @@ def _cli_function_gone(name: str) -> Callable[[pytest.MonkeyPatch], None]:
         (_made_sync("record_health"), "arq.worker.Worker.record_health", "no longer a coroutine method"),
         (_resigned("start_jobs"), "arq.worker.Worker.start_jobs", "signature is now"),
         (_cli_function_gone("run_worker"), "arq.cli.run_worker", "missing"),
+        (
+            lambda monkeypatch: monkeypatch.setattr(arq.constants, "in_progress_key_prefix", "arq:running:"),
+            "arq.constants.in_progress_key_prefix",
+            "is now 'arq:running:'",
+        ),
     ],
 )
 def test_a_changed_arq_internal_is_reported_by_name(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import arq.cli
+import arq.constants
 import arq.worker
 
 Kind = Literal["coroutine method", "method", "attribute", "module function"]
@@ -102,6 +103,20 @@ CLI: tuple[Reach, ...] = (
 )
 
 
+#: arq's Redis layout, which app/queue.py (the enqueue script), workers/lease.py (renewing the
+#: in-progress key), workers/progress.py and workers/operations.py read or write directly:
+#: ``arq.constants`` name -> the value queued jobs were written with. A new value would orphan
+#: jobs queued by the previous release during a rolling deploy.
+REDIS_LAYOUT: dict[str, object] = {
+    "default_queue_name": "arq:queue",
+    "job_key_prefix": "arq:job:",
+    "in_progress_key_prefix": "arq:in-progress:",
+    "result_key_prefix": "arq:result:",
+    "health_check_key_suffix": ":health-check",
+    "expires_extra_ms": 86_400_000,
+}
+
+
 def _instance() -> arq.worker.Worker:
     """An arq Worker as its CLI would build one (no connection is made until it runs)."""
 
@@ -141,6 +156,10 @@ def problems() -> list[str]:
             continue
         if list(inspect.signature(member).parameters) != ["settings_cls", "kwargs"]:
             found.append(f"{where}: signature is now {inspect.signature(member)}")
+    for name, value in REDIS_LAYOUT.items():
+        actual = getattr(arq.constants, name, None)
+        if actual != value:
+            found.append(f"arq.constants.{name}: is now {actual!r}, queued jobs use {value!r}")
     # The command must look the names up when it runs, not hold references taken at import.
     command: Any = arq.cli.cli.callback
     looked_up = set(command.__code__.co_names) | set(arq.cli.watch_reload.__code__.co_names)
