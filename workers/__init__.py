@@ -12,9 +12,10 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
         from app.settings import load_settings
-        from workers.arq_worker import install
+        from workers import arq_reach
+        from workers.arq_worker import AsklaneWorker
         from workers.worker import worker_settings
 
-        install()
+        arq_reach.install(AsklaneWorker)
         return worker_settings(load_settings())
     raise AttributeError(f"module 'workers' has no attribute {name!r}")

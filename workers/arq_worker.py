@@ -15,14 +15,18 @@ A job that defers itself (a retry, a rate-limit wait) pushes a token too, once a
 it: the worker that ran it may be busy when it comes due, and an idle worker woken now sets its
 timer for it.
 
+While the AI limiter has no slot soon, only jobs that would call the AI wait for it: a job whose
+answer or failure is already stored (a delivery retry, a failure notice) starts at once.
+
 A Redis error in the loop is logged once per outage and retried; arq's own loop would die of it.
+
+The arq internals this relies on are listed, with the reason for each, in workers/arq_reach.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import signal
@@ -36,7 +40,7 @@ from arq.constants import job_key_prefix
 from redis.exceptions import RedisError
 
 from app.queue import WAKE_KEY, is_interactive, note_if_rescored, promote_due_interactive, wake_workers
-from workers import rejected
+from workers import rejected, store
 from workers.lease import WORKER_ID
 from workers.operations import WORKER_HEALTH_PREFIX
 
@@ -66,11 +70,11 @@ class AsklaneWorker(arq.worker.Worker):
         # Our wait replaces arq's sleep between polls.
         kwargs["poll_delay"] = 0
         super().__init__(*args, **kwargs)
+        self._grace_seconds = float(kwargs.get("job_completion_wait", 0))
         self._redis_down = False
         self._stopping = False
         self._closing = False
         self._woken = asyncio.Event()
-        self._slot_freed = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._health_reported_at = 0.0
 
@@ -100,15 +104,20 @@ class AsklaneWorker(arq.worker.Worker):
             log.info("redis.reconnected")
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Start due jobs, unless the rate limiter has no slot for them yet."""
-        if self._held_for() > 0:
-            return
+        """Start due jobs; while the AI limiter has no slot soon, only those that need no AI."""
+        if job_ids and self._held_for() > 0:
+            # A job started now that would call the AI could only defer itself again; one whose
+            # answer or failure is stored only posts to Slack, which the AI limit does not govern.
+            needs_ai = await store.awaiting_ai(self.pool, [job_id.decode() for job_id in job_ids])
+            job_ids = [job_id for job_id, ai in zip(job_ids, needs_ai, strict=True) if not ai]
         try:
             await super().start_jobs(job_ids)
         except (RedisError, OSError):
-            # arq takes a slot (semaphore and job_counter) before its WATCH/MULTI and does not
-            # give it back when Redis fails there; recount from the jobs actually running.
-            self._recount_slots()
+            # arq takes a slot (sem.acquire, job_counter += 1) before each job's WATCH/MULTI and
+            # does not give it back when Redis fails there; the error ends its loop, so exactly
+            # one slot was lost.
+            self.job_counter -= 1
+            self.sem.release()
             raise
 
     async def run_job(self, job_id: str, score: int) -> None:
@@ -164,19 +173,8 @@ class AsklaneWorker(arq.worker.Worker):
             WORKER_HEALTH_PREFIX + WORKER_ID, json.dumps(health), px=int(3 * HEALTH_EVERY_SECONDS * 1000)
         )
 
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        super()._release_sem_dec_counter_on_complete()
-        self._slot_freed.set()
-
     def _has_free_slot(self) -> bool:
         return self.allow_pick_jobs and self.job_counter < self.max_jobs
-
-    def _recount_slots(self) -> None:
-        running = sum(1 for task in self.tasks.values() if not task.done())
-        self.job_counter = running
-        self.sem = asyncio.BoundedSemaphore(self.max_jobs + 1)
-        # Each running job releases one permit when it ends (arq's done-callback).
-        self.sem._value -= running  # no public way to take permits without awaiting
 
     def _held_for(self) -> float:
         # The answer job's limiter (workers/ratelimit.py) records when its next slot is near.
@@ -192,24 +190,22 @@ class AsklaneWorker(arq.worker.Worker):
             # Nothing can start until a running job ends (or, when stopping, at all).
             await self._first_of(running, IDLE_WAIT_SECONDS, wake_ups=False)
             return
-        held = self._held_for()
-        if held > 0:
-            await self._first_of([], min(held, IDLE_WAIT_SECONDS), wake_ups=False)
-            return
         upcoming = await cast(
             Awaitable[list[tuple[bytes, float]]],
             self.pool.zrangebyscore(
                 self.queue_name, min=f"({polled_at_ms}", max="+inf", start=0, num=1, withscores=True
             ),
         )
+        wait = IDLE_WAIT_SECONDS
         if upcoming:
-            due_in = (upcoming[0][1] - time.time() * 1000) / 1000
-            await self._first_of(running, min(max(due_in, 0.0), IDLE_WAIT_SECONDS), wake_ups=True)
-        elif self.burst:
-            # `arq --burst` (and the tests) stop once the queue is empty: do not linger.
-            await self._first_of(running, IDLE_WAIT_SECONDS, wake_ups=False)
-        else:
-            await self._first_of(running, IDLE_WAIT_SECONDS, wake_ups=True)
+            wait = min(max((upcoming[0][1] - time.time() * 1000) / 1000, 0.0), wait)
+        held = self._held_for()
+        if held > 0:
+            # Due jobs that need the AI were left queued (start_jobs): look again once it has a
+            # slot. A job that needs none still starts on its wake-up or at its due time.
+            wait = min(held, wait)
+        # `arq --burst` (and the tests) stop once the queue is empty: do not linger.
+        await self._first_of(running, wait, wake_ups=bool(upcoming) or not self.burst)
 
     async def _first_of(self, running: list[asyncio.Task[Any]], seconds: float, *, wake_ups: bool) -> None:
         """Wait for a running job to end (it may have deferred itself), a wake-up, or the timeout.
@@ -240,10 +236,17 @@ class AsklaneWorker(arq.worker.Worker):
         """
         while not self._closing:
             if not self._has_free_slot():
-                self._slot_freed.clear()
-                # Bounded: arq also frees slots without the done-callback (a job skipped at start).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_freed.wait(), IDLE_WAIT_SECONDS)
+                # arq frees a job's slot in a done-callback added when the job started, so it has
+                # run by the time a wait that began later returns. Bounded: a slot can also be
+                # freed with no job ending (a job skipped at start).
+                await asyncio.sleep(0)  # callbacks of a job that just ended run first
+                running = [task for task in self.tasks.values() if not task.done()]
+                if running:
+                    await asyncio.wait(
+                        running, timeout=IDLE_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                    )
+                elif not self._has_free_slot():
+                    await asyncio.sleep(IDLE_WAIT_SECONDS)
                 continue
             try:
                 token = await cast(Awaitable[Any], self.pool.blpop([WAKE_KEY], timeout=BLPOP_SECONDS))
@@ -259,9 +262,10 @@ class AsklaneWorker(arq.worker.Worker):
     async def close(self) -> None:
         """Stop the wake-up listener, then close as arq does."""
         self._closing = True
-        if self._pool is not None:  # None when start-up never connected
+        redis = self.ctx.get("redis")  # set by arq once connected
+        if redis is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._pool.delete(WORKER_HEALTH_PREFIX + WORKER_ID)
+                await redis.delete(WORKER_HEALTH_PREFIX + WORKER_ID)
         if self._listener is not None:
             # A cancellation that lands in a blocking Redis command can be swallowed by redis-py
             # (redis/redis-py#2028); the listener then stops at its next turn, on the flag.
@@ -278,11 +282,11 @@ class AsklaneWorker(arq.worker.Worker):
             return
         self._stopping = True
         log.info("worker.stopping", signal=signal.Signals(signum).name, running=len(self.tasks))
-        self.loop.call_later(self._job_completion_wait + EXIT_MARGIN_SECONDS, self._force_exit)
+        self.loop.call_later(self._grace_seconds + EXIT_MARGIN_SECONDS, self._force_exit)
         super().handle_sig_wait_for_completion(signum)
 
     def _force_exit(self) -> None:
-        log.error("worker.forced_exit", after_s=self._job_completion_wait + EXIT_MARGIN_SECONDS)
+        log.error("worker.forced_exit", after_s=self._grace_seconds + EXIT_MARGIN_SECONDS)
         os._exit(1)
 
 
@@ -293,16 +297,3 @@ def _failure_cause(result_data: bytes | None) -> str:
         return f"{result['error']}: {result['message']}"
     except (ValueError, KeyError, TypeError):
         return "failed by arq"
-
-
-# arq's CLI picks the settings it passes by inspecting Worker's signature; keep arq's.
-AsklaneWorker.__signature__ = inspect.signature(arq.worker.Worker)  # type: ignore[attr-defined]
-
-
-def install() -> None:
-    """Make arq's CLI build an AsklaneWorker.
-
-    arq 0.28's ``arq`` command constructs ``arq.worker.Worker`` by that module-level name and has
-    no setting for the class, so ``arq workers.WorkerSettings`` reaches ours through it.
-    """
-    arq.worker.Worker = AsklaneWorker  # type: ignore[misc]

@@ -127,3 +127,15 @@ async def mark_delivered(redis: ArqRedis, job_id: str, via: str) -> None:
             *(_failures_key(job_id, phase) for phase in get_args(Phase)),
         )
         await pipe.execute()
+
+
+async def awaiting_ai(redis: ArqRedis, job_ids: list[str]) -> list[bool]:
+    """For each job, whether its next run would call the AI: False once an earlier attempt stored
+    its answer or its failure (the run only posts to Slack) or delivered it (the run posts nothing)."""
+    if not job_ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.exists(_answer_key(job_id), _failure_key(job_id), _delivered_key(job_id))
+        stored = await pipe.execute()
+    return [not count for count in stored]
