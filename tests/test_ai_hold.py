@@ -16,10 +16,13 @@ from app.events import JobEvents
 from app.job import AskJob
 from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
-from tests.conftest import SlashCommands, queued_job_ids, settings_from, task_stacks, wait_until
-from tests.fakes.anthropic import MESSAGES, FakeAnthropic, error
-from tests.fakes.server import Reply
-from tests.fakes.slack import RESPONSE, FakeSlack
+from tests.support.deployment import settings_from
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
+from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import RESPONSE, FakeSlack
+from tests.support.jobs import queued_job_ids, task_stacks
+from tests.support.slack_requests import SlashCommands
+from tests.support.waiting import wait_until
 from workers import arq_worker, store
 from workers.ratelimit import RateLimiter
 from workers.worker import worker_settings
