@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import pytest
 import redis
+from arq import Retry
 from arq.worker import Worker
 
 from app.events import JobEvents
@@ -27,6 +28,17 @@ from workers.answer import ASK
 from workers.arq_worker import AsklaneWorker
 from workers.errors import PermanentError, TransientError
 from workers.kinds import JobKind, Run
+from workers.outcomes import (
+    Abandoned,
+    AlreadyDone,
+    Completed,
+    Deferred,
+    Failed,
+    JobFailed,
+    JobFailure,
+    Outcome,
+)
+from workers.runner import to_arq
 from workers.worker import worker_settings
 
 Step = Literal["ok", "transient", "permanent"]
@@ -187,3 +199,26 @@ def test_a_second_kind_left_by_a_dead_worker_is_recovered_and_reported_stalled(
     assert seen[0][1]["dead_worker"] == "dead:1"
     assert [post["text"] for post in fake_slack.delivered()] == [f"chore {job.dedupe_key} done"]
     assert fake_anthropic.calls == []
+
+
+FAILURE = JobFailure(error="PermanentError", detail="chore refused", reason="no.", permanent=True)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "result"),
+    [
+        (Completed("response_url"), "response_url"),
+        (AlreadyDone(), "already-delivered"),
+        (Abandoned("another run has this job"), "abandoned"),
+        (Deferred(2.5), Retry(defer=2.5)),
+        (Failed(FAILURE), JobFailed("PermanentError: chore refused")),
+    ],
+    ids=["completed", "already done", "abandoned", "deferred", "failed"],
+)
+def test_every_outcome_of_a_run_becomes_one_thing_in_arq(outcome: Outcome, result: object) -> None:
+    if isinstance(result, Exception):
+        with pytest.raises(type(result)) as raised:
+            to_arq(outcome)
+        assert str(raised.value) == str(result)
+    else:
+        assert to_arq(outcome) == result

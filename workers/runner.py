@@ -21,10 +21,9 @@ from typing import Any
 import structlog
 from arq import Retry
 from arq.constants import default_queue_name
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from app.jobs import RUN_JOB, JobBase, UnknownKind, UnknownVersion, parse_job
+from app.jobs import RUN_JOB, JobBase, parse_job
 from workers import age, progress, rejected, retention, store
 from workers.errors import (
     BackPressure,
@@ -73,7 +72,7 @@ async def run_job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
         run=ctx["job_try"],
     ):
         outcome = await _run_guarded(kind, job, deps, ctx["score"])
-    return _to_arq(outcome)
+    return to_arq(outcome)
 
 
 async def _parse_or_reject(
@@ -82,7 +81,7 @@ async def _parse_or_reject(
     if len(args) == 1 and not kwargs:
         try:
             return parse_job(args[0], {name: kind.model for name, kind in deps.kinds.items()})
-        except (ValidationError, UnknownVersion, UnknownKind, ValueError):
+        except ValueError:  # pydantic's ValidationError, UnknownVersion, UnknownKind among them
             pass
     envelope = {"f": RUN_JOB, "a": list(args), "k": kwargs}
     rejection = rejected.examine(envelope, ctx["job_id"], deps.kinds)
@@ -91,7 +90,7 @@ async def _parse_or_reject(
     raise InvalidPayload(rejection.problem)
 
 
-def _to_arq(outcome: Outcome) -> str:
+def to_arq(outcome: Outcome) -> str:
     """The one place an outcome becomes arq's: a result, a Retry, or a failed job."""
     match outcome:
         case Completed(via=via):
