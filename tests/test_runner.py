@@ -23,7 +23,8 @@ from app.settings import Settings
 from app.targets import Ephemeral
 from tests.conftest import DRAIN_TIMEOUT_SECONDS, SlashCommands
 from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.slack import FakeSlack
+from tests.fakes.server import Reply
+from tests.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
 from workers.answer import ASK
 from workers.arq_worker import AsklaneWorker
 from workers.errors import PermanentError, TransientError
@@ -222,3 +223,17 @@ def test_every_outcome_of_a_run_becomes_one_thing_in_arq(outcome: Outcome, resul
         assert str(raised.value) == str(result)
     else:
         assert to_arq(outcome) == result
+
+
+def test_a_second_kind_reaches_its_reply_target_by_the_shared_fallback_when_the_response_url_refuses(
+    settings: Settings, commands: SlashCommands, fake_slack: FakeSlack
+) -> None:
+    fake_slack.script(RESPONSE, Reply(status=404))
+    job = _chore(commands, "refused url", "ok")
+    _enqueue(settings, job)
+
+    _drain_with_chores(settings, JobEvents())
+
+    [post] = fake_slack.received(POST_EPHEMERAL)
+    assert (post.body["channel"], post.body["user"]) == (job.reply_to.channel_id, job.reply_to.user_id)
+    assert [body["text"] for body in fake_slack.delivered()] == [f"chore {job.dedupe_key} done"]
