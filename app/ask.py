@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from app import messages, quota
 from app.events import JobEvents
-from app.job import AskJob, command_reference
+from app.jobs import ask_from_command, command_reference
 from app.messages import SlackMessage
 from app.queue import QueueUnavailable
 
@@ -67,7 +67,7 @@ async def handle_ask(
         return Ack(messages.too_long(name, len(question), MAX_QUESTION_CHARS), "too_long")
 
     try:
-        job = AskJob(
+        job = ask_from_command(
             team_id=command.get("team_id", ""),
             enterprise_id=command.get("enterprise_id") or None,
             channel_id=command.get("channel_id", ""),
@@ -79,7 +79,7 @@ async def handle_ask(
             enqueued_at=datetime.now(UTC),
         )
     except ValidationError as error:
-        reference = command_reference(trigger_id or question)
+        reference = command_reference(str(command.get("team_id") or ""), trigger_id or question)
         bound.warning("command.malformed", reference=reference, fields=[e["loc"] for e in error.errors()])
         return Ack(messages.malformed_request(reference), "malformed")
 
@@ -107,8 +107,8 @@ async def handle_ask(
         await events.emit(
             "job.enqueued",
             job_id=job.job_id,
-            team=job.team_id,
-            user=job.user_id,
+            team=job.asker.team_id,
+            user=job.asker.user_id,
             reference=job.reference,
             length=len(question),
         )

@@ -1,8 +1,9 @@
-"""The contract between the web and worker processes: one versioned job payload, sent as JSON.
+"""The job payload of the previous release (:class:`AskJob`, contract v1), and the JSON serializer.
 
-The web process builds an :class:`AskJob` from a slash command; the worker validates the same
-model before doing anything. arq's default pickle serializer is replaced by JSON on both sides,
-so nobody who can write to Redis can run code on a worker.
+Today's contract is the union of job kinds in :mod:`app.jobs`; a worker still reads an AskJob
+queued by the release before it (a rolling deploy) and upgrades it (:func:`app.jobs.upgrade`).
+arq's default pickle serializer is replaced by JSON on both sides, so nobody who can write to
+Redis can run code on a worker.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: arq function name of the job that answers a question.
+#: arq function name the previous release queued AskJob under (app.jobs.RUN_JOB now).
 ANSWER_JOB = "answer_question"
 
-#: Bump when AskJob changes shape; workers reject versions they do not know.
+#: AskJob's contract version.
 SCHEMA_VERSION: Literal[1] = 1
 
 

@@ -13,7 +13,8 @@ from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, 
 from arq.jobs import serialize_job
 from redis.exceptions import RedisError
 
-from app.job import ANSWER_JOB, AskJob, deserialize, serialize
+from app.job import AskJob, deserialize, serialize
+from app.jobs import RUN_JOB, JobBase, upgrade
 from app.settings import Settings
 
 #: Every Redis call on the ack path is bounded by this; Slack gives the whole request 3 s.
@@ -205,9 +206,9 @@ def open_redis(settings: Settings, *, timeout: float = ENQUEUE_TIMEOUT_SECONDS) 
     )
 
 
-async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "interactive") -> bool:
+async def enqueue_ask(redis: ArqRedis, job: JobBase | AskJob, priority: Priority = "interactive") -> bool:
     """Queue the job once, charging no fair-use counter. Returns False when a job with the same id
-    exists (a duplicate delivery).
+    exists (a duplicate delivery). A v1 AskJob is queued as this release's job, under its own id.
 
     Raises QueueUnavailable when Redis does not answer within ENQUEUE_TIMEOUT_SECONDS.
     """
@@ -215,7 +216,7 @@ async def enqueue_ask(redis: ArqRedis, job: AskJob, priority: Priority = "intera
 
 
 async def enqueue_counted(
-    redis: ArqRedis, job: AskJob, priority: Priority, counters: Sequence[Counter]
+    redis: ArqRedis, job: JobBase | AskJob, priority: Priority, counters: Sequence[Counter]
 ) -> bool | Refused:
     """Charge ``counters`` and queue the job, as one atomic step (see :data:`_ENQUEUE`).
 
@@ -223,10 +224,10 @@ async def enqueue_counted(
     counter is used up (nothing charged, nothing queued). Raises QueueUnavailable when Redis does
     not answer within ENQUEUE_TIMEOUT_SECONDS.
     """
+    if isinstance(job, AskJob):
+        job = upgrade(job)
     now_ms = time.time() * 1000
-    body = serialize_job(
-        ANSWER_JOB, (job.model_dump(mode="json"),), {}, None, int(now_ms), serializer=serialize
-    )
+    body = serialize_job(RUN_JOB, (job.model_dump(mode="json"),), {}, None, int(now_ms), serializer=serialize)
     keys = [
         job_key_prefix + job.job_id,
         result_key_prefix + job.job_id,

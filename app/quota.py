@@ -13,7 +13,7 @@ from typing import Literal
 
 from arq.connections import ArqRedis
 
-from app.job import AskJob
+from app.jobs import JobBase
 from app.queue import Counter, Priority, Refused, enqueue_counted
 from app.settings import Settings
 
@@ -55,7 +55,7 @@ def _key(limit: Limit, team_id: str, user_id: str) -> str:
 
 
 async def enqueue_within(
-    redis: ArqRedis, limits: tuple[Limit, ...], job: AskJob, priority: Priority = "interactive"
+    redis: ArqRedis, limits: tuple[Limit, ...], job: JobBase, priority: Priority = "interactive"
 ) -> bool | OverQuota:
     """Charge the job's question to every limit and queue it, in one atomic step.
 
@@ -64,7 +64,7 @@ async def enqueue_within(
     (nothing charged, nothing queued). Raises QueueUnavailable when Redis does not answer in time.
     """
     counters = [
-        Counter(_key(limit, job.team_id, job.user_id), limit.allowed, limit.seconds * 1000)
+        Counter(_key(limit, job.asker.team_id, job.asker.user_id), limit.allowed, limit.seconds * 1000)
         for limit in limits
     ]
     result = await enqueue_counted(redis, job, priority, counters)

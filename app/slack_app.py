@@ -15,7 +15,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from app import messages, metrics, quota
 from app.ask import handle_ask
 from app.events import JobEvents
-from app.job import command_reference
+from app.jobs import command_reference
 from app.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -68,7 +68,9 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
             answered = await handle_ask(command, redis, events, limits)
             reply, outcome = answered.message, answered.outcome
         except Exception:
-            reference = command_reference(str(command.get("trigger_id") or "unknown"))
+            reference = command_reference(
+                str(command.get("team_id") or ""), str(command.get("trigger_id") or "unknown")
+            )
             log.exception("command.crashed", reference=reference)
             reply, outcome = messages.unavailable(reference), "crashed"
         metrics.count_soon(redis, "asklane_commands", outcome=outcome)

@@ -44,7 +44,7 @@ from harness import (
     start_loopback,
 )
 
-from app.job import job_id_for
+from app.jobs import job_id_for, team_scoped
 from tests.support.fakes.anthropic import MESSAGES, message
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE
@@ -167,7 +167,13 @@ def main() -> int:
             answer = answers[0]
             if answer.body.get("text") != expected:
                 errors.append(f"command {n}: answer was {str(answer.body.get('text'))[:200]!r}")
-            samples.append(Sample(job_id_for(form["trigger_id"]), ack_ms, (answer.at - sent_at) * 1000))
+            samples.append(
+                Sample(
+                    job_id_for("ask", team_scoped(form["team_id"], form["trigger_id"])),
+                    ack_ms,
+                    (answer.at - sent_at) * 1000,
+                )
+            )
 
         # Late duplicates or fallback posts would show up here rather than per command.
         time.sleep(0.2)

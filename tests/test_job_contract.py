@@ -20,6 +20,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 
 from app.events import JobEvents
 from app.job import ANSWER_JOB, AskJob, deserialize, reference_for, serialize
+from app.jobs import ask_from_command, parse_job, upgrade
 from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
 from app.slack_app import build_bolt_app
@@ -230,7 +231,7 @@ def test_a_job_arq_gives_up_on_by_itself_is_recorded_and_its_asker_told(
     [record] = _failed_records(settings)
     assert record.job_id == job.job_id and record.reference == job.reference
     assert "retries exceeded" in (record.error or "")
-    assert AskJob.model_validate(record.payload) == job
+    assert parse_job(record.payload) == upgrade(job)
     [told] = [post["text"] for post in fake_slack.delivered()]
     assert told.startswith(":x: Sorry, I couldn't answer that") and f"(ref {job.reference})" in told
     assert fake_anthropic.calls == []
@@ -271,7 +272,17 @@ def test_every_ack_of_a_command_quotes_the_reference_of_its_job(
     path: str, env: dict[str, str], settings: Settings, commands: SlashCommands, tmp_path: Path
 ) -> None:
     form = commands.form("what is a p99?")
-    job = commands.job("what is a p99?").model_copy(update={"trigger_id": form["trigger_id"]})
+    job = ask_from_command(
+        team_id=form["team_id"],
+        enterprise_id=None,
+        channel_id=form["channel_id"],
+        user_id=form["user_id"],
+        command=form["command"],
+        text=form["text"],
+        response_url=form["response_url"],
+        trigger_id=form["trigger_id"],
+        enqueued_at=datetime.now(UTC),
+    )
     if path == "queue unavailable":
         down = settings_from({**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
         reference = _ack_reference(settings, open_redis(down), form)

@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
 
-from app.job import AskJob
+from app.jobs import JobBase
 from app.queue import ENQUEUED_AT_PREFIX
 
 
-async def enqueued_at(redis: ArqRedis, job: AskJob) -> datetime:
+async def enqueued_at(redis: ArqRedis, job: JobBase) -> datetime:
     """The moment ``job`` was queued, on this worker's clock. Raises RedisError."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.time()
@@ -32,6 +32,6 @@ async def enqueued_at(redis: ArqRedis, job: AskJob) -> datetime:
     return now - timedelta(milliseconds=waited_ms)
 
 
-def from_payload(job: AskJob, now: datetime | None = None) -> datetime:
+def from_payload(job: JobBase, now: datetime | None = None) -> datetime:
     """The payload's ``enqueued_at``, clamped to the worker's clock: never in the future."""
     return min(job.enqueued_at, now or datetime.now(UTC))

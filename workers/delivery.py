@@ -1,6 +1,11 @@
-"""Posting the ephemeral reply back to Slack.
+"""Posting a job's messages to Slack, routed by the job's reply target (app/targets.py).
 
-The command's response_url comes first: it works in DMs and in channels the bot has not joined,
+What every target needing them shares lives here once: the response_url budget
+(:class:`ResponseUrlBudget`), Slack's 429/5xx/transient-error classification of a Web API call
+(:func:`_web_api_failure`), and the plain-text fallback for rejected blocks. A new target is a
+new route in :meth:`SlackDelivery.send` (and :meth:`SlackDelivery.update_notice`).
+
+``ephemeral``: the command's response_url comes first: it works in DMs and in channels the bot has not joined,
 where chat.postEphemeral fails. chat.postEphemeral through SLACK_API_URL is the fallback. The rule
 for when a response_url may be used, in one place (:class:`ResponseUrlBudget`):
 
@@ -26,9 +31,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from app.job import AskJob
+from app.jobs import JobBase
 from app.messages import SlackMessage
 from app.settings import Settings
+from app.targets import Ephemeral
 from workers import age, store
 from workers.errors import DeliveryFailed, PermanentError
 from workers.retry import too_old_to_wait
@@ -86,7 +92,7 @@ class ResponseUrlBudget:
     def __init__(self, redis: ArqRedis) -> None:
         self._redis = redis
 
-    async def take(self, job: AskJob, *, interim: bool) -> bool:
+    async def take(self, job: JobBase, *, interim: bool) -> bool:
         """Take one use for a POST about to be made; False when none may be taken."""
         limit = RESPONSE_URL_USES - KEPT_FOR_FINAL if interim else RESPONSE_URL_USES
         script = self._redis.register_script(_TAKE_USE)
@@ -100,7 +106,7 @@ class ResponseUrlBudget:
             await self.give_up(job, "budget spent")
         return taken == 1
 
-    async def failed(self, job: AskJob, error: DeliveryFailed, max_wait: float) -> bool:
+    async def failed(self, job: JobBase, error: DeliveryFailed, max_wait: float) -> bool:
         """Count a failed post of a final message; True when the response_url is now given up."""
         key = _failed_key(job.job_id)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -116,12 +122,12 @@ class ResponseUrlBudget:
             return True
         return False
 
-    async def give_up(self, job: AskJob, reason: str) -> None:
+    async def give_up(self, job: JobBase, reason: str) -> None:
         """Never post to this job's response_url again, on any worker."""
         if await self._redis.set(_unusable_key(job.job_id), reason, nx=True, ex=store.STATE_TTL_SECONDS):
             log.warning("delivery.response_url_unusable", job_id=job.job_id, reason=reason)
 
-    async def uses(self, job: AskJob) -> int:
+    async def uses(self, job: JobBase) -> int:
         """Posts made to the job's response_url so far."""
         return int(await self._redis.get(_uses_key(job.job_id)) or 0)
 
@@ -144,35 +150,42 @@ class SlackDelivery:
         """True when the URL is under one of SLACK_RESPONSE_URL_PREFIXES."""
         return any(response_url.startswith(prefix) for prefix in self._prefixes)
 
-    async def send(self, redis: ArqRedis, job: AskJob, message: SlackMessage) -> str:
-        """Post the final message; returns the path used ("response_url" or "chat.postEphemeral").
+    async def send(self, redis: ArqRedis, job: JobBase, message: SlackMessage) -> str:
+        """Post the final message to the job's reply target; returns the path used (for
+        ``ephemeral``: "response_url" or "chat.postEphemeral").
 
         Raises TransientError (rate limited, Slack unreachable) or PermanentError.
         """
         try:
-            return await self._send(redis, job, message)
+            return await self._route(redis, job, message)
         except BlocksRejected as rejected:
             if message.plain is None:
                 raise PermanentError(str(rejected), reason=UNDELIVERABLE) from rejected
             # Slack's block limits are not all documented (a markdown block expands into several);
             # the same answer as plain text always fits.
             log.warning("delivery.blocks_rejected", detail=str(rejected))
-            return await self._send(redis, job, SlackMessage(text=message.plain))
+            return await self._route(redis, job, SlackMessage(text=message.plain))
 
-    async def update_notice(self, redis: ArqRedis, job: AskJob, message: SlackMessage) -> bool:
+    async def _route(self, redis: ArqRedis, job: JobBase, message: SlackMessage) -> str:
+        match job.reply_to:
+            case Ephemeral() as target:
+                return await self._send_ephemeral(redis, job, target, message)
+
+    async def update_notice(self, redis: ArqRedis, job: JobBase, message: SlackMessage) -> bool:
         """Replace the user's notice through the response_url only; True when Slack took it.
 
         Interim updates never fall back to chat.postEphemeral (which would add a message rather
         than replace one), only take a use the final message can spare, and never raise: the
         answer matters, the update does not.
         """
-        if not self.allows(job.response_url):
+        target = job.reply_to
+        if not isinstance(target, Ephemeral) or not self.allows(target.response_url):
             return False
         budget = ResponseUrlBudget(redis)
         try:
             if not await budget.take(job, interim=True):
                 return False
-            posted = await self._via_response_url(job.response_url, message)
+            posted = await self._via_response_url(target.response_url, message)
             if not posted:
                 await budget.give_up(job, "refused")
             return posted
@@ -180,19 +193,21 @@ class SlackDelivery:
             log.info("delivery.update_failed", error=type(error).__name__)
             return False
 
-    async def _send(self, redis: ArqRedis, job: AskJob, message: SlackMessage) -> str:
-        if not self.allows(job.response_url):
+    async def _send_ephemeral(
+        self, redis: ArqRedis, job: JobBase, target: Ephemeral, message: SlackMessage
+    ) -> str:
+        if not self.allows(target.response_url):
             # A response_url outside Slack's hosts means a forged or poisoned job: never POST there.
-            log.warning("security.response_url_refused", host=urlsplit(job.response_url).hostname)
+            log.warning("security.response_url_refused", host=urlsplit(target.response_url).hostname)
         elif await (budget := ResponseUrlBudget(redis)).take(job, interim=False):
             try:
-                if await self._via_response_url(job.response_url, message):
+                if await self._via_response_url(target.response_url, message):
                     return "response_url"
                 await budget.give_up(job, "refused")
             except DeliveryFailed as error:
                 if not await budget.failed(job, error, self._max_wait):
                     raise
-        await self._via_post_ephemeral(job, message)
+        await self._via_post_ephemeral(target, message)
         return "chat.postEphemeral"
 
     async def _via_response_url(self, url: str, message: SlackMessage) -> bool:
@@ -222,28 +237,31 @@ class SlackDelivery:
         log.info("delivery.response_url_refused", status=status, body=str(response.body)[:100])
         return False
 
-    async def _via_post_ephemeral(self, job: AskJob, message: SlackMessage) -> None:
+    async def _via_post_ephemeral(self, target: Ephemeral, message: SlackMessage) -> None:
         try:
             await self._web.chat_postEphemeral(
-                channel=job.channel_id, user=job.user_id, text=message.text, blocks=message.blocks
+                channel=target.channel_id, user=target.user_id, text=message.text, blocks=message.blocks
             )
-        except SlackApiError as error:
-            # slack-sdk puts its own response here, or aiohttp's when Slack's body was not JSON.
-            status = int(
-                getattr(error.response, "status_code", None) or getattr(error.response, "status", None) or 0
-            )
-            data = getattr(error.response, "data", None)
-            code = str(data.get("error", "")) if isinstance(data, dict) else ""
-            headers = getattr(error.response, "headers", None)
-            if status == 429 or status >= 500 or code in TRANSIENT_API_ERRORS or not code:
-                raise DeliveryFailed(
-                    f"chat.postEphemeral {status} {code}", retry_after=retry_after_seconds(headers)
-                ) from error
-            if message.blocks and _rejects_blocks(code):
-                raise BlocksRejected(f"chat.postEphemeral {code}") from error
-            raise PermanentError(f"chat.postEphemeral {status} {code}", reason=UNDELIVERABLE) from error
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise DeliveryFailed(f"chat.postEphemeral {type(error).__name__}") from error
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            raise _web_api_failure("chat.postEphemeral", error, message) from error
+
+
+def _web_api_failure(call: str, error: Exception, message: SlackMessage) -> Exception:
+    """The failure type of a Slack Web API call's error, for every call a target makes: a 429
+    (with its Retry-After), a 5xx, a transient error code or no answer is DeliveryFailed;
+    rejected blocks are BlocksRejected (re-sent as plain text); anything else is permanent."""
+    if not isinstance(error, SlackApiError):
+        return DeliveryFailed(f"{call} {type(error).__name__}")
+    # slack-sdk puts its own response here, or aiohttp's when Slack's body was not JSON.
+    status = int(getattr(error.response, "status_code", None) or getattr(error.response, "status", None) or 0)
+    data = getattr(error.response, "data", None)
+    code = str(data.get("error", "")) if isinstance(data, dict) else ""
+    headers = getattr(error.response, "headers", None)
+    if status == 429 or status >= 500 or code in TRANSIENT_API_ERRORS or not code:
+        return DeliveryFailed(f"{call} {status} {code}", retry_after=retry_after_seconds(headers))
+    if message.blocks and _rejects_blocks(code):
+        return BlocksRejected(f"{call} {code}")
+    return PermanentError(f"{call} {status} {code}", reason=UNDELIVERABLE)
 
 
 class BlocksRejected(Exception):

@@ -1,6 +1,7 @@
 """The two kinds of failure a job can meet, decided at the edge (the Anthropic and Slack clients).
 
-The job's retry policy only looks at these types; see :mod:`workers.retry`.
+A job kind's steps raise these; the runner's retry policy only looks at these types (see
+:mod:`workers.retry`) and turns them into one outcome (:mod:`workers.outcomes`).
 """
 
 from __future__ import annotations
@@ -59,4 +60,4 @@ class PermanentError(JobError):
 
 
 class InvalidPayload(PermanentError):
-    """The job in Redis does not match the AskJob contract (unknown version, malformed)."""
+    """The job in Redis does not match the contract (app/jobs.py: unknown version or kind, malformed)."""

@@ -16,7 +16,7 @@ from typing import Literal, cast
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name, health_check_key_suffix, in_progress_key_prefix
 
-from app.job import AskJob
+from app.jobs import parse_job
 from app.queue import QueueDepth, enqueue_ask, queue_depth
 from workers import retention
 from workers.ratelimit import PAUSE_KEY, WINDOW_KEY
@@ -95,7 +95,7 @@ async def retry(redis: ArqRedis, job_id: str | None = None) -> list[Retried]:
         if job_id is not None and record.job_id != job_id:
             continue
         try:
-            original = AskJob.model_validate(record.payload)
+            original = parse_job(record.payload)
         except ValueError:
             continue
         # Taken off the list first: of two operators retrying at once, only one queues it.
@@ -103,7 +103,7 @@ async def retry(redis: ArqRedis, job_id: str | None = None) -> list[Retried]:
             continue
         again = original.model_copy(
             update={
-                "trigger_id": f"{original.trigger_id}:retry:{uuid.uuid4().hex[:8]}",
+                "dedupe_key": f"{original.dedupe_key}:retry:{uuid.uuid4().hex[:8]}",
                 "enqueued_at": datetime.now(UTC),
             }
         )

@@ -22,10 +22,10 @@ import structlog
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
 from arq.jobs import DeserializationError, deserialize_job
-from pydantic import ValidationError
 
 from app import messages
-from app.job import AskJob, deserialize
+from app.job import deserialize
+from app.jobs import AskQuestion, JobBase, parse_job
 from app.messages import SlackMessage
 from app.queue import PRIORITY_OFFSET_MS
 from workers import store
@@ -58,7 +58,7 @@ async def _claim(redis: ArqRedis, job_id: str) -> bool:
     return int(count) <= MAX_INTERIM_UPDATES
 
 
-async def post_update(redis: ArqRedis, slack: SlackDelivery, job: AskJob, message: SlackMessage) -> bool:
+async def post_update(redis: ArqRedis, slack: SlackDelivery, job: JobBase, message: SlackMessage) -> bool:
     """Post an interim update if this job still has one to spend and is not finished. True when posted."""
     if not await _claim(redis, job.job_id):
         return False
@@ -71,10 +71,10 @@ async def post_update(redis: ArqRedis, slack: SlackDelivery, job: AskJob, messag
     return posted
 
 
-async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: AskJob, ahead: int) -> None:
-    """Tell the user their question is queued, once per job."""
+async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: JobBase, message: SlackMessage) -> None:
+    """Tell the user their job is queued (``message``, the kind's), once per job."""
     if await redis.set(_queued_key(job.job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS):
-        await post_update(redis, slack, job, messages.queued(job.text, ahead))
+        await post_update(redis, slack, job, message)
 
 
 async def sweep_once(
@@ -99,11 +99,12 @@ async def sweep_once(
         waited = (now_ms - _enqueued_ms(score, now_ms)) / 1000
         if waited >= wait_after and not await redis.exists(_queued_key(job_id)):
             job = await _load(redis, job_id)
-            if job is not None:
-                await tell_queued(redis, slack, job, ahead)
-            elif await redis.set(_queued_key(job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS):
-                # Not an AskJob (the run side fails it and says so); looked at once, not every sweep.
+            if isinstance(job, AskQuestion):
+                await tell_queued(redis, slack, job, messages.queued(job.text, ahead))
+            elif job is None and await redis.set(_queued_key(job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS):
+                # Unreadable (the run side fails it and says so); looked at once, not every sweep.
                 log.warning("progress.job_unreadable", job_id=job_id)
+            # Other kinds say nothing while queued: "queued behind N questions" is /ask's notice.
         ahead += 1
 
 
@@ -144,13 +145,13 @@ def _enqueued_ms(score: float, now_ms: float) -> float:
     return score + offset if score < now_ms - offset / 2 else score
 
 
-async def _load(redis: ArqRedis, job_id: str) -> AskJob | None:
+async def _load(redis: ArqRedis, job_id: str) -> JobBase | None:
     raw = await redis.get(job_key_prefix + job_id)
     if raw is None:
         return None
     try:
         definition: Any = deserialize_job(raw, deserializer=deserialize)
-        return AskJob.model_validate(definition.args[0])
-    except (ValidationError, LookupError, TypeError, DeserializationError):
-        # args that are an object, not a list, or whose first item is not an AskJob.
+        return parse_job(definition.args[0])
+    except (ValueError, LookupError, TypeError, DeserializationError):
+        # args that are an object, not a list, or whose first item is not a job this release reads.
         return None

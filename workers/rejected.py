@@ -10,6 +10,7 @@ the payload still names the asker, a message to them with the job's reference, b
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -18,13 +19,15 @@ import structlog
 from pydantic import ValidationError
 
 from app import messages
-from app.job import ANSWER_JOB, AskJob, reference_for
+from app.job import ANSWER_JOB, reference_for
+from app.jobs import KINDS, RUN_JOB, Asker, AskQuestion, JobBase, parse_job
 from app.messages import SlackMessage
+from app.targets import Ephemeral
 from workers import retention
 from workers.errors import JobError
 
 if TYPE_CHECKING:
-    from workers.answer import WorkerDeps
+    from workers.kinds import JobKind, WorkerDeps
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +46,7 @@ class Rejection:
     #: The payload as stored (arq's job envelope), or a preview of its text when not JSON.
     payload: Any
     #: The asker, when the payload still names one.
-    contact: AskJob | None
+    contact: JobBase | None
     #: True when the payload itself is at fault (the user is told it could not be read).
     unreadable: bool
 
@@ -61,17 +64,18 @@ def given_up(raw: bytes | None, job_id: str, cause: str) -> Rejection:
     if rejection is not None:
         return rejection
     # A well-formed job arq gave up on (out of tries, say): the asker is told it failed, and its
-    # record holds the AskJob, as any failed job's does, so `asklane retry` can queue it again.
+    # record holds the job's payload, as any failed job's does, so `asklane retry` can queue it again.
     return Rejection(cause, envelope["a"][0], _contact(envelope, job_id), unreadable=False)
 
 
-def examine(envelope: object, job_id: str) -> Rejection | None:
-    """What is wrong with arq's job ``envelope`` (decoded); None when it is a well-formed answer job."""
+def examine(envelope: object, job_id: str, kinds: Mapping[str, JobKind] | None = None) -> Rejection | None:
+    """What is wrong with arq's job ``envelope`` (decoded); None when it is a well-formed job of
+    one of ``kinds`` (the product's when None)."""
     contact = _contact(envelope, job_id)
     if not isinstance(envelope, dict) or not isinstance(envelope.get("f"), str):
         return Rejection("payload is not an arq job", envelope, contact, unreadable=True)
     function, args, kwargs = envelope["f"], envelope.get("a"), envelope.get("k")
-    if function != ANSWER_JOB:
+    if function not in (RUN_JOB, ANSWER_JOB):
         problem = f"unknown function {function[:80]!r}"
     elif not isinstance(args, list):
         problem = f"args are {type(args).__name__}, not a list"
@@ -80,11 +84,14 @@ def examine(envelope: object, job_id: str) -> Rejection | None:
     elif len(args) != 1:
         problem = f"{len(args)} args given, expected 1"
     else:
+        models = KINDS if kinds is None else {name: kind.model for name, kind in kinds.items()}
         try:
-            AskJob.model_validate(args[0])
+            parse_job(args[0], models)
         except ValidationError as error:
             fields = sorted({".".join(map(str, e["loc"])) for e in error.errors()})
-            problem = f"arg is not an AskJob: fields {fields}"
+            problem = f"arg is not a job: fields {fields}"
+        except ValueError as error:  # an unknown (newer) version or kind, or not an object
+            problem = str(error)
         else:
             return None
     return Rejection(problem, envelope, contact, unreadable=True)
@@ -136,8 +143,9 @@ async def _tell(deps: WorkerDeps, rejection: Rejection, reference: str) -> None:
         log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
 
 
-def _contact(envelope: object, job_id: str) -> AskJob | None:
-    """The asker named anywhere in the payload: a response_url, or a channel and a user."""
+def _contact(envelope: object, job_id: str) -> JobBase | None:
+    """The asker named anywhere in the payload: a response_url, or a channel and a user (at the
+    top of a v1 payload, in the reply target of a later one)."""
     candidates: list[object] = []
     if isinstance(envelope, dict):
         args, kwargs = envelope.get("a"), envelope.get("k")
@@ -146,21 +154,33 @@ def _contact(envelope: object, job_id: str) -> AskJob | None:
     for candidate in candidates:
         if not isinstance(candidate, dict):
             continue
-        fields = {name: candidate.get(name) for name in _CONTACT_FIELDS}
+        target, asker = candidate.get("reply_to"), candidate.get("asker")
+        found = {
+            **{name: candidate.get(name) for name in _CONTACT_FIELDS},
+            **(asker if isinstance(asker, dict) else {}),
+            **(target if isinstance(target, dict) else {}),
+        }
+        fields = {name: found.get(name) for name in _CONTACT_FIELDS}
         if not all(isinstance(value, str) or value is None for value in fields.values()):
             continue
         if not (fields["response_url"] or (fields["channel_id"] and fields["user_id"])):
             continue
+        key = candidate.get("dedupe_key")
         # Not validated: only the fields delivery reads are needed, and some may be missing.
-        return AskJob.model_construct(
-            team_id=fields["team_id"] or "",
-            enterprise_id=fields["enterprise_id"],
-            channel_id=fields["channel_id"] or "",
-            user_id=fields["user_id"] or "",
+        return AskQuestion.model_construct(
+            asker=Asker.model_construct(
+                team_id=fields["team_id"] or "",
+                enterprise_id=fields["enterprise_id"],
+                user_id=fields["user_id"] or "",
+            ),
+            reply_to=Ephemeral.model_construct(
+                response_url=fields["response_url"] or "",
+                channel_id=fields["channel_id"] or "",
+                user_id=fields["user_id"] or "",
+            ),
+            dedupe_key=key if isinstance(key, str) and key else fields["trigger_id"] or job_id,
             command="/ask",
             text="",
-            response_url=fields["response_url"] or "",
-            trigger_id=fields["trigger_id"] or job_id,
             enqueued_at=datetime.now(UTC),
         )
     return None

@@ -1,4 +1,4 @@
-"""Retry policy for the answer job, in one place.
+"""Retry policy for every job kind, in one place (applied by :mod:`workers.runner`).
 
 | failure          | what happens                                                            |
 |------------------|-------------------------------------------------------------------------|

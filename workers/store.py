@@ -13,6 +13,8 @@ from typing import Literal, get_args
 from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
+from workers.outcomes import JobFailure
+
 #: Per-job state outlives any run of the job: the last one starts before MAX_JOB_AGE_SECONDS
 #: (25 min) and ends within a job timeout. Slack's response_url is dead after 30 min anyway.
 STATE_TTL_SECONDS = 30 * 60
@@ -30,14 +32,8 @@ class StoredAnswer(BaseModel):
     cut_short: bool
 
 
-class FailureNotice(BaseModel):
-    """Why a job failed, kept until the user has been told."""
-
-    error: str
-    detail: str
-    #: The sentence the user is shown.
-    reason: str
-    permanent: bool
+#: Why a job failed, kept until the user has been told: the one failure model (workers/outcomes.py).
+FailureNotice = JobFailure
 
 
 def _answer_key(job_id: str) -> str:
@@ -71,7 +67,7 @@ class UnreadableRecord(Exception):
     """A stored record does not parse: written by another version (a rolling deploy) or damaged."""
 
 
-async def load_failure(redis: ArqRedis, job_id: str) -> FailureNotice | None:
+async def load_failure(redis: ArqRedis, job_id: str) -> JobFailure | None:
     """The failure of an earlier attempt whose message has not reached the user yet, if any.
 
     Raises UnreadableRecord when one is stored but cannot be read.
@@ -80,12 +76,12 @@ async def load_failure(redis: ArqRedis, job_id: str) -> FailureNotice | None:
     if not raw:
         return None
     try:
-        return FailureNotice.model_validate_json(raw)
+        return JobFailure.model_validate_json(raw)
     except ValidationError as error:
         raise UnreadableRecord(f"failure record: {error.error_count()} error(s)") from error
 
 
-async def save_failure(redis: ArqRedis, job_id: str, failure: FailureNotice) -> None:
+async def save_failure(redis: ArqRedis, job_id: str, failure: JobFailure) -> None:
     """Keep the failure until the message telling the user goes out."""
     await redis.set(_failure_key(job_id), failure.model_dump_json(), ex=STATE_TTL_SECONDS)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -13,7 +14,6 @@ from arq.connections import RedisSettings
 from arq.constants import expires_extra_ms
 from arq.jobs import DeserializationError
 from arq.worker import func
-from pydantic import ValidationError
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,17 +22,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
 from app.events import ALL, JobEvents
-from app.job import ANSWER_JOB, AskJob, deserialize_job, serialize
+from app.job import ANSWER_JOB, deserialize_job, serialize
+from app.jobs import RUN_JOB
 from app.logs import configure_logging
 from app.queue import DEDUPE_WINDOW_SECONDS, LEGACY_INTERACTIVE_KEY, redis_settings, wake_workers
 from app.settings import Settings
-from workers import progress, rejected
+from workers import progress
 from workers.ai import Claude
-from workers.answer import JobFailed, WorkerDeps, answer_question
+from workers.answer import ASK
 from workers.delivery import SLACK_TIMEOUT_SECONDS, SlackDelivery
 from workers.errors import InvalidPayload
+from workers.kinds import JobKind, WorkerDeps
+from workers.outcomes import JobFailed
 from workers.ratelimit import RateLimiter
 from workers.retry import ARQ_MAX_TRIES
+from workers.runner import run_job
 
 log = structlog.get_logger(__name__)
 
@@ -66,23 +70,6 @@ class _DropReportedFailures(logging.Filter):
         return not isinstance(error, (JobFailed, InvalidPayload, DeserializationError))
 
 
-async def answer_job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
-    """arq's entry for ANSWER_JOB. It takes whatever arguments the stored job holds, so a job of
-    the wrong shape fails as a reported job (workers/rejected.py), not as a TypeError in arq."""
-    if len(args) == 1 and not kwargs:
-        try:
-            job = AskJob.model_validate(args[0])
-        except ValidationError:
-            pass
-        else:
-            return await answer_question(ctx, job)
-    envelope = {"f": ANSWER_JOB, "a": list(args), "k": kwargs}
-    rejection = rejected.examine(envelope, ctx["job_id"])
-    assert rejection is not None  # a well-formed job returned above
-    await rejected.report(ctx["deps"], ctx["job_id"], rejection, attempts=ctx["job_try"])
-    raise InvalidPayload(rejection.problem)
-
-
 async def startup(ctx: dict[str, Any]) -> None:
     """Runs once per worker process, after arq has connected to Redis."""
     settings: Settings = ctx["settings"]
@@ -99,6 +86,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         slack=SlackDelivery(settings),
         limiter=RateLimiter(ctx["redis"], settings.jobs_per_second, max_pause=settings.job_timeout_seconds),
         events=ctx["events"],
+        kinds=ctx["kinds"],
     )
     with contextlib.suppress(RedisError, OSError):
         await ctx["redis"].pexpire(LEGACY_INTERACTIVE_KEY, expires_extra_ms, nx=True)
@@ -136,19 +124,25 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     log.info("worker.stopped")
 
 
-def worker_settings(settings: Settings, events: JobEvents | None = None) -> dict[str, Any]:
+#: The job kinds a worker runs unless told otherwise, by ``kind`` (app/jobs.py).
+KINDS: Mapping[str, JobKind] = {"ask": ASK}
+
+
+def worker_settings(
+    settings: Settings, events: JobEvents | None = None, kinds: Mapping[str, JobKind] | None = None
+) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker``, from our settings.
 
-    ``events`` lets the caller subscribe hooks to the job lifecycle events before the worker runs.
+    ``events`` lets the caller subscribe hooks to the job lifecycle events before the worker runs;
+    ``kinds`` are the job kinds it runs (:data:`KINDS` when None).
     """
+    timeout = settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS
     return {
+        # Every kind is queued as RUN_JOB; ANSWER_JOB is the previous release's name for /ask,
+        # run by the same entry (its v1 payload is upgraded, app/jobs.py).
         "functions": [
-            func(
-                answer_job,
-                name=ANSWER_JOB,
-                max_tries=ARQ_MAX_TRIES,
-                timeout=settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS,
-            )
+            func(run_job, name=name, max_tries=ARQ_MAX_TRIES, timeout=timeout)
+            for name in (RUN_JOB, ANSWER_JOB)
         ],
         "redis_settings": worker_redis_settings(settings),
         "job_serializer": serialize,
@@ -162,5 +156,5 @@ def worker_settings(settings: Settings, events: JobEvents | None = None) -> dict
         "job_completion_wait": settings.shutdown_grace_seconds,
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "ctx": {"settings": settings, "events": events or JobEvents()},
+        "ctx": {"settings": settings, "events": events or JobEvents(), "kinds": dict(kinds or KINDS)},
     }

@@ -1,0 +1,119 @@
+"""What a job kind supplies to the runner, and what its steps get from it.
+
+A kind is its payload model (a member of the contract's union, app/jobs.py), its steps and its
+messages; the runner (:mod:`workers.runner`) does everything every job needs around them: the
+lease, failure counting, retries and give-up, the age guard, back-pressure waits, retention,
+events and the failure message. Worker registration passes the kinds explicitly
+(``worker_settings(settings, kinds=...)``), and the runner looks a job's steps up by ``kind``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+from arq.connections import ArqRedis
+
+from app.events import JobEvents
+from app.jobs import JobBase
+from app.messages import SlackMessage
+from app.settings import Settings
+from workers import store
+from workers.lease import Lease
+
+if TYPE_CHECKING:
+    from workers.ai import Claude
+    from workers.delivery import SlackDelivery
+    from workers.ratelimit import RateLimiter
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerDeps:
+    """What a job needs, built once per worker process at start-up."""
+
+    settings: Settings
+    redis: ArqRedis
+    claude: Claude
+    slack: SlackDelivery
+    limiter: RateLimiter
+    events: JobEvents
+    #: The job kinds this worker runs, by ``kind``.
+    kinds: Mapping[str, JobKind] = field(default_factory=dict)
+
+
+@dataclass
+class Timings:
+    """What one run measured, for job.completed and the retention record."""
+
+    attempt: int = 1
+    queued_ms: int | None = None
+    ai_ms: float | None = None
+    delivery_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class LeaseLost(Exception):
+    """This run's lease lapsed and another run has the job: stop without calling or posting."""
+
+
+@dataclass
+class Run:
+    """One run of one job, as its kind's steps see it."""
+
+    job: JobBase
+    deps: WorkerDeps
+    lease: Lease
+    timings: Timings
+
+    async def deliver(self, message: SlackMessage) -> str:
+        """Post the job's final message to its reply target, once; returns the path used.
+
+        Raises LeaseLost when another run has taken the job over or an earlier run posted it
+        (one final message only), and the failure types of workers/errors.py.
+        """
+        if self.lease.lost or await store.was_delivered(self.deps.redis, self.job.job_id):
+            raise LeaseLost()
+        started = time.perf_counter()
+        via = await self.deps.slack.send(self.deps.redis, self.job, message)
+        self.timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)
+        await record_delivery(self.deps, self.job, via)
+        return via
+
+
+async def record_delivery(deps: WorkerDeps, job: JobBase, via: str) -> None:
+    """Mark the job's final message delivered."""
+    # The user has their message now: a bookkeeping error must not turn into an error post
+    # that replaces it. The cost is a possible second post if this job runs again.
+    try:
+        await store.mark_delivered(deps.redis, job.job_id, via)
+    except Exception as error:
+        log.error("job.delivery_unrecorded", via=via, error=type(error).__name__, detail=str(error))
+
+
+class JobKind(Protocol):
+    """A kind of job: its payload model, its steps and its messages."""
+
+    #: The contract model of this kind's payload (its ``kind`` field names it).
+    model: type[JobBase]
+
+    async def perform(self, run: Run) -> str:
+        """Do the job and deliver its final message (:meth:`Run.deliver`); returns the path used."""
+        ...
+
+    def failure_message(self, job: JobBase, reason: str) -> SlackMessage:
+        """What the user is told when the job fails (``reason``: the failure's sentence)."""
+        ...
+
+    def retrying_message(self, job: JobBase, delay: float) -> SlackMessage:
+        """The interim notice for a job that will try again in ``delay`` seconds."""
+        ...
+
+    def queued_message(self, job: JobBase, ahead: int) -> SlackMessage:
+        """The interim notice for a job waiting behind ``ahead`` others."""
+        ...

@@ -1,0 +1,395 @@
+"""The job runner: what every job needs, whatever its kind.
+
+It parses the payload (the contract's union, app/jobs.py), looks the kind's steps up by
+``kind`` (:mod:`workers.kinds`) and runs them under the lease with stall recovery
+(:mod:`workers.lease`), failure counting per phase (:mod:`workers.store`), the
+transient/permanent decision and delay table (:mod:`workers.retry`), the age guard on Redis's
+clock (:mod:`workers.age`), back-pressure and rate-limiter waits, retention records, lifecycle
+events (``job.started/deferred/retrying/completed/failed/stalled``) and the failure message to
+the user through the job's reply target. "Finished is final": a job whose final message went out
+posts nothing more. Every run ends in one :data:`workers.outcomes.Outcome`, which
+:func:`run_job` turns into arq's terms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from arq import Retry
+from arq.constants import default_queue_name
+from redis.exceptions import RedisError
+
+from app.jobs import RUN_JOB, JobBase, parse_job
+from workers import age, progress, rejected, retention, store
+from workers.errors import (
+    BackPressure,
+    DeliveryFailed,
+    InvalidPayload,
+    JobError,
+    PermanentError,
+    TransientError,
+)
+from workers.kinds import JobKind, LeaseLost, Run, Timings, WorkerDeps, record_delivery
+from workers.lease import Lease, lease
+from workers.outcomes import (
+    Abandoned,
+    AlreadyDone,
+    Completed,
+    Deferred,
+    Failed,
+    JobFailed,
+    JobFailure,
+    Outcome,
+)
+from workers.ratelimit import SlotTooFar, spread
+from workers.retry import MAX_STALLS, retry_delay, should_retry, too_old_to_wait, waited_too_long
+
+log = structlog.get_logger(__name__)
+
+TOO_OLD_REASON = "the question waited too long in the queue. Please ask again."
+CRASHED_REASON = "answering it crashed the assistant twice, so it was given up. Please try rephrasing."
+#: Detail of the failure that ends a job Anthropic's rate limit kept waiting too long; the user
+#: gets TransientError's "Claude is busy" message.
+BACKPRESSURE_TOO_LONG = "waited out anthropic's rate limit past AI_BACKPRESSURE_MAX_WAIT_SECONDS"
+
+
+async def run_job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+    """arq's entry for every job kind. It takes whatever arguments the stored job holds, so a
+    job of the wrong shape fails as a reported job (workers/rejected.py), not as a TypeError in
+    arq. Returns how the final message was delivered."""
+    deps: WorkerDeps = ctx["deps"]
+    job = await _parse_or_reject(ctx, deps, args, kwargs)
+    kind = deps.kinds[job.kind]
+    with structlog.contextvars.bound_contextvars(
+        job_id=job.job_id,
+        team=job.asker.team_id,
+        user=job.asker.user_id,
+        reference=job.reference,
+        run=ctx["job_try"],
+    ):
+        outcome = await _run_guarded(kind, job, deps, ctx["score"])
+    return to_arq(outcome)
+
+
+async def _parse_or_reject(
+    ctx: dict[str, Any], deps: WorkerDeps, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> JobBase:
+    if len(args) == 1 and not kwargs:
+        try:
+            return parse_job(args[0], {name: kind.model for name, kind in deps.kinds.items()})
+        except ValueError:  # pydantic's ValidationError, UnknownVersion, UnknownKind among them
+            pass
+    envelope = {"f": RUN_JOB, "a": list(args), "k": kwargs}
+    rejection = rejected.examine(envelope, ctx["job_id"], deps.kinds)
+    assert rejection is not None  # a well-formed job returned above
+    await rejected.report(deps, ctx["job_id"], rejection, attempts=ctx["job_try"])
+    raise InvalidPayload(rejection.problem)
+
+
+def to_arq(outcome: Outcome) -> str:
+    """The one place an outcome becomes arq's: a result, a Retry, or a failed job."""
+    match outcome:
+        case Completed(via=via):
+            return via
+        case AlreadyDone():
+            return "already-delivered"
+        case Abandoned():
+            return "abandoned"
+        case Deferred(delay=delay):
+            raise Retry(defer=delay)
+        case Failed(failure=failure):
+            raise JobFailed(failure.cause)
+
+
+async def _run_guarded(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int) -> Outcome:
+    try:
+        return await _run_with_lease(kind, job, deps, score)
+    except RedisError as error:
+        # Redis failed outside the retry policy (which itself needs Redis): try the whole job
+        # again shortly, uncounted, rather than let arq fail it without telling anyone.
+        log.warning("job.redis_unavailable", error=type(error).__name__, detail=str(error))
+        defer = deps.settings.job_retry_base_seconds
+        if too_old_to_wait(await _enqueued_at_if_redis_allows(deps, job), defer):
+            return await _fail_too_old_despite_redis(kind, job, deps)
+        return Deferred(defer)
+
+
+async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int) -> Outcome:
+    """Run the job under its lease, noting a stalled predecessor; skip it if already delivered."""
+    async with lease(deps.redis, job.job_id) as held:
+        predecessor = held.predecessor
+        if predecessor is not None:
+            # Before the delivered check: a worker that died after posting still died mid-job,
+            # and the operator should hear of it.
+            await deps.events.emit(
+                "job.stalled",
+                level="warning",
+                job_id=job.job_id,
+                dead_worker=predecessor.get("worker"),
+                recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
+            )
+        if await store.was_delivered(deps.redis, job.job_id):
+            log.info("job.already_delivered")
+            return AlreadyDone()
+        if predecessor is not None:
+            if await store.record_failure(deps.redis, job.job_id, "stalled") > MAX_STALLS:
+                # A job that kills its worker every time would otherwise be re-run until it is too old.
+                crashed = PermanentError(
+                    f"worker died {MAX_STALLS + 1} times running it", reason=CRASHED_REASON
+                )
+                return await _give_up(kind, job, deps, JobFailure.of(crashed), Timings())
+        try:
+            failure = await store.load_failure(deps.redis, job.job_id)
+        except store.UnreadableRecord as error:
+            # The job did fail, for a reason this version cannot read (a rolling deploy, damage):
+            # tell the user in general terms rather than fail the job silently.
+            log.error("job.failure_record_unreadable", detail=str(error))
+            failure = JobFailure(
+                error="UnreadableRecord", detail=str(error), reason=JobError.default_reason, permanent=True
+            )
+        if failure is not None:
+            # The job has failed already; only the message telling the user is left to send.
+            attempts = await store.failure_count(deps.redis, job.job_id)
+            return await _give_up(kind, job, deps, failure, Timings(attempt=max(attempts, 1)))
+        return await _run(kind, job, deps, score, held)
+
+
+async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: Lease) -> Outcome:
+    settings = deps.settings
+    enqueued_at = await age.enqueued_at(deps.redis, job)
+    # Attempts that did work: earlier failed ones and this one (arq's try count also counts
+    # rate-limit deferrals and shutdown re-queues).
+    timings = Timings(
+        queued_ms=_ms_since(enqueued_at), attempt=await store.failure_count(deps.redis, job.job_id) + 1
+    )
+    await deps.events.emit(
+        "job.started", job_id=job.job_id, attempt=timings.attempt, queued_ms=timings.queued_ms
+    )
+    try:
+        if too_old_to_wait(enqueued_at, 0):
+            raise PermanentError("job older than MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON)
+        # Our own deadline sits inside arq's, so a timeout is a transient failure we handle
+        # rather than arq failing the job silently.
+        async with asyncio.timeout(settings.job_timeout_seconds):
+            via = await kind.perform(Run(job, deps, held, timings))
+    except LeaseLost:
+        log.warning("job.abandoned", reason="another run has this job")
+        return Abandoned("another run has this job")
+    except SlotTooFar as wait:
+        return await _wait_for_slot(kind, job, deps, wait.defer, enqueued_at, timings, score)
+    except TimeoutError as error:
+        failure: Exception = TransientError("job timed out")
+        failure.__cause__ = error
+    except RedisError as error:
+        failure = TransientError(f"redis {type(error).__name__}")
+        failure.__cause__ = error
+    except JobError as error:
+        failure = error
+    except Exception as error:
+        log.exception("job.crashed")
+        failure = error
+    else:
+        await deps.events.emit(
+            "job.completed",
+            job_id=job.job_id,
+            via=via,
+            total_ms=_ms_since(enqueued_at),
+            queued_ms=timings.queued_ms,
+            ai_ms=timings.ai_ms,
+            delivery_ms=timings.delivery_ms,
+            input_tokens=timings.input_tokens,
+            output_tokens=timings.output_tokens,
+        )
+        await _retain(deps, job, "completed", timings, via=via)
+        return Completed(via)
+
+    if isinstance(failure, BackPressure):
+        return await _wait_out_back_pressure(kind, job, deps, failure, enqueued_at, timings)
+    if isinstance(failure, TransientError):
+        if failure.throttled:
+            await deps.limiter.pause(failure.retry_after or settings.job_retry_base_seconds, str(failure))
+        phase: store.Phase = "delivery" if isinstance(failure, DeliveryFailed) else "ai"
+        failures = await store.record_failure(deps.redis, job.job_id, phase)
+        if should_retry(failure, failures, settings):
+            delay = retry_delay(failure, failures, settings)
+            if not too_old_to_wait(enqueued_at, delay):
+                await _retrying(deps, job, failures, delay, str(failure), phase)
+                return Deferred(await _tell_user_we_retry(kind, job, deps, delay))
+    return await _give_up(kind, job, deps, JobFailure.of(failure), timings)
+
+
+async def _wait_for_slot(
+    kind: JobKind,
+    job: JobBase,
+    deps: WorkerDeps,
+    defer: float,
+    enqueued_at: datetime,
+    timings: Timings,
+    score: int,
+) -> Outcome:
+    """The rate limiter's next slot is too far off: defer, uncharged. Waiting is not a failure
+    and uses no retry; it is bounded all the same, so the user hears in time rather than never."""
+    settings = deps.settings
+    if too_old_to_wait(enqueued_at, defer):
+        too_old = PermanentError("rate-limit wait would pass MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON)
+        return await _give_up(kind, job, deps, JobFailure.of(too_old), timings)
+    if waited_too_long(await deps.limiter.refused_for(job.job_id, refused_now=False), defer, settings):
+        return await _give_up(kind, job, deps, JobFailure.of(TransientError(BACKPRESSURE_TOO_LONG)), timings)
+    await deps.events.emit("job.deferred", job_id=job.job_id, delay_s=round(defer, 3))
+    if _ms_since(enqueued_at) >= settings.progress_after_seconds * 1000:
+        ahead = await deps.redis.zcount(default_queue_name, "-inf", f"({score}")
+        await progress.tell_queued(deps.redis, deps.slack, job, kind.queued_message(job, ahead))
+    return Deferred(defer)
+
+
+async def _wait_out_back_pressure(
+    kind: JobKind,
+    job: JobBase,
+    deps: WorkerDeps,
+    refusal: BackPressure,
+    enqueued_at: datetime,
+    timings: Timings,
+) -> Outcome:
+    """Anthropic refused the call for the organisation's rate limit: hold every worker's calls
+    for its retry-after and defer this job until then, using none of its retries; fail it once
+    the wait would pass AI_BACKPRESSURE_MAX_WAIT_SECONDS since its first refusal, or its age."""
+    settings = deps.settings
+    paused = await deps.limiter.pause(refusal.retry_after or settings.job_retry_base_seconds, str(refusal))
+    refused_for = await deps.limiter.refused_for(job.job_id, refused_now=True)
+    defer = spread(paused)
+    if waited_too_long(refused_for, defer, settings) or too_old_to_wait(enqueued_at, defer):
+        return await _give_up(kind, job, deps, JobFailure.of(TransientError(BACKPRESSURE_TOO_LONG)), timings)
+    await deps.events.emit(
+        "job.deferred", job_id=job.job_id, delay_s=round(defer, 3), reason=str(refusal), waited_s=refused_for
+    )
+    if refused_for == 0 and _ms_since(enqueued_at) / 1000 + defer >= settings.progress_after_seconds:
+        # Once per job: "Claude is busy, retrying in N s", as for a retry.
+        defer = await _tell_user_we_retry(kind, job, deps, defer, force=True)
+    return Deferred(defer)
+
+
+async def _give_up(
+    kind: JobKind, job: JobBase, deps: WorkerDeps, failure: JobFailure, timings: Timings
+) -> Outcome:
+    """Tell the user through the job's reply target, keep the failed-job record, end the job.
+
+    When Slack does not take the message, the job is retried for the message alone, with the
+    delivery backoff: a failure must reach the user as surely as an answer.
+    """
+    # Kept before the first post, so a run cut off while telling the user (SIGTERM, a crash)
+    # is re-run to tell them, not to do the work again.
+    await store.save_failure(deps.redis, job.job_id, failure)
+    try:
+        via = await deps.slack.send(deps.redis, job, kind.failure_message(job, failure.reason))
+    except DeliveryFailed as error:
+        failures = await store.record_failure(deps.redis, job.job_id, "notice")
+        if should_retry(error, failures, deps.settings):
+            delay = retry_delay(error, failures, deps.settings)
+            await _retrying(deps, job, failures, delay, f"failure message: {error}", "notice")
+            return Deferred(delay)
+        log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
+    except Exception as error:
+        log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
+    else:
+        await record_delivery(deps, job, via)
+    await deps.events.emit(
+        "job.failed",
+        level="error",
+        job_id=job.job_id,
+        error=failure.error,
+        detail=failure.detail,
+        permanent=failure.permanent,
+    )
+    await _retain(deps, job, "failed", timings, error=failure.cause)
+    return Failed(failure)
+
+
+async def _retrying(
+    deps: WorkerDeps, job: JobBase, attempt: int, delay: float, reason: str, phase: store.Phase
+) -> None:
+    await deps.events.emit(
+        "job.retrying",
+        level="warning",
+        job_id=job.job_id,
+        attempt=attempt,
+        delay_s=round(delay, 3),
+        reason=reason,
+        phase=phase,
+    )
+
+
+async def _tell_user_we_retry(
+    kind: JobKind, job: JobBase, deps: WorkerDeps, delay: float, *, force: bool = False
+) -> float:
+    """Post "retrying in N s" for a long wait (or any, ``force``); returns the delay left after
+    posting it."""
+    if delay < deps.settings.progress_after_seconds and not force:
+        return delay
+    started = time.monotonic()
+    await progress.post_update(deps.redis, deps.slack, job, kind.retrying_message(job, delay))
+    # The post took some of the wait; the retry still starts when promised.
+    return max(delay - (time.monotonic() - started), 0.0)
+
+
+async def _retain(
+    deps: WorkerDeps,
+    job: JobBase,
+    state: retention.State,
+    timings: Timings,
+    *,
+    via: str | None = None,
+    error: str | None = None,
+) -> None:
+    limit = deps.settings.retain_completed_jobs if state == "completed" else deps.settings.retain_failed_jobs
+    record = retention.JobRecord(
+        job_id=job.job_id,
+        reference=job.reference,
+        state=state,
+        payload=job.model_dump(mode="json"),
+        attempts=timings.attempt,
+        enqueued_at=job.enqueued_at,
+        finished_at=datetime.now(UTC),
+        queued_ms=timings.queued_ms,
+        ai_ms=timings.ai_ms,
+        delivery_ms=timings.delivery_ms,
+        input_tokens=timings.input_tokens,
+        output_tokens=timings.output_tokens,
+        via=via,
+        error=error,
+    )
+    if limit > 0:
+        await retention.keep(deps.redis, record, limit)
+
+
+async def _enqueued_at_if_redis_allows(deps: WorkerDeps, job: JobBase) -> datetime:
+    """The job's Redis-clock enqueue moment, or the payload's (clamped) while Redis fails."""
+    try:
+        return await age.enqueued_at(deps.redis, job)
+    except RedisError:
+        return age.from_payload(job)
+
+
+async def _fail_too_old_despite_redis(kind: JobKind, job: JobBase, deps: WorkerDeps) -> Outcome:
+    """End a job that Redis errors kept deferring until it is too old: tell the user, unless
+    the final message already reached them."""
+    too_old = PermanentError(
+        "redis errors kept the job waiting past MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON
+    )
+    try:
+        if await store.was_delivered(deps.redis, job.job_id):
+            return AlreadyDone()
+        return await _give_up(kind, job, deps, JobFailure.of(too_old), Timings())
+    except RedisError as error:
+        # Still failing: whether the message went out cannot be known, and an error post would
+        # replace it. Try again later: the first run with Redis back tells the user (or finds the
+        # answer delivered), as every run of a job this old does.
+        log.warning("job.too_old_redis_unavailable", error=type(error).__name__, detail=str(error))
+        return Deferred(deps.settings.job_retry_base_seconds)
+
+
+def _ms_since(moment: datetime) -> int:
+    return int((datetime.now(UTC) - moment).total_seconds() * 1000)
