@@ -26,12 +26,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
+from app.keys import COUNTERS_KEY, HISTOGRAMS_KEY
 from app.queue import QueueDepth, queue_depth, redis_accepts_writes
 
 log = structlog.get_logger(__name__)
 
-COUNTERS_KEY = "asklane:metrics:counters"
-HISTOGRAMS_KEY = "asklane:metrics:histograms"
 
 #: Writes from the ack path are fire-and-forget, bounded by this; a metric never delays a user.
 WRITE_TIMEOUT_SECONDS = 1.0

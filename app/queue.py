@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.constants import expires_extra_ms
 from arq.jobs import serialize_job
 from redis.exceptions import RedisError
 
+from app import keys, scripts
 from app.job import AskJob, deserialize, serialize
 from app.jobs import RUN_JOB, JobBase, upgrade
 from app.settings import Settings
@@ -27,124 +28,30 @@ ENQUEUE_TIMEOUT_SECONDS = 1.0
 DEDUPE_WINDOW_SECONDS = 30 * 60
 
 
-#: Idle workers block on this list; every enqueue pushes a token (see workers/arq_worker.py).
-WAKE_KEY = "asklane:wake"
-#: Tokens kept at most: enough to wake every idle worker of a large deployment, never unbounded.
+#: Wake tokens (keys.WAKE_KEY) kept at most: enough to wake every idle worker, never unbounded.
 WAKE_TOKENS = 64
 
 Priority = Literal["interactive", "background"]
 
 #: Priorities share arq's one queue, ordered by score (milliseconds). An interactive job is
 #: scored as if queued this long earlier, so it starts before any background job. Within a level
-#: a per-level "last score" (below) keeps scores strictly increasing in the order jobs reach
+#: a per-level "last score" (keys.last_score_key) keeps scores strictly increasing in the order jobs reach
 #: Redis, so jobs queued in the same millisecond, from any web process, start in that order.
 #:
 #: Scores are on the hosts' clocks, as arq's own are: arq decides "due" and re-scores retries with
 #: the worker's clock, so a score from another clock (Redis's) would make a job late by the skew.
 #: The rate limiter, where a few milliseconds across workers matter, uses Redis's clock instead.
 PRIORITY_OFFSET_MS: dict[Priority, int] = {"interactive": 10**12, "background": 0}
-_LAST_SCORE_KEY = "asklane:queue:last-score"
 
-#: Interactive jobs that arq re-scored out of their lane, by the moment they come due. arq
-#: re-scores a retried or deferred job to "now + delay", which drops it among the background jobs;
-#: the worker that ran it records it here (:data:`NOTE_RESCORED_INTERACTIVE`), and workers move
-#: it back into its lane once due (:data:`PROMOTE_DUE_INTERACTIVE`). Each entry leaves when it
-#: comes due, so the set holds only jobs waiting out a retry delay, never the backlog.
-RESCORED_INTERACTIVE_KEY = "asklane:queue:interactive-rescored"
-
-#: Where releases before RESCORED_INTERACTIVE_KEY kept every queued interactive id, with no
-#: expiry. Workers now give it one (a day, as arq gives its jobs), so a deploy leaves nothing.
-LEGACY_INTERACTIVE_KEY = "asklane:queue:interactive"
+#: Interactive jobs that arq re-scored out of their lane are kept by due moment in
+#: keys.RESCORED_INTERACTIVE_KEY: arq re-scores a retried or deferred job to "now + delay", which
+#: drops it among the background jobs; the worker that ran it records it there
+#: (scripts.NOTE_RESCORED_INTERACTIVE), and workers move it back into its lane once due
+#: (scripts.PROMOTE_DUE_INTERACTIVE). Each entry leaves when it comes due, so the set holds only
+#: jobs waiting out a retry delay, never the backlog.
 
 #: Most re-scored jobs one promotion moves; any left over are moved at the next poll.
 PROMOTE_BATCH = 100
-
-# KEYS: queue, re-scored interactive jobs.  ARGV: job id, offset ms, the worker's now ms.
-# Records the job if it now sits in the background lane (arq re-scored it), at its new score.
-NOTE_RESCORED_INTERACTIVE = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) > tonumber(ARGV[3]) - tonumber(ARGV[2]) / 2 then
-  redis.call('ZADD', KEYS[2], score, ARGV[1])
-  return 1
-end
-return 0
-"""
-
-# KEYS: queue, re-scored interactive jobs.  ARGV: offset ms, the worker's now ms, batch size.
-# Moves the re-scored jobs now due back ahead of the background lane. Reads only the entries due
-# now, so its cost does not grow with the backlog. An entry whose job was re-scored again, later,
-# waits for that moment; one whose job has left the queue is dropped.
-PROMOTE_DUE_INTERACTIVE = """
-local offset = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(due) do
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) > now then
-    redis.call('ZADD', KEYS[2], score, id)
-  else
-    redis.call('ZREM', KEYS[2], id)
-    if score and tonumber(score) > now - offset / 2 then
-      redis.call('ZADD', KEYS[1], 'XX', string.format('%.3f', tonumber(score) - offset), id)
-    end
-  end
-end
-return #due
-"""
-
-# KEYS: job, result, queue, last score of the level, wake list, enqueued-at, then one fair-use
-# counter per limit.  ARGV: serialized job, job id, priority offset ms, job expiry ms, wake tokens
-# kept, now ms, then the allowed count and window ms of each counter, in order.
-#
-# One atomic step for the whole ack: a job already queued or answered (a duplicate delivery) is
-# neither charged nor queued again: 0. Otherwise every counter is charged and the job queued (1)
-# only when no counter is used up; else nothing is, and the used-up counter whose window closes
-# last is returned as {its index (1-based), ms until then}. Two deliveries of one command at the
-# same moment are therefore charged once. The job itself is arq's own enqueue, plus a score that
-# is strictly increasing within a level, a wake token, and the moment it was queued on Redis's
-# clock (ENQUEUED_AT_PREFIX), expiring with the job key.
-_ENQUEUE = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-local first = 7
-local worst, worst_ttl = 0, -1
-for i = first, #KEYS do
-  local n = i - first + 1
-  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[5 + 2 * n]) then
-    local ttl = redis.call('PTTL', KEYS[i])
-    if ttl < 0 then
-      redis.call('PEXPIRE', KEYS[i], ARGV[6 + 2 * n])
-      ttl = tonumber(ARGV[6 + 2 * n])
-    end
-    if ttl > worst_ttl then worst, worst_ttl = n, ttl end
-  end
-end
-if worst > 0 then return {worst, worst_ttl} end
-for i = first, #KEYS do
-  if redis.call('INCR', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[6 + 2 * (i - first + 1)]) end
-end
-local score = tonumber(ARGV[6]) - tonumber(ARGV[3])
-local last = tonumber(redis.call('GET', KEYS[4]) or '0')
--- A web host whose clock ran ahead must not hold later jobs back: keep order only within 1 s.
-if score <= last then score = math.min(last + 0.001, score + 1000) end
-local text = string.format('%.3f', score)
-redis.call('SET', KEYS[4], text, 'PX', 86400000)
-redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[4]))
-redis.call('ZADD', KEYS[3], text, ARGV[2])
-local time = redis.call('TIME')
-local queued_at = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('SET', KEYS[6], string.format('%d', queued_at), 'PX', tonumber(ARGV[4]))
-redis.call('LPUSH', KEYS[5], '1')
-redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
-return 1
-"""
-
-
-#: Per-job key holding the moment the job was queued, in milliseconds on Redis's clock (TIME),
-#: written by the enqueue script and expiring with the job. Web and worker hosts' clocks may
-#: disagree by minutes; Redis's clock is the one both can trust for a job's age. Absent for jobs
-#: queued by a release before this key existed: workers then fall back to the payload's
-#: ``enqueued_at``, clamped to their own clock.
-ENQUEUED_AT_PREFIX = "asklane:enqueued-at:"
 
 
 @dataclass(frozen=True)
@@ -218,7 +125,7 @@ async def enqueue_ask(redis: ArqRedis, job: JobBase | AskJob, priority: Priority
 async def enqueue_counted(
     redis: ArqRedis, job: JobBase | AskJob, priority: Priority, counters: Sequence[Counter]
 ) -> bool | Refused:
-    """Charge ``counters`` and queue the job, as one atomic step (see :data:`_ENQUEUE`).
+    """Charge ``counters`` and queue the job, as one atomic step (see :data:`app.scripts.ENQUEUE`).
 
     Returns True when queued, False for a duplicate delivery (nothing charged), or Refused when a
     counter is used up (nothing charged, nothing queued). Raises QueueUnavailable when Redis does
@@ -228,13 +135,13 @@ async def enqueue_counted(
         job = upgrade(job)
     now_ms = time.time() * 1000
     body = serialize_job(RUN_JOB, (job.model_dump(mode="json"),), {}, None, int(now_ms), serializer=serialize)
-    keys = [
-        job_key_prefix + job.job_id,
-        result_key_prefix + job.job_id,
-        default_queue_name,
-        f"{_LAST_SCORE_KEY}:{priority}",
-        WAKE_KEY,
-        ENQUEUED_AT_PREFIX + job.job_id,
+    script_keys = [
+        keys.job_key(job.job_id),
+        keys.result_key(job.job_id),
+        keys.QUEUE_KEY,
+        keys.last_score_key(priority),
+        keys.WAKE_KEY,
+        keys.enqueued_at_key(job.job_id),
         *(counter.key for counter in counters),
     ]
     args: list[Any] = [
@@ -247,7 +154,7 @@ async def enqueue_counted(
     ]
     for counter in counters:
         args += [counter.allowed, counter.window_ms]
-    result = await run_script(redis, _ENQUEUE, keys, args)
+    result = await run_script(redis, scripts.enqueue, script_keys, args)
     if isinstance(result, list):
         index, ttl_ms = result
         return Refused(int(index) - 1, max(int(ttl_ms), 0))
@@ -260,16 +167,16 @@ async def promote_due_interactive(redis: ArqRedis, now_ms: float) -> int:
     Run by every worker poll, so its Redis time must not grow with the backlog: it reads only
     the re-scored jobs due now, at most PROMOTE_BATCH of them.
     """
-    promote = redis.register_script(PROMOTE_DUE_INTERACTIVE)
-    keys = [default_queue_name, RESCORED_INTERACTIVE_KEY]
-    return int(await promote(keys=keys, args=[PRIORITY_OFFSET_MS["interactive"], now_ms, PROMOTE_BATCH]))
+    lanes = [keys.QUEUE_KEY, keys.RESCORED_INTERACTIVE_KEY]
+    offset = PRIORITY_OFFSET_MS["interactive"]
+    return int(await scripts.promote_due_interactive(redis, lanes, [offset, now_ms, PROMOTE_BATCH]))
 
 
 async def note_if_rescored(redis: ArqRedis, job_id: str, now_ms: float) -> bool:
     """After an interactive job deferred itself: record it if arq re-scored it out of its lane."""
-    note = redis.register_script(NOTE_RESCORED_INTERACTIVE)
-    keys = [default_queue_name, RESCORED_INTERACTIVE_KEY]
-    return bool(await note(keys=keys, args=[job_id, PRIORITY_OFFSET_MS["interactive"], now_ms]))
+    lanes = [keys.QUEUE_KEY, keys.RESCORED_INTERACTIVE_KEY]
+    offset = PRIORITY_OFFSET_MS["interactive"]
+    return bool(await scripts.note_rescored_interactive(redis, lanes, [job_id, offset, now_ms]))
 
 
 def is_interactive(score: float, now_ms: float) -> bool:
@@ -277,14 +184,14 @@ def is_interactive(score: float, now_ms: float) -> bool:
     return score < now_ms - PRIORITY_OFFSET_MS["interactive"] / 2
 
 
-async def run_script(redis: ArqRedis, script: str, keys: list[Any], args: list[Any]) -> Any:
-    """Run a Lua script for the web's ack path.
+async def run_script(redis: ArqRedis, script: scripts.Script, script_keys: list[Any], args: list[Any]) -> Any:
+    """Run a Lua script for the web's ack path, by SHA (loading it once if Redis lacks it).
 
     Raises QueueUnavailable when Redis does not answer within ENQUEUE_TIMEOUT_SECONDS.
     """
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-            return await cast(Awaitable[Any], redis.eval(script, len(keys), *keys, *args))
+            return await script(redis, script_keys, args)
     except (RedisError, OSError, TimeoutError) as error:
         raise QueueUnavailable(type(error).__name__) from error
 
@@ -304,9 +211,9 @@ async def queue_depth(redis: ArqRedis) -> QueueDepth:
     # Interactive jobs are scored PRIORITY_OFFSET_MS early: below the midpoint between the lanes.
     lane = now_ms - PRIORITY_OFFSET_MS["interactive"] / 2
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(default_queue_name, "-inf", lane)
-        pipe.zcount(default_queue_name, f"({lane}", now_ms)
-        pipe.zcount(default_queue_name, f"({now_ms}", "+inf")
+        pipe.zcount(keys.QUEUE_KEY, "-inf", lane)
+        pipe.zcount(keys.QUEUE_KEY, f"({lane}", now_ms)
+        pipe.zcount(keys.QUEUE_KEY, f"({now_ms}", "+inf")
         interactive, background, scheduled = await pipe.execute()
     return QueueDepth(int(interactive), int(background), int(scheduled))
 
@@ -315,13 +222,9 @@ async def wake_workers(redis: ArqRedis, count: int) -> None:
     """Push ``count`` wake-up tokens, so idle workers look at the queue now."""
     if count > 0:
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(WAKE_KEY, *["1"] * count)
-            pipe.ltrim(WAKE_KEY, 0, WAKE_TOKENS - 1)
+            pipe.lpush(keys.WAKE_KEY, *["1"] * count)
+            pipe.ltrim(keys.WAKE_KEY, 0, WAKE_TOKENS - 1)
             await pipe.execute()
-
-
-#: Written by the readiness probe; expires at once, so it never outlives a probe.
-READY_KEY = "asklane:ready-probe"
 
 
 async def redis_accepts_writes(redis: ArqRedis) -> bool:
@@ -332,6 +235,6 @@ async def redis_accepts_writes(redis: ArqRedis) -> bool:
     """
     try:
         async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-            return bool(await redis.set(READY_KEY, b"1", px=int(ENQUEUE_TIMEOUT_SECONDS * 1000)))
+            return bool(await redis.set(keys.READY_KEY, b"1", px=int(ENQUEUE_TIMEOUT_SECONDS * 1000)))
     except (RedisError, OSError, TimeoutError):
         return False

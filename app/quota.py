@@ -14,6 +14,7 @@ from typing import Literal
 from arq.connections import ArqRedis
 
 from app.jobs import JobBase
+from app.keys import quota_key
 from app.queue import Counter, Priority, Refused, enqueue_counted
 from app.settings import Settings
 
@@ -50,8 +51,7 @@ def limits_from(settings: Settings) -> tuple[Limit, ...]:
 
 
 def _key(limit: Limit, team_id: str, user_id: str) -> str:
-    owner = f"{team_id}:{user_id}" if limit.scope == "user" else team_id
-    return f"asklane:quota:{limit.scope}:{limit.period}:{owner}"
+    return quota_key(limit.scope, limit.period, team_id, user_id)
 
 
 async def enqueue_within(

@@ -38,6 +38,7 @@ from harness import (
     start_loopback,
 )
 
+from app import keys
 from tests.support.slack_requests import SlashCommands, signature_headers
 
 WORKING = "Working on it"
@@ -128,7 +129,7 @@ def main() -> int:
         warm = send_all(conn, warmup, WORKING, deadline)
         normal = send_all(conn, measured, WORKING, deadline)
         # Proof the acks above were real enqueues, not early answers: one job per command.
-        jobs_queued = int(redis.client().zcard("arq:queue"))
+        jobs_queued = int(redis.client().zcard(keys.QUEUE_KEY))
 
         redis.stop()
         outage = send_all(conn, down, UNAVAILABLE, deadline)

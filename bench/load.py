@@ -50,6 +50,7 @@ from harness import (
     start_loopback,
 )
 
+from app import keys
 from tests.support.deployment import SIGNING_SECRET
 from tests.support.processes import WorkerProcess, free_port
 
@@ -176,13 +177,15 @@ def main() -> int:
 
         # No worker: only the web process runs; the commands wait in Redis.
         results["asklane, workers idle"] = run_load(web.port, "idle", args, slack)
-        backlog = int(redis.client().zcard("arq:queue"))
+        backlog = int(redis.client().zcard(keys.QUEUE_KEY))
         start_workers("b")
 
         queued = sum(results[phase]["answered"] - results[phase]["errors"] for phase in TARGETS)
         started = time.monotonic()
         while time.monotonic() - started < args.drain_timeout:
-            if sum(answers_by_question(slack).values()) >= queued and not redis.client().zcard("arq:queue"):
+            if sum(answers_by_question(slack).values()) >= queued and not redis.client().zcard(
+                keys.QUEUE_KEY
+            ):
                 break
             time.sleep(1.0)
         drained_in = time.monotonic() - started

@@ -24,17 +24,15 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from app.queue import (  # noqa: E402
-    PRIORITY_OFFSET_MS,
-    PROMOTE_BATCH,
-    PROMOTE_DUE_INTERACTIVE,
-    RESCORED_INTERACTIVE_KEY,
-)
+from app import keys  # noqa: E402
+from app.keys import RESCORED_INTERACTIVE_KEY  # noqa: E402
+from app.queue import PRIORITY_OFFSET_MS, PROMOTE_BATCH  # noqa: E402
+from app.scripts import PROMOTE_DUE_INTERACTIVE  # noqa: E402
 from bench.harness import RedisServer  # noqa: E402
 
-QUEUE = "arq:queue"
+QUEUE = keys.QUEUE_KEY
 #: The set of every queued interactive id the old script scanned.
-OLD_INTERACTIVE_KEY = "asklane:queue:interactive"
+OLD_INTERACTIVE_KEY = keys.LEGACY_INTERACTIVE_KEY
 
 # The promotion before the fix (app/queue.py at 650806a), verbatim.
 OLD_PROMOTE_DUE_INTERACTIVE = """

@@ -12,6 +12,7 @@ import pytest
 import redis
 from arq.connections import ArqRedis
 
+from app import keys
 from app.events import JobEvents
 from app.job import AskJob
 from app.queue import enqueue_ask, open_redis
@@ -36,7 +37,7 @@ RETRY_SECONDS = "4"
 
 def _due_in(client: redis.Redis, job_id: str) -> float:
     """Seconds until the queued job is due (negative once due); -inf when it is not queued."""
-    score = client.zscore("arq:queue", job_id)
+    score = client.zscore(keys.QUEUE_KEY, job_id)
     return float("-inf") if score is None else score / 1000 - time.time()
 
 

@@ -14,6 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from app import keys
 from app.verification import MAX_BODY_BYTES
 from tests.support.jobs import queued_job_ids
 from tests.support.slack_requests import SlashCommands, ack_text, signature_headers
@@ -163,7 +164,7 @@ def test_control_characters_are_dropped_from_the_question(
 
     assert response.status_code == 200
     [job_id] = queued_job_ids(redis_client)
-    stored = json.loads(redis_client.get(f"arq:job:{job_id}") or b"{}")
+    stored = json.loads(redis_client.get(keys.job_key(job_id)) or b"{}")
     assert stored["a"][0]["text"] == "what is a p99?"
 
 

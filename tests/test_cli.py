@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from app import messages, sandbox
 from app.cli import awaits_more, main
+from app.keys import FAILED_KEY
 from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
 from tests.support.deployment import ROOT, settings_from
@@ -26,7 +27,6 @@ from tests.support.jobs import drain, queued_job_ids
 from tests.support.processes import WebProcess, WorkerProcess, free_port
 from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
-from workers.retention import FAILED_KEY
 
 
 def _run(capsys: pytest.CaptureFixture[str], settings: Settings, *argv: str) -> Any:

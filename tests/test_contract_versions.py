@@ -12,6 +12,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
+from app import keys
 from app.jobs import RUN_JOB, ask_from_command
 from app.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic
@@ -22,8 +23,8 @@ from tests.support.slack_requests import SlashCommands
 
 def _queue_literally(client: redis.Redis, job_id: str, envelope: str) -> None:
     """What a release's enqueue leaves in Redis: arq's job key, as JSON, and the queue entry."""
-    client.set(f"arq:job:{job_id}", envelope)
-    client.zadd("arq:queue", {job_id: int(time.time() * 1000)})
+    client.set(keys.job_key(job_id), envelope)
+    client.zadd(keys.QUEUE_KEY, {job_id: int(time.time() * 1000)})
 
 
 def test_a_job_the_previous_release_queued_is_answered_by_a_new_worker(
@@ -52,7 +53,7 @@ def test_a_job_the_previous_release_queued_is_answered_by_a_new_worker(
     assert post.path == form["response_url"].removeprefix(fake_slack.url)
     assert len(fake_anthropic.calls) == 1
     assert worker.jobs_complete == 1 and worker.jobs_failed == 0
-    assert redis_client.get(f"asklane:delivered:{old_job_id}") == b"response_url"
+    assert redis_client.get(keys.delivered_key(old_job_id)) == b"response_url"
 
 
 def test_a_job_of_a_newer_contract_version_is_failed_with_a_message_to_its_asker(
@@ -96,7 +97,7 @@ def test_a_job_of_a_newer_contract_version_is_failed_with_a_message_to_its_asker
     [told] = [post["text"] for post in fake_slack.delivered()]
     assert told.startswith(":warning: Sorry, that request could not be read.")
     assert worker.jobs_failed == 1 and fake_anthropic.calls == []
-    [record] = [json.loads(raw) for raw in redis_client.lrange("asklane:jobs:failed", 0, -1)]
+    [record] = [json.loads(raw) for raw in redis_client.lrange(keys.FAILED_KEY, 0, -1)]
     assert record["job_id"] == "ask-from-the-future" and "contract version 3" in record["error"]
 
 
@@ -106,8 +107,8 @@ def test_a_slash_command_queues_an_ask_job_with_its_asker_reply_target_and_team_
     form = commands.form("what is a p99?")
     commands.send(web, form=form)
 
-    [job_id] = [member.decode() for member in redis_client.zrange("arq:queue", 0, -1)]
-    stored = json.loads(redis_client.get(f"arq:job:{job_id}") or b"")
+    [job_id] = [member.decode() for member in redis_client.zrange(keys.QUEUE_KEY, 0, -1)]
+    stored = json.loads(redis_client.get(keys.job_key(job_id)) or b"")
     assert stored["f"] == RUN_JOB
     [payload] = stored["a"]
     assert {key: payload[key] for key in ("kind", "version", "asker", "reply_to", "dedupe_key")} == {

@@ -10,6 +10,8 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
+from app import keys
+from app.keys import FAILED_KEY
 from app.main import create_app
 from app.settings import Settings
 from tests.support.deployment import BOT_TOKEN, settings_from
@@ -19,7 +21,6 @@ from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
 from tests.support.jobs import drain, queued_job_ids
 from tests.support.slack_requests import SlashCommands
 from workers.delivery import RESPONSE_URL_USES
-from workers.retention import FAILED_KEY
 
 ANSWER = "Answer to: what is a p99?"
 
@@ -296,7 +297,7 @@ def test_an_unreadable_stored_failure_still_tells_the_user_and_keeps_a_failed_re
     commands.send(web, "what is a p99?")
     [job_id] = queued_job_ids(redis_client)
     # As an older or newer version might have written it.
-    redis_client.set(f"asklane:failure:{job_id}", json.dumps({"message": "timed out"}))
+    redis_client.set(keys.failure_key(job_id), json.dumps({"message": "timed out"}))
 
     worker = drain(settings)
 

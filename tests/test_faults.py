@@ -17,6 +17,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from app import keys
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
@@ -265,18 +266,9 @@ def test_restarting_the_web_process_loses_no_queued_command(
 
 
 #: Key patterns covering every key except arq's results (``arq:result:*``): Redis ACLs only allow.
+#: A key differs from the prefix at its first character, or at the second, and so on.
 _ALL_BUT_ARQ_RESULTS = [
-    "[^a]*",
-    "a[^r]*",
-    "ar[^q]*",
-    "arq[^:]*",
-    "arq:[^r]*",
-    "arq:r[^e]*",
-    "arq:re[^s]*",
-    "arq:res[^u]*",
-    "arq:resu[^l]*",
-    "arq:resul[^t]*",
-    "arq:result[^:]*",
+    f"{keys.RESULT_KEY_PREFIX[:n]}[^{char}]*" for n, char in enumerate(keys.RESULT_KEY_PREFIX)
 ]
 
 
@@ -317,7 +309,7 @@ def test_redis_failing_as_arq_records_the_job_finished_leaves_the_answer_in_view
         Reply(action="hold", json=message("Answer to: second question"), headers={"request-id": "r"}),
     )
     second = _send(client, commands, ["second question"])
-    wait_until(lambda: admin.exists(f"asklane:progress:queued:{first_id}"), timeout=40)
+    wait_until(lambda: admin.exists(keys.progress_queued_key(first_id)), timeout=40)
     fake_anthropic.release()
 
     _assert_each_answered_exactly_once(fake_slack, first + second, timeout=30, as_seen=True)

@@ -18,6 +18,7 @@ import redis
 from arq.connections import ArqRedis
 from slack_bolt.request.async_request import AsyncBoltRequest
 
+from app import keys
 from app.events import JobEvents
 from app.job import ANSWER_JOB, AskJob, deserialize, reference_for, serialize
 from app.jobs import ask_from_command, parse_job, upgrade
@@ -75,7 +76,7 @@ def test_payload_round_trips_through_json() -> None:
 def test_jobs_are_stored_as_json_not_pickle(settings: Settings, redis_client: redis.Redis) -> None:
     _enqueue_raw(settings, _job().model_dump(mode="json"))
 
-    stored = redis_client.get("arq:job:raw-job")
+    stored = redis_client.get(keys.job_key("raw-job"))
     assert stored is not None
     assert json.loads(stored)["f"] == ANSWER_JOB
 
@@ -124,8 +125,8 @@ def test_a_pickled_job_is_never_unpickled(
     # Anyone who can write to Redis could otherwise run code on a worker.
     canary = tmp_path / "canary"
     job = {"t": 1, "f": ANSWER_JOB, "a": [_Canary(str(canary))], "k": {}, "et": int(time.time() * 1000)}
-    redis_client.set("arq:job:evil", pickle.dumps(job))
-    redis_client.zadd("arq:queue", {"evil": int(time.time() * 1000)})
+    redis_client.set(keys.job_key("evil"), pickle.dumps(job))
+    redis_client.zadd(keys.QUEUE_KEY, {"evil": int(time.time() * 1000)})
 
     worker = drain(settings)
 
@@ -187,8 +188,8 @@ def test_a_job_no_worker_can_run_ends_in_a_failed_event_a_failed_record_and_a_me
     fake_slack: FakeSlack,
 ) -> None:
     build, asker_known = BAD_JOBS[case]
-    redis_client.set("arq:job:bad-job", build(_asked(commands)))
-    redis_client.zadd("arq:queue", {"bad-job": int(time.time() * 1000)})
+    redis_client.set(keys.job_key("bad-job"), build(_asked(commands)))
+    redis_client.zadd(keys.QUEUE_KEY, {"bad-job": int(time.time() * 1000)})
     failed: list[dict[str, Any]] = []
 
     async def hook(event: str, fields: dict[str, Any]) -> None:
@@ -211,7 +212,7 @@ def test_a_job_no_worker_can_run_ends_in_a_failed_event_a_failed_record_and_a_me
         else []
     )
     assert worker.jobs_failed == 1 and fake_anthropic.calls == []
-    assert not redis_client.zrange("arq:queue", 0, -1)
+    assert not redis_client.zrange(keys.QUEUE_KEY, 0, -1)
 
 
 def test_a_job_arq_gives_up_on_by_itself_is_recorded_and_its_asker_told(
@@ -224,7 +225,7 @@ def test_a_job_arq_gives_up_on_by_itself_is_recorded_and_its_asker_told(
     # arq fails a job over its try count without running it and without any hook.
     job = commands.job("a question out of tries")
     _enqueue(settings, job)
-    redis_client.set(f"arq:retry:{job.job_id}", ARQ_MAX_TRIES)
+    redis_client.set(keys.retry_key(job.job_id), ARQ_MAX_TRIES)
 
     drain(settings)
 

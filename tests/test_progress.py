@@ -14,6 +14,7 @@ import redis
 from arq.connections import ArqRedis
 from starlette.testclient import TestClient
 
+from app import keys
 from app.job import ANSWER_JOB, AskJob, serialize
 from app.queue import open_redis
 from app.settings import Settings
@@ -122,8 +123,8 @@ def _enqueue_raw(redis_client: redis.Redis, job_id: str, args: object) -> None:
     """A job in arq's queue whose arguments are ``args``, as a damaged or foreign payload has."""
     now_ms = int(time.time() * 1000)
     raw = serialize({"t": 1, "f": ANSWER_JOB, "a": args, "k": {}, "et": now_ms})
-    redis_client.set(f"arq:job:{job_id}", raw)
-    redis_client.zadd("arq:queue", {job_id: now_ms - 1})
+    redis_client.set(keys.job_key(job_id), raw)
+    redis_client.zadd(keys.QUEUE_KEY, {job_id: now_ms - 1})
 
 
 def _sweep(settings: Settings) -> None:
@@ -176,7 +177,7 @@ def test_a_failing_sweep_is_logged_once_per_kind_and_its_recovery_once(
         return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == name]
 
     # Not a sorted set: every sweep's read of the queue fails (WRONGTYPE).
-    redis_client.set("arq:queue", "damaged")
+    redis_client.set(keys.QUEUE_KEY, "damaged")
     before = failed_queue_reads()
     loop = asyncio.new_event_loop()
     stopping = asyncio.Event()
@@ -190,7 +191,7 @@ def test_a_failing_sweep_is_logged_once_per_kind_and_its_recovery_once(
     sweeper.start()
     try:
         wait_until(lambda: failed_queue_reads() >= before + 5)
-        redis_client.delete("arq:queue")
+        redis_client.delete(keys.QUEUE_KEY)
         wait_until(lambda: events("progress.sweep_recovered"))
     finally:
         loop.call_soon_threadsafe(stopping.set)

@@ -18,16 +18,21 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from starlette.testclient import TestClient
 
+from app import keys, scripts
 from app.events import JobEvents
 from app.job import AskJob
-from app.metrics import COUNTERS_KEY, HISTOGRAMS_KEY
-from app.queue import (
-    ENQUEUED_AT_PREFIX,
-    PRIORITY_OFFSET_MS,
-    PROMOTE_BATCH,
-    PROMOTE_DUE_INTERACTIVE,
+from app.keys import (
+    COMPLETED_KEY,
+    COUNTERS_KEY,
+    FAILED_KEY,
+    HISTOGRAMS_KEY,
     RESCORED_INTERACTIVE_KEY,
     WAKE_KEY,
+    enqueued_at_key,
+)
+from app.queue import (
+    PRIORITY_OFFSET_MS,
+    PROMOTE_BATCH,
     WAKE_TOKENS,
     enqueue_ask,
     open_redis,
@@ -46,7 +51,6 @@ from tests.support.redis_tap import RedisTap
 from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
 from workers import arq_worker, lease
-from workers.retention import COMPLETED_KEY, FAILED_KEY
 from workers.worker import worker_settings
 
 #: The limiter guarantees N per second at the moment it grants a slot; the fake sees each request
@@ -262,7 +266,7 @@ def test_an_interactive_job_queued_behind_500_background_jobs_starts_next(
     urgent = commands.job("urgent")
     _enqueue_all(settings, [(job, "background") for job in background] + [(urgent, "interactive")])
 
-    order = [member.decode() for member in redis_client.zrange("arq:queue", 0, -1)]
+    order = [member.decode() for member in redis_client.zrange(keys.QUEUE_KEY, 0, -1)]
 
     assert order == [urgent.job_id] + [job.job_id for job in background]
 
@@ -318,9 +322,9 @@ def test_every_key_a_job_leaves_in_redis_expires_or_is_capped(
     # Re-scored interactive jobs leave their set when they come due, at a worker's poll; once more
     # here, after the last job, it must leave nothing behind.
     redis_client.eval(
-        PROMOTE_DUE_INTERACTIVE,
+        scripts.PROMOTE_DUE_INTERACTIVE,
         2,
-        "arq:queue",
+        keys.QUEUE_KEY,
         RESCORED_INTERACTIVE_KEY,
         PRIORITY_OFFSET_MS["interactive"],
         time.time() * 1000,
@@ -367,9 +371,7 @@ def _left_by_a_dead_worker(
     """A queued job with the run marker of a worker that died running it."""
     job = commands.job(question)
     _enqueue_all(settings, [(job, "interactive")])
-    redis_client.set(
-        f"asklane:running:{job.job_id}", json.dumps({"worker": "dead:1", "heartbeat": time.time()})
-    )
+    redis_client.set(keys.running_key(job.job_id), json.dumps({"worker": "dead:1", "heartbeat": time.time()}))
     return job
 
 
@@ -383,7 +385,7 @@ def test_a_job_that_kills_its_worker_again_is_given_up_with_a_message(
     # What a worker SIGKILLed mid-job leaves behind, the second time: its run marker, and the
     # stall already counted when the first crash was recovered.
     job = _left_by_a_dead_worker(settings, commands, redis_client, "the question that crashes workers")
-    redis_client.set(f"asklane:failures:stalled:{job.job_id}", 1)
+    redis_client.set(keys.failures_key(job.job_id, "stalled"), 1)
 
     worker = drain(settings)
 
@@ -402,7 +404,7 @@ def test_a_worker_that_died_after_posting_is_reported_stalled_and_not_answered_a
 ) -> None:
     # What a worker SIGKILLed between posting the answer and finishing the job leaves behind.
     job = _left_by_a_dead_worker(settings, commands, redis_client, "answered just before the crash")
-    redis_client.set(f"asklane:delivered:{job.job_id}", "response_url")
+    redis_client.set(keys.delivered_key(job.job_id), "response_url")
     seen: list[str] = []
 
     async def hook(event: str, fields: dict[str, Any]) -> None:
@@ -453,7 +455,7 @@ def test_a_run_whose_lease_was_taken_over_neither_posts_nor_fails(
 
     async def take_over(event: str, fields: dict[str, Any]) -> None:
         # Once the run holds its lease: what another worker does when that lease lapses.
-        redis_client.set(f"asklane:running:{job.job_id}", marker)
+        redis_client.set(keys.running_key(job.job_id), marker)
 
     events = JobEvents()
     events.subscribe("job.started", take_over)
@@ -525,9 +527,9 @@ def test_enqueue_stamps_the_moment_on_redis_clock_expiring_with_the_job(
     after = _redis_time_ms(redis_client)
 
     with redis_client.pipeline(transaction=True) as pipe:
-        pipe.get(ENQUEUED_AT_PREFIX + job.job_id)
-        pipe.pttl(ENQUEUED_AT_PREFIX + job.job_id)
-        pipe.pttl(f"arq:job:{job.job_id}")
+        pipe.get(enqueued_at_key(job.job_id))
+        pipe.pttl(enqueued_at_key(job.job_id))
+        pipe.pttl(keys.job_key(job.job_id))
         stamp, stamp_ttl, job_ttl = pipe.execute()
     assert before <= int(stamp) <= after
     assert stamp_ttl == job_ttl > 0
@@ -571,7 +573,7 @@ def test_a_release_after_another_run_took_the_marker_over_leaves_that_runs_marke
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     tap = RedisTap(redis_server.port).start()
-    key = "asklane:running:job-1"
+    key = keys.running_key("job-1")
     theirs = json.dumps({"worker": "other:1", "heartbeat": time.time(), "token": "the-other-run"})
 
     def take_over() -> None:

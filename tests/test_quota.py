@@ -12,6 +12,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
+from app import keys
 from app.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.jobs import queued_job_ids
@@ -90,7 +91,7 @@ def test_a_refused_question_does_not_count_against_the_other_limits(
     for _ in range(3):
         commands.send(web, "refused")
 
-    assert redis_client.get("asklane:quota:user:day:T0TEAM:U0ASKER") == b"1"
+    assert redis_client.get(keys.quota_key("user", "day", "T0TEAM", "U0ASKER")) == b"1"
 
 
 def test_a_duplicate_delivery_is_charged_once(
@@ -115,7 +116,7 @@ def test_the_limit_lifts_when_its_window_closes(
     assert "You have asked" in ack_text(commands.send(web, "refused"))
 
     # Stand-in for a minute passing.
-    redis_client.pexpire("asklane:quota:user:minute:T0TEAM:U0ASKER", 1)
+    redis_client.pexpire(keys.quota_key("user", "minute", "T0TEAM", "U0ASKER"), 1)
     time.sleep(0.01)
 
     assert "Working on it" in ack_text(commands.send(web, "after the window"))
@@ -166,5 +167,5 @@ def test_the_same_command_delivered_twice_at_once_is_charged_once(
                 acks = list(pool.map(deliver, (first, second)))
             assert ["Working on it" in ack_text(ack) for ack in acks] == [True, True]
 
-    assert redis_client.get("asklane:quota:user:minute:T0TEAM:U0ASKER") == str(rounds).encode()
+    assert redis_client.get(keys.quota_key("user", "minute", "T0TEAM", "U0ASKER")) == str(rounds).encode()
     assert len(queued_job_ids(redis_client)) == rounds

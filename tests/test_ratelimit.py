@@ -7,9 +7,10 @@ import time
 
 import pytest
 
+from app.keys import RATE_WINDOW_KEY
 from app.queue import open_redis
 from app.settings import Settings
-from workers.ratelimit import WINDOW_KEY, RateLimiter, SlotTooFar
+from workers.ratelimit import RateLimiter, SlotTooFar
 
 
 def test_a_call_booked_before_a_pause_waits_out_the_pause(settings: Settings) -> None:
@@ -60,9 +61,9 @@ def test_a_slot_the_worker_is_too_busy_to_use_in_time_is_not_used(settings: Sett
             busy = False
             await hog
         # No call was made at the missed slots: they are given back for other workers.
-        assert await redis.zcard(WINDOW_KEY) == 0
+        assert await redis.zcard(RATE_WINDOW_KEY) == 0
         await limiter.wait_for_slot()  # with the loop free again, the next booking is used
-        assert await redis.zcard(WINDOW_KEY) == 1
+        assert await redis.zcard(RATE_WINDOW_KEY) == 1
         await redis.aclose()
 
     asyncio.run(run())

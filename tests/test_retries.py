@@ -13,6 +13,7 @@ import redis
 from starlette.testclient import TestClient
 
 from app.events import ALL, JobEvents
+from app.keys import RATE_PAUSE_KEY
 from app.main import create_app
 from app.queue import open_redis
 from app.settings import Settings
@@ -22,7 +23,7 @@ from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain, enqueue_stamped
 from tests.support.slack_requests import SlashCommands
-from workers.ratelimit import PAUSE_KEY, RateLimiter
+from workers.ratelimit import RateLimiter
 from workers.retry import MAX_JOB_AGE_SECONDS
 
 
@@ -275,7 +276,7 @@ def test_a_pause_asked_for_a_day_is_stored_no_longer_than_the_job_timeout(
 
     async def read_the_pause(event: str, fields: dict[str, Any]) -> None:
         seconds, micros = redis_client.time()
-        until_us = int(redis_client.get(PAUSE_KEY) or 0)
+        until_us = int(redis_client.get(RATE_PAUSE_KEY) or 0)
         stored.append((until_us - (seconds * 1_000_000 + micros)) / 1_000_000)
 
     # Read while the pause is in force: after the 429 (deferred), or after the answer (completed).

@@ -15,6 +15,7 @@ import redis
 from arq import Retry
 from arq.worker import Worker
 
+from app import keys
 from app.events import JobEvents
 from app.jobs import Asker, JobBase
 from app.messages import SlackMessage
@@ -61,7 +62,7 @@ class ChoreKind:
         redis = run.deps.redis
         runs = int(await redis.incr(f"test:chore-runs:{run.job.job_id}"))
         # Held under the runner's lease: its run marker names this run.
-        if await redis.exists(f"asklane:running:{run.job.job_id}"):
+        if await redis.exists(keys.running_key(run.job.job_id)):
             await redis.incr(f"test:chore-leased:{run.job.job_id}")
         step = run.job.script[min(runs, len(run.job.script)) - 1]
         if step == "transient":
@@ -137,7 +138,10 @@ LIFECYCLE = ("job.started", "job.retrying", "job.completed", "job.failed", "job.
 
 
 def _records(client: redis.Redis, state: str) -> list[dict[str, Any]]:
-    return [json.loads(raw) for raw in client.lrange(f"asklane:jobs:{state}", 0, -1)]
+    return [
+        json.loads(raw)
+        for raw in client.lrange(keys.COMPLETED_KEY if state == "completed" else keys.FAILED_KEY, 0, -1)
+    ]
 
 
 def test_a_second_kind_is_retried_after_a_transient_failure_under_its_lease_and_retained(
@@ -153,7 +157,7 @@ def test_a_second_kind_is_retried_after_a_transient_failure_under_its_lease_and_
     assert seen[1][1]["phase"] == "ai" and seen[1][1]["attempt"] == 1
     assert [post["text"] for post in fake_slack.delivered()] == [f"chore {job.dedupe_key} done"]
     assert redis_client.get(f"test:chore-leased:{job.job_id}") == b"2"
-    assert not redis_client.exists(f"asklane:running:{job.job_id}")
+    assert not redis_client.exists(keys.running_key(job.job_id))
     [record] = _records(redis_client, "completed")
     assert (record["job_id"], record["attempts"], record["via"]) == (job.job_id, 2, "response_url")
     assert record["payload"]["kind"] == "chore"
@@ -190,9 +194,7 @@ def test_a_second_kind_left_by_a_dead_worker_is_recovered_and_reported_stalled(
 ) -> None:
     job = _chore(commands, "orphaned", "ok")
     _enqueue(settings, job)
-    redis_client.set(
-        f"asklane:running:{job.job_id}", json.dumps({"worker": "dead:1", "heartbeat": time.time()})
-    )
+    redis_client.set(keys.running_key(job.job_id), json.dumps({"worker": "dead:1", "heartbeat": time.time()}))
     events, seen = _recording(*LIFECYCLE)
 
     _drain_with_chores(settings, events)

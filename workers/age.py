@@ -3,7 +3,7 @@
 The payload's ``enqueued_at`` is the web host's clock, which may be minutes off the worker's:
 26 minutes behind would fail every job as too old at once; 30 minutes ahead would record
 negative waits and let a job outlive its response_url. The enqueue script also stamps the job
-on Redis's clock (:data:`app.queue.ENQUEUED_AT_PREFIX`), so the worker measures the job's age
+on Redis's clock (:func:`app.keys.enqueued_at_key`), so the worker measures the job's age
 as Redis's TIME minus that stamp, in one round trip at job start, and turns it into a moment on
 its own clock for the rest of the run. A job queued by a release without the stamp falls back to
 the payload's ``enqueued_at``, never later than the worker's now.
@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from arq.connections import ArqRedis
 
 from app.jobs import JobBase
-from app.queue import ENQUEUED_AT_PREFIX
+from app.keys import enqueued_at_key
 
 
 async def enqueued_at(redis: ArqRedis, job: JobBase) -> datetime:
     """The moment ``job`` was queued, on this worker's clock. Raises RedisError."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.time()
-        pipe.get(ENQUEUED_AT_PREFIX + job.job_id)
+        pipe.get(enqueued_at_key(job.job_id))
         (seconds, micros), stamp = await pipe.execute()
     now = datetime.now(UTC)
     if stamp is None:

@@ -103,8 +103,9 @@ CLI: tuple[Reach, ...] = (
 )
 
 
-#: arq's Redis layout, which app/queue.py (the enqueue script), workers/lease.py (renewing the
-#: in-progress key), workers/progress.py and workers/operations.py read or write directly:
+#: arq's Redis layout, re-exported by app/keys.py, which app/scripts.py (the enqueue script),
+#: workers/lease.py (renewing the in-progress key), workers/progress.py and workers/operations.py
+#: read or write directly:
 #: ``arq.constants`` name -> the value queued jobs were written with. A new value would orphan
 #: jobs queued by the previous release during a rolling deploy.
 REDIS_LAYOUT: dict[str, object] = {

@@ -5,7 +5,7 @@ arq's worker sleeps ``poll_delay`` (0.5 s) between looks at the queue, so a new 
 on average and a retry deferred to a precise moment starts up to 500 ms late. Here the loop
 instead waits, after each look, for the first of:
 
-* a wake-up token that every enqueue pushes (``BLPOP`` on :data:`app.queue.WAKE_KEY`, held by
+* a wake-up token that every enqueue pushes (``BLPOP`` on :data:`app.keys.WAKE_KEY`, held by
   one long-lived listener per worker);
 * the moment the next deferred job is due (a retry, a rate-limit deferral), on an asyncio timer;
 * a running job finishing (it may have just deferred itself);
@@ -36,13 +36,12 @@ from typing import Any, cast
 
 import arq.worker
 import structlog
-from arq.constants import job_key_prefix
 from redis.exceptions import RedisError
 
-from app.queue import WAKE_KEY, is_interactive, note_if_rescored, promote_due_interactive, wake_workers
+from app.keys import WAKE_KEY, job_key, worker_health_key
+from app.queue import is_interactive, note_if_rescored, promote_due_interactive, wake_workers
 from workers import rejected, store
 from workers.lease import WORKER_ID
-from workers.operations import WORKER_HEALTH_PREFIX
 
 log = structlog.get_logger(__name__)
 
@@ -143,7 +142,7 @@ class AsklaneWorker(arq.worker.Worker):
         any failed job (workers/rejected.py)."""
         raw: bytes | None = None
         with contextlib.suppress(RedisError, OSError):
-            raw = await self.pool.get(job_key_prefix + job_id)
+            raw = await self.pool.get(job_key(job_id))
         await super().finish_failed_job(job_id, result_data)
         deps = self.ctx.get("deps")
         if deps is None:  # start-up never finished: nothing to report with
@@ -170,7 +169,7 @@ class AsklaneWorker(arq.worker.Worker):
             "retried": self.jobs_retried,
         }
         await self.pool.set(
-            WORKER_HEALTH_PREFIX + WORKER_ID, json.dumps(health), px=int(3 * HEALTH_EVERY_SECONDS * 1000)
+            worker_health_key(WORKER_ID), json.dumps(health), px=int(3 * HEALTH_EVERY_SECONDS * 1000)
         )
 
     def _has_free_slot(self) -> bool:
@@ -265,7 +264,7 @@ class AsklaneWorker(arq.worker.Worker):
         redis = self.ctx.get("redis")  # set by arq once connected
         if redis is not None:
             with contextlib.suppress(RedisError, OSError):
-                await redis.delete(WORKER_HEALTH_PREFIX + WORKER_ID)
+                await redis.delete(worker_health_key(WORKER_ID))
         if self._listener is not None:
             # A cancellation that lands in a blocking Redis command can be swallowed by redis-py
             # (redis/redis-py#2028); the listener then stops at its next turn, on the flag.

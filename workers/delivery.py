@@ -31,6 +31,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from app import keys, scripts
 from app.jobs import JobBase
 from app.messages import SlackMessage
 from app.settings import Settings
@@ -62,29 +63,6 @@ KEPT_FOR_FINAL = 2
 #: Failed posts of a final message to the response_url before chat.postEphemeral takes over.
 FAILED_POSTS_BEFORE_FALLBACK = 2
 
-# KEYS: uses counter, unusable marker.  ARGV: most uses allowed after this one, TTL seconds.
-# 1 when a use was taken; 0 when the budget does not allow it; -1 when the URL is unusable.
-_TAKE_USE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[1]) then return 0 end
-redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-
-def _uses_key(job_id: str) -> str:
-    return f"asklane:response_url:uses:{job_id}"
-
-
-def _failed_key(job_id: str) -> str:
-    return f"asklane:response_url:failed:{job_id}"
-
-
-def _unusable_key(job_id: str) -> str:
-    return f"asklane:response_url:unusable:{job_id}"
-
 
 class ResponseUrlBudget:
     """Slack's five uses of a job's response_url, and whether it is still worth using, in Redis."""
@@ -95,10 +73,10 @@ class ResponseUrlBudget:
     async def take(self, job: JobBase, *, interim: bool) -> bool:
         """Take one use for a POST about to be made; False when none may be taken."""
         limit = RESPONSE_URL_USES - KEPT_FOR_FINAL if interim else RESPONSE_URL_USES
-        script = self._redis.register_script(_TAKE_USE)
         taken = int(
-            await script(
-                keys=[_uses_key(job.job_id), _unusable_key(job.job_id)],
+            await scripts.take_response_url_use(
+                self._redis,
+                keys=[keys.uses_key(job.job_id), keys.unusable_key(job.job_id)],
                 args=[limit, store.STATE_TTL_SECONDS],
             )
         )
@@ -108,7 +86,7 @@ class ResponseUrlBudget:
 
     async def failed(self, job: JobBase, error: DeliveryFailed, max_wait: float) -> bool:
         """Count a failed post of a final message; True when the response_url is now given up."""
-        key = _failed_key(job.job_id)
+        key = keys.failed_posts_key(job.job_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, store.STATE_TTL_SECONDS)
@@ -124,12 +102,12 @@ class ResponseUrlBudget:
 
     async def give_up(self, job: JobBase, reason: str) -> None:
         """Never post to this job's response_url again, on any worker."""
-        if await self._redis.set(_unusable_key(job.job_id), reason, nx=True, ex=store.STATE_TTL_SECONDS):
+        if await self._redis.set(keys.unusable_key(job.job_id), reason, nx=True, ex=store.STATE_TTL_SECONDS):
             log.warning("delivery.response_url_unusable", job_id=job.job_id, reason=reason)
 
     async def uses(self, job: JobBase) -> int:
         """Posts made to the job's response_url so far."""
-        return int(await self._redis.get(_uses_key(job.job_id)) or 0)
+        return int(await self._redis.get(keys.uses_key(job.job_id)) or 0)
 
 
 class SlackDelivery:

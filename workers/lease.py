@@ -21,7 +21,9 @@ from collections.abc import AsyncIterator
 
 import structlog
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
+
+from app import scripts
+from app.keys import in_progress_key, running_key
 
 log = structlog.get_logger(__name__)
 
@@ -34,30 +36,6 @@ MARKER_SECONDS = 120
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _marker_key(job_id: str) -> str:
-    return f"asklane:running:{job_id}"
-
-
-# KEYS: arq's in-progress key, run marker.  ARGV: owner token, new marker value, lease ms,
-# marker seconds.  Extends the lease only while the marker still names this run; 0 when another
-# run has taken the job over (this one's lease had lapsed).
-_RENEW = """
-local marker = redis.call('GET', KEYS[2])
-if marker and cjson.decode(marker)['token'] ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
-return 1
-"""
-
-# KEYS: run marker.  ARGV: owner token.  Deletes the marker only while it names this run: a run
-# whose lease lapsed must not delete the marker of the run that took the job over.
-_RELEASE = """
-local marker = redis.call('GET', KEYS[1])
-if marker and cjson.decode(marker)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 class Lease:
     """This run's hold on a job."""
 
@@ -65,8 +43,6 @@ class Lease:
         self._redis = redis
         self._job_id = job_id
         self._token = uuid.uuid4().hex
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
         #: The dead predecessor's marker (``worker``, ``heartbeat`` as a Unix time) when this run
         #: recovers a job whose worker died, else None.
         self.predecessor = predecessor
@@ -78,8 +54,9 @@ class Lease:
     async def renew(self) -> None:
         """Extend the lease, or learn that it was lost."""
         marker = json.dumps({"worker": WORKER_ID, "heartbeat": time.time(), "token": self._token})
-        held = await self._renew(
-            keys=[in_progress_key_prefix + self._job_id, _marker_key(self._job_id)],
+        held = await scripts.lease_renew(
+            self._redis,
+            keys=[in_progress_key(self._job_id), running_key(self._job_id)],
             args=[self._token, marker, int(LEASE_SECONDS * 1000), MARKER_SECONDS],
         )
         if not held and not self.lost:
@@ -99,14 +76,14 @@ class Lease:
 
     async def release(self) -> None:
         """Drop the run marker, if it is still ours: one compare-and-delete."""
-        await self._release(keys=[_marker_key(self._job_id)], args=[self._token])
+        await scripts.lease_release(self._redis, keys=[running_key(self._job_id)], args=[self._token])
 
 
 @contextlib.asynccontextmanager
 async def lease(redis: ArqRedis, job_id: str) -> AsyncIterator[Lease]:
     """Hold the job's lease while the block runs; the Lease tells of a dead predecessor."""
     # A predecessor's marker is taken over, not checked: it left it when its worker died.
-    previous = await redis.getdel(_marker_key(job_id))
+    previous = await redis.getdel(running_key(job_id))
     held = Lease(redis, job_id, json.loads(previous) if previous else None)
     await held.renew()
     renewer = asyncio.create_task(held.keep_renewing())

@@ -14,15 +14,19 @@ from datetime import UTC, datetime
 from typing import Literal, cast
 
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, health_check_key_suffix, in_progress_key_prefix
 
 from app.jobs import parse_job
+from app.keys import (
+    FAILED_KEY,
+    HEALTH_CHECK_KEY_SUFFIX,
+    IN_PROGRESS_KEY_PREFIX,
+    QUEUE_KEY,
+    RATE_PAUSE_KEY,
+    RATE_WINDOW_KEY,
+    WORKER_HEALTH_PREFIX,
+)
 from app.queue import QueueDepth, enqueue_ask, queue_depth
 from workers import retention
-from workers.ratelimit import PAUSE_KEY, WINDOW_KEY
-
-#: Each worker writes its health here (workers/arq_worker.py), expiring if it stops writing.
-WORKER_HEALTH_PREFIX = "asklane:workers:"
 
 
 @dataclass(frozen=True)
@@ -53,11 +57,11 @@ class Status:
 async def status(redis: ArqRedis) -> Status:
     """Queue depth by priority, running jobs, limiter and pause state, live workers."""
     running = sorted(
-        key.decode().removeprefix(in_progress_key_prefix) for key in await _keys(redis, "running")
+        key.decode().removeprefix(IN_PROGRESS_KEY_PREFIX) for key in await _keys(redis, "running")
     )
     seconds, micros = await redis.time()
     now_us = seconds * 1_000_000 + micros
-    paused_until = int(await redis.get(PAUSE_KEY) or 0)
+    paused_until = int(await redis.get(RATE_PAUSE_KEY) or 0)
     workers = []
     for key in await _keys(redis, "workers"):
         raw = await redis.get(key)
@@ -66,10 +70,10 @@ async def status(redis: ArqRedis) -> Status:
     return Status(
         queue=await queue_depth(redis),
         running=running,
-        ai_calls_last_second=await redis.zcount(WINDOW_KEY, now_us - 1_000_000, now_us),
+        ai_calls_last_second=await redis.zcount(RATE_WINDOW_KEY, now_us - 1_000_000, now_us),
         paused_for_s=max(paused_until - now_us, 0) / 1_000_000,
         workers=sorted(workers, key=lambda health: health.worker),
-        arq_health=(await redis.get(default_queue_name + health_check_key_suffix) or b"").decode() or None,
+        arq_health=(await redis.get(QUEUE_KEY + HEALTH_CHECK_KEY_SUFFIX) or b"").decode() or None,
     )
 
 
@@ -88,7 +92,7 @@ async def retry(redis: ArqRedis, job_id: str | None = None) -> list[Retried]:
     Each gets a new job id (arq keeps the failed one's result, which blocks its id) and leaves the
     failed list. Records without a valid payload (an invalid job) are left where they are.
     """
-    raw_records = await cast(Awaitable[list[bytes]], redis.lrange(retention.FAILED_KEY, 0, -1))
+    raw_records = await cast(Awaitable[list[bytes]], redis.lrange(FAILED_KEY, 0, -1))
     retried = []
     for raw in raw_records:
         record = retention.JobRecord.model_validate_json(raw)
@@ -99,7 +103,7 @@ async def retry(redis: ArqRedis, job_id: str | None = None) -> list[Retried]:
         except ValueError:
             continue
         # Taken off the list first: of two operators retrying at once, only one queues it.
-        if not await cast(Awaitable[int], redis.lrem(retention.FAILED_KEY, 1, raw.decode())):
+        if not await cast(Awaitable[int], redis.lrem(FAILED_KEY, 1, raw.decode())):
             continue
         again = original.model_copy(
             update={
@@ -117,12 +121,12 @@ async def retry(redis: ArqRedis, job_id: str | None = None) -> list[Retried]:
 async def purge_failed(redis: ArqRedis) -> int:
     """Empty the failed-jobs list; returns how many records it held."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.llen(retention.FAILED_KEY)
-        pipe.delete(retention.FAILED_KEY)
+        pipe.llen(FAILED_KEY)
+        pipe.delete(FAILED_KEY)
         count, _ = await pipe.execute()
     return int(count)
 
 
 async def _keys(redis: ArqRedis, kind: Literal["running", "workers"]) -> list[bytes]:
-    prefix = in_progress_key_prefix if kind == "running" else WORKER_HEALTH_PREFIX
+    prefix = IN_PROGRESS_KEY_PREFIX if kind == "running" else WORKER_HEALTH_PREFIX
     return [key async for key in redis.scan_iter(match=prefix + "*", count=1000)]

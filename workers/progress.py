@@ -20,10 +20,9 @@ from typing import Any, cast
 
 import structlog
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
 from arq.jobs import DeserializationError, deserialize_job
 
-from app import messages
+from app import keys, messages
 from app.job import deserialize
 from app.jobs import AskQuestion, JobBase, parse_job
 from app.messages import SlackMessage
@@ -39,21 +38,11 @@ MAX_INTERIM_UPDATES = 2
 SWEEP_EVERY_SECONDS = 1.0
 SWEEP_DEPTH = 200
 
-_SWEEP_LOCK = "asklane:progress:sweep-lock"
-
-
-def _count_key(job_id: str) -> str:
-    return f"asklane:progress:count:{job_id}"
-
-
-def _queued_key(job_id: str) -> str:
-    return f"asklane:progress:queued:{job_id}"
-
 
 async def _claim(redis: ArqRedis, job_id: str) -> bool:
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(_count_key(job_id))
-        pipe.expire(_count_key(job_id), store.STATE_TTL_SECONDS)
+        pipe.incr(keys.progress_count_key(job_id))
+        pipe.expire(keys.progress_count_key(job_id), store.STATE_TTL_SECONDS)
         count, _ = await pipe.execute()
     return int(count) <= MAX_INTERIM_UPDATES
 
@@ -73,7 +62,7 @@ async def post_update(redis: ArqRedis, slack: SlackDelivery, job: JobBase, messa
 
 async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: JobBase, message: SlackMessage) -> None:
     """Tell the user their job is queued (``message``, the kind's), once per job."""
-    if await redis.set(_queued_key(job.job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS):
+    if await redis.set(keys.progress_queued_key(job.job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS):
         await post_update(redis, slack, job, message)
 
 
@@ -84,24 +73,26 @@ async def sweep_once(
     # One worker sweeps per period, however many there are.
     # The lock ends a little before the next sweep is due, so the worker that holds it can
     # always sweep again on time.
-    if not await redis.set(_SWEEP_LOCK, 1, nx=True, px=max(int(every * 900), 1)):
+    if not await redis.set(keys.PROGRESS_SWEEP_LOCK_KEY, 1, nx=True, px=max(int(every * 900), 1)):
         return
     now_ms = time.time() * 1000
     head = await cast(
         Awaitable[list[tuple[bytes, float]]],
-        redis.zrangebyscore(default_queue_name, "-inf", now_ms, start=0, num=SWEEP_DEPTH, withscores=True),
+        redis.zrangebyscore(keys.QUEUE_KEY, "-inf", now_ms, start=0, num=SWEEP_DEPTH, withscores=True),
     )
     ahead = 0
     for member, score in head:
         job_id = member.decode()
-        if await redis.exists(in_progress_key_prefix + job_id):
+        if await redis.exists(keys.in_progress_key(job_id)):
             continue
         waited = (now_ms - _enqueued_ms(score, now_ms)) / 1000
-        if waited >= wait_after and not await redis.exists(_queued_key(job_id)):
+        if waited >= wait_after and not await redis.exists(keys.progress_queued_key(job_id)):
             job = await _load(redis, job_id)
             if isinstance(job, AskQuestion):
                 await tell_queued(redis, slack, job, messages.queued(job.text, ahead))
-            elif job is None and await redis.set(_queued_key(job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS):
+            elif job is None and await redis.set(
+                keys.progress_queued_key(job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS
+            ):
                 # Unreadable (the run side fails it and says so); looked at once, not every sweep.
                 log.warning("progress.job_unreadable", job_id=job_id)
             # Other kinds say nothing while queued: "queued behind N questions" is /ask's notice.
@@ -146,7 +137,7 @@ def _enqueued_ms(score: float, now_ms: float) -> float:
 
 
 async def _load(redis: ArqRedis, job_id: str) -> JobBase | None:
-    raw = await redis.get(job_key_prefix + job_id)
+    raw = await redis.get(keys.job_key(job_id))
     if raw is None:
         return None
     try:

@@ -31,12 +31,11 @@ import uuid
 import structlog
 from arq.connections import ArqRedis
 
+from app import scripts
+from app.keys import RATE_PAUSE_KEY, RATE_WINDOW_KEY, refused_since_key
+
 log = structlog.get_logger(__name__)
 
-WINDOW_KEY = "asklane:ratelimit:bookings"
-PAUSE_KEY = "asklane:ratelimit:pause"
-#: Per job: when Anthropic first refused it for the organisation's rate limit (ms, Redis's clock).
-REFUSED_SINCE_PREFIX = "asklane:ratelimit:refused-since:"
 
 #: The longest pause stored when the limiter is not told otherwise (the default job timeout).
 MAX_PAUSE_SECONDS = 60.0
@@ -58,71 +57,6 @@ MAX_LATE_BOOKINGS = 3
 
 #: Bookings nearer than this are slept out inside the job; farther ones defer the job instead.
 MAX_INLINE_WAIT_SECONDS = 1.0
-
-# KEYS: bookings zset, pause key.  ARGV: limit, window_us, max_wait_us, member, unused member.
-# Returns {booked (0/1), wait_us}. Scores are absolute microseconds on Redis's clock. The unused
-# member (or '') is this job's previous booking, passed its moment unused: no call was made at
-# it, so it no longer holds a slot.
-_BOOK = """
-if ARGV[5] ~= '' then redis.call('ZREM', KEYS[1], ARGV[5]) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local max_wait = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local at = now
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused > at then at = paused end
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if newest[2] and tonumber(newest[2]) > at then at = tonumber(newest[2]) end
-local count = redis.call('ZCARD', KEYS[1])
-if count >= limit then
-  local nth = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
-  local free = tonumber(nth[2]) + window
-  if free > at then at = free end
-end
-if at - now > max_wait then
-  return {0, at - now}
-end
-redis.call('ZADD', KEYS[1], at, ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], math.floor((at + window) / 1000) + 1000)
-return {1, at - now}
-"""
-
-# KEYS: pause key.  ARGV: pause_us.  Returns 1 when this call started a pause (none was in
-# force), 0 when it only moved one later or changed nothing: one log line per pause, not per job.
-_PAUSE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local until_us = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_us <= current then return 0 end
-redis.call('SET', KEYS[1], until_us, 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 1000)
-if current > now then return 0 end
-return 1
-"""
-
-
-# KEYS: the job's refused-since key.  ARGV: '1' when the job was refused just now, ttl_ms.
-# Returns the milliseconds since the job's first refusal on Redis's clock, -1 if never refused.
-_REFUSED_FOR = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if ARGV[1] == '1' then redis.call('SET', KEYS[1], now, 'NX', 'PX', tonumber(ARGV[2])) end
-local since = redis.call('GET', KEYS[1])
-if not since then return -1 end
-return math.max(now - tonumber(since), 0)
-"""
-
-# KEYS: pause key.  Returns the microseconds of pause left on Redis's clock, 0 when none.
-_PAUSED_FOR = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
-if paused > now then return paused - now end
-return 0
-"""
 
 
 class SlotTooFar(Exception):
@@ -157,10 +91,6 @@ class RateLimiter:
         # per 1/rate seconds.
         self._limit = max(1, int(per_second))
         self._window_us = WINDOW_US if per_second >= 1 else int(WINDOW_US / per_second)
-        self._book = redis.register_script(_BOOK)
-        self._pause = redis.register_script(_PAUSE)
-        self._paused_for = redis.register_script(_PAUSED_FOR)
-        self._refused_for = redis.register_script(_REFUSED_FOR)
         #: Monotonic time before which a newly started job would only be deferred again.
         self.no_slot_until = 0.0
 
@@ -175,8 +105,9 @@ class RateLimiter:
             # Redis reads its clock somewhere between sending and the reply: the booked moment is
             # no earlier than ``sent + wait`` and no later than the reply's arrival plus ``wait``.
             sent = time.monotonic()
-            booked, wait_us = await self._book(
-                keys=[WINDOW_KEY, PAUSE_KEY],
+            booked, wait_us = await scripts.rate_book(
+                self._redis,
+                keys=[RATE_WINDOW_KEY, RATE_PAUSE_KEY],
                 args=[
                     self._limit,
                     self._window_us,
@@ -196,7 +127,7 @@ class RateLimiter:
                 await asyncio.sleep(wait)
                 # A pause may have begun while we slept (another worker met a 429): the booking
                 # stands only if none is in force now.
-                if int(await self._paused_for(keys=[PAUSE_KEY])):
+                if int(await scripts.rate_paused_for(self._redis, keys=[RATE_PAUSE_KEY])):
                     unused = member
                     continue
             # Counted from the send, so lateness is never underestimated.
@@ -209,7 +140,7 @@ class RateLimiter:
             unused = member
             late += 1
             if late >= MAX_LATE_BOOKINGS:
-                await self._redis.zrem(WINDOW_KEY, unused)
+                await self._redis.zrem(RATE_WINDOW_KEY, unused)
                 raise SlotTooFar(0.0)
 
     async def pause(self, seconds: float, reason: str) -> float:
@@ -218,7 +149,7 @@ class RateLimiter:
         capped = min(seconds, self.max_pause)
         if capped <= 0:
             return 0.0
-        if await self._pause(keys=[PAUSE_KEY], args=[int(capped * 1_000_000)]):
+        if await scripts.rate_pause(self._redis, keys=[RATE_PAUSE_KEY], args=[int(capped * 1_000_000)]):
             log.warning("ai.paused", seconds=round(capped, 3), asked_s=round(seconds, 3), reason=reason)
         return capped
 
@@ -228,8 +159,10 @@ class RateLimiter:
         ``refused_now`` marks a refusal that just happened (the first one starts the count).
         """
         millis = int(
-            await self._refused_for(
-                keys=[REFUSED_SINCE_PREFIX + job_id], args=["1" if refused_now else "0", REFUSED_SINCE_TTL_MS]
+            await scripts.rate_refused_for(
+                self._redis,
+                keys=[refused_since_key(job_id)],
+                args=["1" if refused_now else "0", REFUSED_SINCE_TTL_MS],
             )
         )
         return None if millis < 0 else millis / 1000

@@ -13,8 +13,7 @@ from typing import Any, Literal, cast
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
-COMPLETED_KEY = "asklane:jobs:completed"
-FAILED_KEY = "asklane:jobs:failed"
+from app.keys import COMPLETED_KEY, FAILED_KEY
 
 State = Literal["completed", "failed"]
 

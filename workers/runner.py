@@ -20,10 +20,10 @@ from typing import Any
 
 import structlog
 from arq import Retry
-from arq.constants import default_queue_name
 from redis.exceptions import RedisError
 
 from app.jobs import RUN_JOB, JobBase, parse_job
+from app.keys import QUEUE_KEY
 from workers import age, progress, rejected, retention, store
 from workers.errors import (
     BackPressure,
@@ -241,7 +241,7 @@ async def _wait_for_slot(
         return await _give_up(kind, job, deps, JobFailure.of(TransientError(BACKPRESSURE_TOO_LONG)), timings)
     await deps.events.emit("job.deferred", job_id=job.job_id, delay_s=round(defer, 3))
     if _ms_since(enqueued_at) >= settings.progress_after_seconds * 1000:
-        ahead = await deps.redis.zcount(default_queue_name, "-inf", f"({score}")
+        ahead = await deps.redis.zcount(QUEUE_KEY, "-inf", f"({score}")
         await progress.tell_queued(deps.redis, deps.slack, job, kind.queued_message(job, ahead))
     return Deferred(defer)
 

@@ -24,8 +24,9 @@ from app import metrics
 from app.events import ALL, JobEvents
 from app.job import ANSWER_JOB, deserialize_job, serialize
 from app.jobs import RUN_JOB
+from app.keys import LEGACY_INTERACTIVE_KEY
 from app.logs import configure_logging
-from app.queue import DEDUPE_WINDOW_SECONDS, LEGACY_INTERACTIVE_KEY, redis_settings, wake_workers
+from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings, wake_workers
 from app.settings import Settings
 from workers import progress
 from workers.ai import Claude

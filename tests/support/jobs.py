@@ -10,9 +10,10 @@ import pytest
 import redis
 from arq.worker import Worker
 
+from app import keys
 from app.events import JobEvents
 from app.job import AskJob
-from app.queue import ENQUEUED_AT_PREFIX, enqueue_ask, open_redis
+from app.queue import enqueue_ask, open_redis
 from app.settings import Settings
 from workers.arq_worker import AsklaneWorker
 from workers.worker import worker_settings
@@ -30,7 +31,7 @@ def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, red
         await arq_redis.aclose()
 
     asyncio.run(enqueue())
-    key = ENQUEUED_AT_PREFIX + job.job_id
+    key = keys.enqueued_at_key(job.job_id)
     if redis_age is None:
         client.delete(key)
     else:
@@ -40,7 +41,7 @@ def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, red
 
 def queued_job_ids(client: redis.Redis) -> list[str]:
     """Ids of the jobs waiting in arq's default queue."""
-    return [member.decode() for member in client.zrange("arq:queue", 0, -1)]
+    return [member.decode() for member in client.zrange(keys.QUEUE_KEY, 0, -1)]
 
 
 def drain(settings: Settings, *, events: JobEvents | None = None) -> Worker:

@@ -1,0 +1,228 @@
+"""Every Redis key asklane reads or writes, in one place: what each holds and how long it lives.
+
+Shared by the web process and the workers, so it imports neither side. Names here are part of the
+deploy contract: during a rolling deploy old and new processes share these keys, so a renamed key
+orphans what the previous release wrote. Key functions take ids, never pre-built strings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from arq.constants import (
+    default_queue_name,
+    health_check_key_suffix,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+
+# --- arq's own keys (workers/arq_reach.py checks their values) -----------------------------------
+
+#: arq's one queue: a sorted set of job ids by due moment (ms); a job leaves it when it finishes.
+QUEUE_KEY = default_queue_name
+#: + job id: the serialized job, written by our enqueue script; expires a day after it is due.
+JOB_KEY_PREFIX = job_key_prefix
+#: + job id: a finished job's result, kept DEDUPE_WINDOW_SECONDS (app/queue.py) so re-deliveries are refused.
+RESULT_KEY_PREFIX = result_key_prefix
+#: + job id: arq's "running" marker; our lease (workers/lease.py) keeps it alive in short steps.
+IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
+#: Appended to the queue name by arq for its health-check string; we never write it ourselves.
+HEALTH_CHECK_KEY_SUFFIX = health_check_key_suffix
+
+__all__ = [
+    "COMPLETED_KEY",
+    "COUNTERS_KEY",
+    "ENQUEUED_AT_PREFIX",
+    "FAILED_KEY",
+    "HEALTH_CHECK_KEY_SUFFIX",
+    "HISTOGRAMS_KEY",
+    "IN_PROGRESS_KEY_PREFIX",
+    "JOB_KEY_PREFIX",
+    "LAST_SCORE_PREFIX",
+    "LEGACY_INTERACTIVE_KEY",
+    "PROGRESS_SWEEP_LOCK_KEY",
+    "QUEUE_KEY",
+    "RATE_PAUSE_KEY",
+    "RATE_WINDOW_KEY",
+    "READY_KEY",
+    "REFUSED_SINCE_PREFIX",
+    "RESCORED_INTERACTIVE_KEY",
+    "RESULT_KEY_PREFIX",
+    "RETRY_KEY_PREFIX",
+    "WAKE_KEY",
+    "WORKER_HEALTH_PREFIX",
+    "answer_key",
+    "delivered_key",
+    "enqueued_at_key",
+    "failed_posts_key",
+    "failure_key",
+    "failures_key",
+    "in_progress_key",
+    "job_key",
+    "last_score_key",
+    "progress_count_key",
+    "progress_queued_key",
+    "quota_key",
+    "refused_since_key",
+    "result_key",
+    "retry_key",
+    "running_key",
+    "unusable_key",
+    "uses_key",
+    "worker_health_key",
+]
+
+
+def job_key(job_id: str) -> str:
+    return JOB_KEY_PREFIX + job_id
+
+
+def result_key(job_id: str) -> str:
+    return RESULT_KEY_PREFIX + job_id
+
+
+def in_progress_key(job_id: str) -> str:
+    return IN_PROGRESS_KEY_PREFIX + job_id
+
+
+# --- the queue (app/queue.py) --------------------------------------------------------------------
+
+#: A list of wake tokens idle workers block on; trimmed to WAKE_TOKENS on every push, no expiry.
+WAKE_KEY = "asklane:wake"
+#: + ":" + priority: the last score given within that level (ms text); expires a day after the last enqueue.
+LAST_SCORE_PREFIX = "asklane:queue:last-score"
+#: Sorted set of interactive jobs arq re-scored out of their lane, by due moment; each entry leaves when due.
+RESCORED_INTERACTIVE_KEY = "asklane:queue:interactive-rescored"
+#: Where older releases kept every queued interactive id; workers now expire it in a day.
+LEGACY_INTERACTIVE_KEY = "asklane:queue:interactive"
+#: + job id: the moment the job was queued, ms on Redis's clock; expires with the job key.
+ENQUEUED_AT_PREFIX = "asklane:enqueued-at:"
+#: Written by the readiness probe; expires at once (ENQUEUE_TIMEOUT_SECONDS), so it never outlives a probe.
+READY_KEY = "asklane:ready-probe"
+
+
+def last_score_key(priority: str) -> str:
+    return f"{LAST_SCORE_PREFIX}:{priority}"
+
+
+def enqueued_at_key(job_id: str) -> str:
+    return ENQUEUED_AT_PREFIX + job_id
+
+
+# --- fair use (app/quota.py) ---------------------------------------------------------------------
+
+
+def quota_key(scope: Literal["user", "team"], period: str, team_id: str, user_id: str) -> str:
+    """A fair-use counter: questions charged in the current window; expires when the window closes."""
+    owner = f"{team_id}:{user_id}" if scope == "user" else team_id
+    return f"asklane:quota:{scope}:{period}:{owner}"
+
+
+# --- metrics (app/metrics.py) --------------------------------------------------------------------
+
+#: Hash of counter name + labels -> count, shared by every process; no expiry (Prometheus counters).
+COUNTERS_KEY = "asklane:metrics:counters"
+#: Hash of histogram name + labels + bucket -> count and sum; no expiry.
+HISTOGRAMS_KEY = "asklane:metrics:histograms"
+
+# --- per-job state (workers/store.py) ------------------------------------------------------------
+
+
+def answer_key(job_id: str) -> str:
+    """The generated answer, kept so a delivery retry does not ask Claude again; STATE_TTL_SECONDS."""
+    return f"asklane:answer:{job_id}"
+
+
+def failure_key(job_id: str) -> str:
+    """The stored failure whose message the user is owed; STATE_TTL_SECONDS."""
+    return f"asklane:failure:{job_id}"
+
+
+def delivered_key(job_id: str) -> str:
+    """Set once the final message reached Slack, so no retry posts it twice; STATE_TTL_SECONDS."""
+    return f"asklane:delivered:{job_id}"
+
+
+def failures_key(job_id: str, phase: str) -> str:
+    """Failed attempts (or stalls) of one phase of the job (workers/store.py Phase); STATE_TTL_SECONDS."""
+    return f"asklane:failures:{phase}:{job_id}"
+
+
+# --- the lease (workers/lease.py) ----------------------------------------------------------------
+
+
+def running_key(job_id: str) -> str:
+    """The run marker (JSON: owner token, worker, attempt) of the run holding the job; MARKER_SECONDS."""
+    return f"asklane:running:{job_id}"
+
+
+# --- delivery (workers/delivery.py) --------------------------------------------------------------
+
+
+def uses_key(job_id: str) -> str:
+    """Posts made to the job's response_url (Slack allows five); STATE_TTL_SECONDS."""
+    return f"asklane:response_url:uses:{job_id}"
+
+
+def failed_posts_key(job_id: str) -> str:
+    """Failed posts of the final message to the response_url; STATE_TTL_SECONDS."""
+    return f"asklane:response_url:failed:{job_id}"
+
+
+def unusable_key(job_id: str) -> str:
+    """Set once the response_url is given up, so every later post goes by the Web API; STATE_TTL_SECONDS."""
+    return f"asklane:response_url:unusable:{job_id}"
+
+
+# --- progress updates (workers/progress.py) ------------------------------------------------------
+
+#: Held by the one worker sweeping the queue for progress updates; expires after one sweep.
+PROGRESS_SWEEP_LOCK_KEY = "asklane:progress:sweep-lock"
+
+
+def progress_count_key(job_id: str) -> str:
+    """Interim updates sent for the job (at most MAX_INTERIM_UPDATES); STATE_TTL_SECONDS."""
+    return f"asklane:progress:count:{job_id}"
+
+
+def progress_queued_key(job_id: str) -> str:
+    """Set once the job's "queued" update was sent; STATE_TTL_SECONDS."""
+    return f"asklane:progress:queued:{job_id}"
+
+
+# --- the AI rate limiter (workers/ratelimit.py) --------------------------------------------------
+
+#: Sorted set of booked AI-call moments (µs, Redis's clock); expires a window after the last booking.
+RATE_WINDOW_KEY = "asklane:ratelimit:bookings"
+#: The moment (µs, Redis's clock) before which no AI call starts, after a 429; expires with the pause.
+RATE_PAUSE_KEY = "asklane:ratelimit:pause"
+#: + job id: when Anthropic first refused the job for the organisation's rate limit; REFUSED_SINCE_TTL_MS.
+REFUSED_SINCE_PREFIX = "asklane:ratelimit:refused-since:"
+
+
+def refused_since_key(job_id: str) -> str:
+    return REFUSED_SINCE_PREFIX + job_id
+
+
+# --- operations (workers/operations.py, workers/retention.py) ------------------------------------
+
+#: + worker id: that worker's health (JSON), rewritten every health check; expires if it stops.
+WORKER_HEALTH_PREFIX = "asklane:workers:"
+#: Recent completed jobs (a capped list of retention records); trimmed on every push.
+COMPLETED_KEY = "asklane:jobs:completed"
+#: Recent failed jobs (a capped list of retention records); trimmed on every push, purged by the CLI.
+FAILED_KEY = "asklane:jobs:failed"
+
+
+def worker_health_key(worker_id: str) -> str:
+    return WORKER_HEALTH_PREFIX + worker_id
+
+
+#: + job id: arq's count of tries of the job; asklane never writes it (tests set it to stage a last try).
+RETRY_KEY_PREFIX = retry_key_prefix
+
+
+def retry_key(job_id: str) -> str:
+    return RETRY_KEY_PREFIX + job_id

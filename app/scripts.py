@@ -1,0 +1,221 @@
+"""Every Lua script asklane runs on Redis, each with what its KEYS and ARGV are, run by SHA.
+
+Shared by the web process and the workers, so it imports neither side. Each script is a
+:class:`Script`: its SHA1 is computed once at import, and a call sends EVALSHA with only the keys
+and arguments; on NOSCRIPT (a fresh or restarted Redis, a failover, SCRIPT FLUSH) it loads the
+text once and runs it again, as redis-py's ``register_script`` does. The ack path therefore sends
+the ~2 KB enqueue script only the first time a Redis sees it, not on every slash command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Sequence
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+
+class Script:
+    """A Lua script run by SHA, loaded into Redis on first use (or after Redis forgot it)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, redis: Redis, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        try:
+            return await cast(Awaitable[Any], redis.evalsha(self.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            await cast(Awaitable[str], redis.script_load(self.text))
+            return await cast(Awaitable[Any], redis.evalsha(self.sha, len(keys), *keys, *args))
+
+
+# --- used by app/queue.py ---
+# KEYS: queue, re-scored interactive jobs.  ARGV: job id, offset ms, the worker's now ms.
+# Records the job if it now sits in the background lane (arq re-scored it), at its new score.
+NOTE_RESCORED_INTERACTIVE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) > tonumber(ARGV[3]) - tonumber(ARGV[2]) / 2 then
+  redis.call('ZADD', KEYS[2], score, ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: queue, re-scored interactive jobs.  ARGV: offset ms, the worker's now ms, batch size.
+# Moves the re-scored jobs now due back ahead of the background lane. Reads only the entries due
+# now, so its cost does not grow with the backlog. An entry whose job was re-scored again, later,
+# waits for that moment; one whose job has left the queue is dropped.
+PROMOTE_DUE_INTERACTIVE = """
+local offset = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(due) do
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) > now then
+    redis.call('ZADD', KEYS[2], score, id)
+  else
+    redis.call('ZREM', KEYS[2], id)
+    if score and tonumber(score) > now - offset / 2 then
+      redis.call('ZADD', KEYS[1], 'XX', string.format('%.3f', tonumber(score) - offset), id)
+    end
+  end
+end
+return #due
+"""
+
+# KEYS: job, result, queue, last score of the level, wake list, enqueued-at, then one fair-use
+# counter per limit.  ARGV: serialized job, job id, priority offset ms, job expiry ms, wake tokens
+# kept, now ms, then the allowed count and window ms of each counter, in order.
+#
+# One atomic step for the whole ack: a job already queued or answered (a duplicate delivery) is
+# neither charged nor queued again: 0. Otherwise every counter is charged and the job queued (1)
+# only when no counter is used up; else nothing is, and the used-up counter whose window closes
+# last is returned as {its index (1-based), ms until then}. Two deliveries of one command at the
+# same moment are therefore charged once. The job itself is arq's own enqueue, plus a score that
+# is strictly increasing within a level, a wake token, and the moment it was queued on Redis's
+# clock (app/keys.py ENQUEUED_AT_PREFIX), expiring with the job key.
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+local first = 7
+local worst, worst_ttl = 0, -1
+for i = first, #KEYS do
+  local n = i - first + 1
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[5 + 2 * n]) then
+    local ttl = redis.call('PTTL', KEYS[i])
+    if ttl < 0 then
+      redis.call('PEXPIRE', KEYS[i], ARGV[6 + 2 * n])
+      ttl = tonumber(ARGV[6 + 2 * n])
+    end
+    if ttl > worst_ttl then worst, worst_ttl = n, ttl end
+  end
+end
+if worst > 0 then return {worst, worst_ttl} end
+for i = first, #KEYS do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[6 + 2 * (i - first + 1)]) end
+end
+local score = tonumber(ARGV[6]) - tonumber(ARGV[3])
+local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+-- A web host whose clock ran ahead must not hold later jobs back: keep order only within 1 s.
+if score <= last then score = math.min(last + 0.001, score + 1000) end
+local text = string.format('%.3f', score)
+redis.call('SET', KEYS[4], text, 'PX', 86400000)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[3], text, ARGV[2])
+local time = redis.call('TIME')
+local queued_at = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('SET', KEYS[6], string.format('%d', queued_at), 'PX', tonumber(ARGV[4]))
+redis.call('LPUSH', KEYS[5], '1')
+redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
+return 1
+"""
+
+# --- used by workers/lease.py ---
+# KEYS: arq's in-progress key, run marker.  ARGV: owner token, new marker value, lease ms,
+# marker seconds.  Extends the lease only while the marker still names this run; 0 when another
+# run has taken the job over (this one's lease had lapsed).
+LEASE_RENEW = """
+local marker = redis.call('GET', KEYS[2])
+if marker and cjson.decode(marker)['token'] ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+return 1
+"""
+
+# KEYS: run marker.  ARGV: owner token.  Deletes the marker only while it names this run: a run
+# whose lease lapsed must not delete the marker of the run that took the job over.
+LEASE_RELEASE = """
+local marker = redis.call('GET', KEYS[1])
+if marker and cjson.decode(marker)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# --- used by workers/ratelimit.py ---
+# KEYS: bookings zset, pause key.  ARGV: limit, window_us, max_wait_us, member, unused member.
+# Returns {booked (0/1), wait_us}. Scores are absolute microseconds on Redis's clock. The unused
+# member (or '') is this job's previous booking, passed its moment unused: no call was made at
+# it, so it no longer holds a slot.
+RATE_BOOK = """
+if ARGV[5] ~= '' then redis.call('ZREM', KEYS[1], ARGV[5]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local at = now
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > at then at = paused end
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) > at then at = tonumber(newest[2]) end
+local count = redis.call('ZCARD', KEYS[1])
+if count >= limit then
+  local nth = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+  local free = tonumber(nth[2]) + window
+  if free > at then at = free end
+end
+if at - now > max_wait then
+  return {0, at - now}
+end
+redis.call('ZADD', KEYS[1], at, ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], math.floor((at + window) / 1000) + 1000)
+return {1, at - now}
+"""
+
+# KEYS: pause key.  ARGV: pause_us.  Returns 1 when this call started a pause (none was in
+# force), 0 when it only moved one later or changed nothing: one log line per pause, not per job.
+RATE_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_us = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_us <= current then return 0 end
+redis.call('SET', KEYS[1], until_us, 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 1000)
+if current > now then return 0 end
+return 1
+"""
+
+# KEYS: the job's refused-since key.  ARGV: '1' when the job was refused just now, ttl_ms.
+# Returns the milliseconds since the job's first refusal on Redis's clock, -1 if never refused.
+RATE_REFUSED_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] == '1' then redis.call('SET', KEYS[1], now, 'NX', 'PX', tonumber(ARGV[2])) end
+local since = redis.call('GET', KEYS[1])
+if not since then return -1 end
+return math.max(now - tonumber(since), 0)
+"""
+
+# KEYS: pause key.  Returns the microseconds of pause left on Redis's clock, 0 when none.
+RATE_PAUSED_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+if paused > now then return paused - now end
+return 0
+"""
+
+# --- used by workers/delivery.py ---
+# KEYS: uses counter, unusable marker.  ARGV: most uses allowed after this one, TTL seconds.
+# 1 when a use was taken; 0 when the budget does not allow it; -1 when the URL is unusable.
+TAKE_RESPONSE_URL_USE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[1]) then return 0 end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+enqueue = Script(ENQUEUE)
+note_rescored_interactive = Script(NOTE_RESCORED_INTERACTIVE)
+promote_due_interactive = Script(PROMOTE_DUE_INTERACTIVE)
+lease_renew = Script(LEASE_RENEW)
+lease_release = Script(LEASE_RELEASE)
+rate_book = Script(RATE_BOOK)
+rate_pause = Script(RATE_PAUSE)
+rate_refused_for = Script(RATE_REFUSED_FOR)
+rate_paused_for = Script(RATE_PAUSED_FOR)
+take_response_url_use = Script(TAKE_RESPONSE_URL_USE)
