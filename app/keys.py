@@ -31,49 +31,6 @@ IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
 #: Appended to the queue name by arq for its health-check string; we never write it ourselves.
 HEALTH_CHECK_KEY_SUFFIX = health_check_key_suffix
 
-__all__ = [
-    "COMPLETED_KEY",
-    "COUNTERS_KEY",
-    "ENQUEUED_AT_PREFIX",
-    "FAILED_KEY",
-    "HEALTH_CHECK_KEY_SUFFIX",
-    "HISTOGRAMS_KEY",
-    "IN_PROGRESS_KEY_PREFIX",
-    "JOB_KEY_PREFIX",
-    "LAST_SCORE_PREFIX",
-    "LEGACY_INTERACTIVE_KEY",
-    "PROGRESS_SWEEP_LOCK_KEY",
-    "QUEUE_KEY",
-    "RATE_PAUSE_KEY",
-    "RATE_WINDOW_KEY",
-    "READY_KEY",
-    "REFUSED_SINCE_PREFIX",
-    "RESCORED_INTERACTIVE_KEY",
-    "RESULT_KEY_PREFIX",
-    "RETRY_KEY_PREFIX",
-    "WAKE_KEY",
-    "WORKER_HEALTH_PREFIX",
-    "answer_key",
-    "delivered_key",
-    "enqueued_at_key",
-    "failed_posts_key",
-    "failure_key",
-    "failures_key",
-    "in_progress_key",
-    "job_key",
-    "last_score_key",
-    "progress_count_key",
-    "progress_queued_key",
-    "quota_key",
-    "refused_since_key",
-    "result_key",
-    "retry_key",
-    "running_key",
-    "unusable_key",
-    "uses_key",
-    "worker_health_key",
-]
-
 
 def job_key(job_id: str) -> str:
     return JOB_KEY_PREFIX + job_id
