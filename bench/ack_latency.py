@@ -6,7 +6,7 @@ and the ephemeral "Working on it" reply. Slack gives the whole round trip 3 s.
 
 How: a private redis-server and the fake Slack/Anthropic servers (only so the settings have URLs;
 nothing calls them on the ack path) run on loopback, and the web process runs as a real
-``python -m app.serve`` subprocess (the Procfile's web command). Every body and signature is built
+``python -m app.web.serve`` subprocess (the Procfile's web command). Every body and signature is built
 before the clock starts. Requests go one at a time over one keep-alive HTTP/1.1 connection made with the
 stdlib ``http.client``, so the figure is the server's time plus a loopback round trip, without
 a client library's own overhead or a TCP handshake per request. Each request is timed with
@@ -38,7 +38,7 @@ from harness import (
     start_loopback,
 )
 
-from app import keys
+from app.contract import keys
 from tests.support.slack_requests import SlashCommands, signature_headers
 
 WORKING = "Working on it"

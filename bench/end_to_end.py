@@ -10,12 +10,12 @@ What is measured, per command:
     where the end-to-end time goes.
 
 How: a private redis-server, the fake Slack and fake Anthropic servers, the web process as a real
-``python -m app.serve`` subprocess (the Procfile's web command) and one real worker process,
+``python -m app.web.serve`` subprocess (the Procfile's web command) and one real worker process,
 ``arq workers.WorkerSettings``, all on loopback. Commands go one at a time: send, wait for that
 command's answer (matched on its response_url, unique per command), then the next. The fake
 Anthropic is scripted with one reply per command, delayed by ``--fake-ai-latency`` seconds.
 
-Workers are woken by every enqueue (workers/arq_worker.py) rather than polling, so queue wait is a
+Workers are woken by every enqueue (workers/loop.py) rather than polling, so queue wait is a
 millisecond or two. A random pause of up to ``--gap`` seconds before each command spreads arrivals
 as real users' are; it mattered when arq polled on a fixed 0.5 s cycle and is kept for comparison.
 
@@ -44,7 +44,7 @@ from harness import (
     start_loopback,
 )
 
-from app.jobs import job_id_for, team_scoped
+from app.contract.jobs import job_id_for, team_scoped
 from tests.support.fakes.anthropic import MESSAGES, message
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE

@@ -11,7 +11,7 @@ Two commands, each started fresh for every run against the same private Redis an
 Slack/Anthropic on loopback:
 
 - old: uvicorn's CLI as the Procfile ran it before (httptools parser, no limits);
-- new: the Procfile's web command now (``python -m app.serve``: h11 with a 16 KB header limit,
+- new: the Procfile's web command now (``python -m app.web.serve``: h11 with a 16 KB header limit,
   request deadlines, a connection limit).
 
 Prints the median of ``--runs`` runs (default 3) of each, and how many header bytes each
@@ -48,7 +48,7 @@ def old_command(port: int) -> list[str]:
     listen = ["--host", "127.0.0.1", "--port", str(port)]
     return [
         uvicorn,
-        "app.main:create_app",
+        "app.web.main:create_app",
         "--factory",
         *listen,
         "--timeout-graceful-shutdown",
@@ -128,7 +128,7 @@ def main() -> int:
     print(f"{'command':<44}{'before MB':>10}{'peak MB':>9}{'after MB':>9}{'sent MB/conn':>14}")
     labels = {
         "old": "old: uvicorn CLI (httptools, no limits)",
-        "new": "new: python -m app.serve (h11, bounded)",
+        "new": "new: python -m app.web.serve (h11, bounded)",
     }
     for name, runs in results.items():
 

@@ -50,7 +50,7 @@ from harness import (
     start_loopback,
 )
 
-from app import keys
+from app.contract import keys
 from tests.support.deployment import SIGNING_SECRET
 from tests.support.processes import WorkerProcess, free_port
 

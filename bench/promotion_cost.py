@@ -4,7 +4,7 @@ Every poll of every worker runs the promotion script, and Redis runs one script 
 cost is added to every web ack waiting behind it. This bench queues 1,000 and 50,000 interactive
 jobs in a private redis-server and times the promotion as Redis sees it (INFO commandstats), for
 the script before the fix (kept below as the baseline: it read every queued interactive id and
-its score) and the one in app/queue.py (it reads only re-scored jobs now due), in the same run.
+its score) and the one in app/contract/queue.py (it reads only re-scored jobs now due), in the same run.
 A few re-scored jobs waiting out a retry delay are present, as in a deployment under transient
 errors.
 """
@@ -24,17 +24,17 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from app import keys  # noqa: E402
-from app.keys import RESCORED_INTERACTIVE_KEY  # noqa: E402
-from app.queue import PRIORITY_OFFSET_MS, PROMOTE_BATCH  # noqa: E402
-from app.scripts import PROMOTE_DUE_INTERACTIVE  # noqa: E402
+from app.contract import keys  # noqa: E402
+from app.contract.keys import RESCORED_INTERACTIVE_KEY  # noqa: E402
+from app.contract.queue import PRIORITY_OFFSET_MS, PROMOTE_BATCH  # noqa: E402
+from app.contract.scripts import PROMOTE_DUE_INTERACTIVE  # noqa: E402
 from bench.harness import RedisServer  # noqa: E402
 
 QUEUE = keys.QUEUE_KEY
 #: The set of every queued interactive id the old script scanned.
 OLD_INTERACTIVE_KEY = keys.LEGACY_INTERACTIVE_KEY
 
-# The promotion before the fix (app/queue.py at 650806a), verbatim.
+# The promotion before the fix (app/contract/queue.py at 650806a), verbatim.
 OLD_PROMOTE_DUE_INTERACTIVE = """
 local offset = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])

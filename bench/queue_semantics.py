@@ -5,7 +5,7 @@ The figures of issue 3 ("Tests and benchmarks"), measured on real worker process
 Everything runs on loopback: a private redis-server, the fake Slack and fake Anthropic servers
 from the test suite (in this process, in background threads), and real worker processes,
 ``arq workers.WorkerSettings``, each in its own process group with its JSON log in a file. Jobs are
-queued straight into Redis with ``app.queue.enqueue_ask`` (no web process), each with a unique
+queued straight into Redis with ``app.contract.queue.enqueue_ask`` (no web process), each with a unique
 question and a response_url on the fake Slack. Times are ``time.monotonic()`` in this process:
 the fakes record each request's arrival with it, so the figures do not depend on how often this
 script polls. The polling is kept cheap all the same: the fakes' threads share this process's
@@ -84,8 +84,8 @@ from harness import (
     start_loopback,
 )
 
-from app.job import AskJob
-from app.queue import enqueue_ask, open_redis
+from app.contract.job import AskJob
+from app.contract.queue import enqueue_ask, open_redis
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, error
 from tests.support.processes import WorkerProcess

@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.queue import enqueue_ask, open_redis  # noqa: E402
+from app.contract.queue import enqueue_ask, open_redis  # noqa: E402
 from bench.harness import FakeAnthropic, FakeSlack, RedisServer, deployment_env  # noqa: E402
 from tests.support.deployment import settings_from  # noqa: E402
 from tests.support.fakes.anthropic import MESSAGES, error  # noqa: E402
 from tests.support.slack_requests import SlashCommands  # noqa: E402
-from workers.arq_worker import AsklaneWorker  # noqa: E402
-from workers.worker import worker_settings  # noqa: E402
+from workers.loop import AsklaneWorker  # noqa: E402
+from workers.process import worker_settings  # noqa: E402
 
 
 def kind_of(key: str) -> str:

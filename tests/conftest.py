@@ -10,8 +10,8 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.main import create_app
-from app.settings import Settings
+from app.contract.settings import Settings
+from app.web.main import create_app
 from tests.support.deployment import loopback_env, settings_from
 from tests.support.fakes.anthropic import FakeAnthropic
 from tests.support.fakes.slack import FakeSlack

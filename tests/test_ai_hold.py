@@ -12,11 +12,11 @@ import pytest
 import redis
 from arq.connections import ArqRedis
 
-from app import keys
-from app.events import JobEvents
-from app.job import AskJob
-from app.queue import enqueue_ask, open_redis
-from app.settings import Settings
+from app.contract import keys
+from app.contract.events import JobEvents
+from app.contract.job import AskJob
+from app.contract.queue import enqueue_ask, open_redis
+from app.contract.settings import Settings
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.server import Reply
@@ -24,9 +24,9 @@ from tests.support.fakes.slack import RESPONSE, FakeSlack
 from tests.support.jobs import queued_job_ids, task_stacks
 from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
-from workers import arq_worker, store
+from workers import job_state, loop
+from workers.process import worker_settings
 from workers.ratelimit import RateLimiter
-from workers.worker import worker_settings
 
 #: The shared pause the test stores: far longer than anything the test waits for.
 PAUSE_SECONDS = 40.0
@@ -44,7 +44,7 @@ def _due_in(client: redis.Redis, job_id: str) -> float:
 def _hold_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     # The worker looks at the queue on its own only this rarely: only a wake-up or its wait for a
     # job's due moment can explain a prompt start.
-    monkeypatch.setattr(arq_worker, "IDLE_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(loop, "IDLE_WAIT_SECONDS", 60.0)
     # No "still working" update may take the first post that fails.
     return settings_from(
         {
@@ -74,7 +74,7 @@ def _run_worker(
         events.subscribe("job.completed", note)
         events.subscribe("job.failed", note)
         client = open_redis(settings)
-        worker = arq_worker.AsklaneWorker(**worker_settings(settings, events), handle_signals=False)
+        worker = loop.AsklaneWorker(**worker_settings(settings, events), handle_signals=False)
         running = asyncio.create_task(worker.async_run())
         try:
             await scenario(client, told)
@@ -159,7 +159,9 @@ def test_a_queued_job_with_its_answer_stored_starts_on_its_wake_up_while_ai_work
 
     async def scenario(client: ArqRedis, told: asyncio.Event) -> None:
         await _hold_ai_work(client, redis_client, needs_ai)
-        await store.save_answer(client, answered.job_id, store.StoredAnswer(text="stored", cut_short=False))
+        await job_state.save_answer(
+            client, answered.job_id, job_state.StoredAnswer(text="stored", cut_short=False)
+        )
         assert await enqueue_ask(client, answered)
 
         await _posted(told, "the stored answer")

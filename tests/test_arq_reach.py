@@ -14,7 +14,7 @@ import pytest
 
 import workers
 from workers import arq_reach
-from workers.arq_worker import AsklaneWorker
+from workers.loop import AsklaneWorker
 
 
 def test_every_arq_internal_the_worker_relies_on_is_still_there() -> None:

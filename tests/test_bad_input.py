@@ -14,8 +14,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from app import keys
-from app.verification import MAX_BODY_BYTES
+from app.contract import keys
+from app.web.gate import MAX_BODY_BYTES
 from tests.support.jobs import queued_job_ids
 from tests.support.slack_requests import SlashCommands, ack_text, signature_headers
 

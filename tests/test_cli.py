@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,17 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app import messages, sandbox
-from app.cli import awaits_more, main
-from app.keys import FAILED_KEY
-from app.queue import enqueue_ask, open_redis
-from app.settings import Settings
+from app.contract import messages
+from app.contract.keys import FAILED_KEY
+from app.contract.queue import enqueue_ask, open_redis
+from app.contract.settings import Settings
+from app.ops.cli import awaits_more, main
+from app.sandbox import stand_ins
 from tests.support.deployment import ROOT, settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain, queued_job_ids
-from tests.support.processes import WebProcess, WorkerProcess, free_port
+from tests.support.processes import ASKLANE, WebProcess, WorkerProcess, free_port
 from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
 
@@ -135,12 +135,11 @@ def test_retrying_an_unknown_job_exits_non_zero(settings: Settings) -> None:
     assert main(["retry", "ask-unknown"], settings) == 1
 
 
-def test_the_installed_command_reads_its_settings_from_the_environment(
+def test_the_asklane_command_reads_its_settings_from_the_environment(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    asklane = Path(sys.executable).parent / "asklane"
     done = subprocess.run(
-        [str(asklane), "status"],
+        [*ASKLANE, "status"],
         env={**os.environ, **env},
         cwd=tmp_path,
         capture_output=True,
@@ -159,7 +158,7 @@ def test_the_installed_command_reads_its_settings_from_the_environment(
 def sandbox_env(env: dict[str, str]) -> dict[str, str]:
     """The test deployment with response_urls at a sandbox stand-in's address where nothing
     listens: ``asklane ask`` may not go there unless a message is still to come."""
-    prefix = f"http://127.0.0.1:{free_port()}{sandbox.RESPONSE_PATH}"
+    prefix = f"http://127.0.0.1:{free_port()}{stand_ins.RESPONSE_PATH}"
     return env | {"SLACK_RESPONSE_URL_PREFIXES": prefix}
 
 
@@ -223,12 +222,11 @@ def test_ask_with_the_stack_not_running_says_in_one_line_how_to_start_it(
 
 
 def _asklane_outside_the_stack(command: str, folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """The installed ``asklane`` run in ``folder``, with no setting from the test's environment."""
+    """The ``asklane`` command run in ``folder``, with no setting from the test's environment."""
     names = {name.upper() for name in Settings.model_fields} | {"PORT"}
     clean = {key: value for key, value in os.environ.items() if key.upper() not in names}
-    asklane = Path(sys.executable).parent / "asklane"
     return subprocess.run(
-        [str(asklane), command, *(["a question"] if command == "ask" else [])],
+        [*ASKLANE, command, *(["a question"] if command == "ask" else [])],
         env=clean | env,
         cwd=folder,
         capture_output=True,

@@ -12,9 +12,9 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app import keys
-from app.jobs import RUN_JOB, ask_from_command
-from app.settings import Settings
+from app.contract import keys
+from app.contract.jobs import RUN_JOB, ask_from_command
+from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain

@@ -10,10 +10,10 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app import keys
-from app.keys import FAILED_KEY
-from app.main import create_app
-from app.settings import Settings
+from app.contract import keys
+from app.contract.keys import FAILED_KEY
+from app.contract.settings import Settings
+from app.web.main import create_app
 from tests.support.deployment import BOT_TOKEN, settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.server import Reply

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import tomllib
 from typing import Any
 
 import pytest
+import setuptools
 from pydantic_core import PydanticUndefined
 
-from app.settings import Settings
+from app.contract.settings import Settings
 from tests.support.deployment import ROOT
 
 
@@ -88,3 +90,25 @@ def test_quick_start_installs_what_make_test_needs() -> None:
     [apt] = re.findall(r"`apt-get install ([^`]+)`", _readme_section("Quick start"))
 
     assert {"make", "redis-server", "openssl"} <= set(apt.split())
+
+
+def test_the_asklane_script_names_the_cli_entry_point() -> None:
+    from app.ops.cli import main
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["asklane"].partition(":")
+
+    assert getattr(importlib.import_module(module), name) is main
+
+
+def test_a_non_editable_install_packages_every_folder_of_code() -> None:
+    """Heroku installs the package (requirements.txt is "."), so a folder setuptools does not find
+    is missing on the dyno while every local run, from the checkout, still imports it."""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    folders = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for top in ("app", "workers")
+        for path in (ROOT / top).rglob("*.py")
+    }
+
+    assert set(setuptools.find_packages(str(ROOT), include=include["include"])) == folders

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from app import keys
+from app.contract import keys
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack

@@ -8,8 +8,8 @@ from typing import Any
 
 import redis
 
-from app.events import ALL, JobEvents
-from app.settings import Settings
+from app.contract.events import ALL, JobEvents
+from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain, enqueue_stamped

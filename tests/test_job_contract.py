@@ -18,13 +18,13 @@ import redis
 from arq.connections import ArqRedis
 from slack_bolt.request.async_request import AsyncBoltRequest
 
-from app import keys
-from app.events import JobEvents
-from app.job import ANSWER_JOB, AskJob, deserialize, reference_for, serialize
-from app.jobs import ask_from_command, parse_job, upgrade
-from app.queue import enqueue_ask, open_redis
-from app.settings import Settings
-from app.slack_app import build_bolt_app
+from app.contract import keys
+from app.contract.events import JobEvents
+from app.contract.job import ANSWER_JOB, AskJob, deserialize, reference_for, serialize
+from app.contract.jobs import ask_from_command, parse_job, upgrade
+from app.contract.queue import enqueue_ask, open_redis
+from app.contract.settings import Settings
+from app.web.slack_app import build_bolt_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import FakeAnthropic
 from tests.support.fakes.slack import FakeSlack

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from starlette.testclient import TestClient
 
-from app.main import create_app
+from app.web.main import create_app
 from tests.support.deployment import ROOT, settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, message
 from tests.support.fakes.server import Reply

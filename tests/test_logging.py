@@ -11,7 +11,7 @@ import pytest
 import structlog
 from starlette.testclient import TestClient
 
-from app.logs import configure_logging
+from app.contract.logs import configure_logging
 from tests.support.deployment import ANTHROPIC_KEY, BOT_TOKEN, SIGNING_SECRET, settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.server import Reply

@@ -11,8 +11,8 @@ import yaml
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from app.main import create_app
-from app.settings import Settings
+from app.contract.settings import Settings
+from app.web.main import create_app
 from tests.support.deployment import ROOT
 
 #: The bot scope each Web API method the code calls needs.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app import messages
+from app.contract import messages
 
 
 @pytest.mark.parametrize(

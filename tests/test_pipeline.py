@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.testclient import TestClient
 
-from app.settings import Settings
+from app.contract.settings import Settings
 from tests.support.deployment import ANTHROPIC_KEY
 from tests.support.fakes.anthropic import FakeAnthropic, api_key
 from tests.support.fakes.server import Reply

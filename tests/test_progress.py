@@ -14,10 +14,10 @@ import redis
 from arq.connections import ArqRedis
 from starlette.testclient import TestClient
 
-from app import keys
-from app.job import ANSWER_JOB, AskJob, serialize
-from app.queue import open_redis
-from app.settings import Settings
+from app.contract import keys
+from app.contract.job import ANSWER_JOB, AskJob, serialize
+from app.contract.queue import open_redis
+from app.contract.settings import Settings
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.slack import RESPONSE, FakeSlack
@@ -25,7 +25,7 @@ from tests.support.jobs import drain
 from tests.support.processes import WorkerProcess
 from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
-from workers import store
+from workers import job_state
 from workers.delivery import SlackDelivery
 from workers.progress import MAX_INTERIM_UPDATES, sweep_forever, sweep_once
 
@@ -140,10 +140,10 @@ def test_the_sweep_posts_no_notice_for_a_finished_job_still_in_the_queue(
     job = commands.job("what is a p99?")
     _enqueue(settings, job)
     if finished == "delivered":
-        _in_redis(settings, lambda client: store.mark_delivered(client, job.job_id, "response_url"))
+        _in_redis(settings, lambda client: job_state.mark_delivered(client, job.job_id, "response_url"))
     else:
-        notice = store.FailureNotice(error="PermanentError", detail="x", reason="no.", permanent=True)
-        _in_redis(settings, lambda client: store.save_failure(client, job.job_id, notice))
+        notice = job_state.FailureNotice(error="PermanentError", detail="x", reason="no.", permanent=True)
+        _in_redis(settings, lambda client: job_state.save_failure(client, job.job_id, notice))
 
     _sweep(settings)
 

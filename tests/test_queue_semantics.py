@@ -18,10 +18,10 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from starlette.testclient import TestClient
 
-from app import keys, scripts
-from app.events import JobEvents
-from app.job import AskJob
-from app.keys import (
+from app.contract import keys, scripts
+from app.contract.events import JobEvents
+from app.contract.job import AskJob
+from app.contract.keys import (
     COMPLETED_KEY,
     COUNTERS_KEY,
     FAILED_KEY,
@@ -30,7 +30,7 @@ from app.keys import (
     WAKE_KEY,
     enqueued_at_key,
 )
-from app.queue import (
+from app.contract.queue import (
     PRIORITY_OFFSET_MS,
     PROMOTE_BATCH,
     WAKE_TOKENS,
@@ -38,7 +38,7 @@ from app.queue import (
     open_redis,
     promote_due_interactive,
 )
-from app.settings import Settings
+from app.contract.settings import Settings
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
 from tests.support.fakes.server import Reply
@@ -50,8 +50,8 @@ from tests.support.redis import RedisServer
 from tests.support.redis_tap import RedisTap
 from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
-from workers import arq_worker, lease
-from workers.worker import worker_settings
+from workers import lease, loop
+from workers.process import worker_settings
 
 #: The limiter guarantees N per second at the moment it grants a slot; the fake sees each request
 #: a little later, by however long the OS takes to schedule the worker (up to ~20 ms on a busy
@@ -331,7 +331,7 @@ def test_every_key_a_job_leaves_in_redis_expires_or_is_capped(
         PROMOTE_BATCH,
     )
     assert not redis_client.exists(RESCORED_INTERACTIVE_KEY)
-    # Capped lists, and the metrics hashes, whose fields are a fixed set (app/metrics.py).
+    # Capped lists, and the metrics hashes, whose fields are a fixed set (app/contract/metrics.py).
     capped = {COMPLETED_KEY, FAILED_KEY, WAKE_KEY, COUNTERS_KEY, HISTOGRAMS_KEY}
     for key in (k.decode() for k in redis_client.scan_iter()):
         # -2: it expired between SCAN and PTTL, which is the point.
@@ -477,7 +477,7 @@ def test_a_retry_that_comes_due_on_a_busy_worker_starts_on_an_idle_one(
 ) -> None:
     # Idle workers look at the queue only this rarely on their own: only a wake-up can explain a
     # prompt start.
-    monkeypatch.setattr(arq_worker, "IDLE_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(loop, "IDLE_WAIT_SECONDS", 60.0)
     settings = settings_from({**env, "JOB_RETRY_BASE_SECONDS": "0.5", "JOB_RETRY_JITTER": "0"})
     fake_anthropic.script(MESSAGES, error(500, "api_error"))
 
@@ -485,7 +485,7 @@ def test_a_retry_that_comes_due_on_a_busy_worker_starts_on_an_idle_one(
         workers = []
         for _ in range(2):
             events = JobEvents()
-            worker = arq_worker.AsklaneWorker(**worker_settings(settings, events), handle_signals=False)
+            worker = loop.AsklaneWorker(**worker_settings(settings, events), handle_signals=False)
 
             async def stop_picking(_event: str, _fields: dict[str, Any], worker: Worker = worker) -> None:
                 # The worker that ran the job cannot take its retry (as if all its slots were busy).

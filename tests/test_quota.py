@@ -12,8 +12,8 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app import keys
-from app.main import create_app
+from app.contract import keys
+from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.jobs import queued_job_ids
 from tests.support.processes import WebProcess

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from app.keys import RATE_WINDOW_KEY
-from app.queue import open_redis
-from app.settings import Settings
+from app.contract.keys import RATE_WINDOW_KEY
+from app.contract.queue import open_redis
+from app.contract.settings import Settings
 from workers.ratelimit import RateLimiter, SlotTooFar
 
 

@@ -1,4 +1,4 @@
-"""Redis keys come from app/keys.py, and Lua scripts run by SHA (app/scripts.py)."""
+"""Redis keys come from app/contract/keys.py, and Lua scripts run by SHA (app/contract/scripts.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from typing import Any, get_args
 import redis
 from starlette.testclient import TestClient
 
-from app import keys
-from app.main import create_app
+from app.contract import keys
+from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import RESPONSE, FakeSlack
 from tests.support.jobs import drain, queued_job_ids
 from tests.support.slack_requests import SlashCommands
-from workers.store import Phase
+from workers.job_state import Phase
 
 QUOTA_ENV = {"QUOTA_USER_PER_MINUTE": "50", "QUOTA_USER_PER_DAY": "500", "QUOTA_TEAM_PER_MINUTE": "50"}
 
@@ -58,7 +58,7 @@ def test_an_ack_still_queues_after_redis_forgot_its_scripts(
 
 
 def _named(job_ids: list[str], team_id: str, user_id: str) -> set[str]:
-    """Every key app/keys.py names for these jobs and this asker."""
+    """Every key app/contract/keys.py names for these jobs and this asker."""
     names = {value for name, value in vars(keys).items() if name.endswith("_KEY") and isinstance(value, str)}
     for job_id in job_ids:
         names |= {

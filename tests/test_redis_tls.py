@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from starlette.testclient import TestClient
 
-from app.main import create_app
+from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain

@@ -12,11 +12,11 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.events import ALL, JobEvents
-from app.keys import RATE_PAUSE_KEY
-from app.main import create_app
-from app.queue import open_redis
-from app.settings import Settings
+from app.contract.events import ALL, JobEvents
+from app.contract.keys import RATE_PAUSE_KEY
+from app.contract.queue import open_redis
+from app.contract.settings import Settings
+from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, RawReply, error, message, trickled
 from tests.support.fakes.server import Reply

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import Settings
+from app.contract.settings import Settings
 from tests.support.deployment import settings_from
 from workers.errors import BackPressure, DeliveryFailed, PermanentError, TransientError
 from workers.retry import retry_delay, should_retry

@@ -15,22 +15,22 @@ import redis
 from arq import Retry
 from arq.worker import Worker
 
-from app import keys
-from app.events import JobEvents
-from app.jobs import Asker, JobBase
-from app.messages import SlackMessage
-from app.queue import enqueue_ask, open_redis
-from app.settings import Settings
-from app.targets import Ephemeral
+from app.contract import keys
+from app.contract.events import JobEvents
+from app.contract.jobs import Asker, JobBase
+from app.contract.messages import SlackMessage
+from app.contract.queue import enqueue_ask, open_redis
+from app.contract.settings import Settings
+from app.contract.targets import Ephemeral
 from tests.support.fakes.anthropic import FakeAnthropic
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
 from tests.support.jobs import DRAIN_TIMEOUT_SECONDS
 from tests.support.slack_requests import SlashCommands
 from workers.answer import ASK
-from workers.arq_worker import AsklaneWorker
 from workers.errors import PermanentError, TransientError
 from workers.kinds import JobKind, Run
+from workers.loop import AsklaneWorker
 from workers.outcomes import (
     Abandoned,
     AlreadyDone,
@@ -41,8 +41,8 @@ from workers.outcomes import (
     JobFailure,
     Outcome,
 )
+from workers.process import worker_settings
 from workers.runner import to_arq
-from workers.worker import worker_settings
 
 Step = Literal["ok", "transient", "permanent"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from app import sandbox
+from app.sandbox import stand_ins
 from tests.support.deployment import ROOT
 from tests.support.processes import free_port, is_alive
 from tests.support.redis import RedisServer
@@ -23,7 +23,7 @@ from tests.support.waiting import wait_until
 
 
 def test_the_slack_stand_in_hands_out_posted_messages_in_order() -> None:
-    with TestClient(sandbox.create_app()) as stand_in:
+    with TestClient(stand_ins.create_app()) as stand_in:
         for text in ("first", "second"):
             assert stand_in.post("/slack/response/hook1", json={"text": text}).text == "ok"
 
@@ -35,14 +35,14 @@ def test_the_slack_stand_in_hands_out_posted_messages_in_order() -> None:
 
 
 def test_the_offline_model_says_what_it_is_in_every_answer() -> None:
-    with TestClient(sandbox.create_app()) as stand_in:
+    with TestClient(stand_ins.create_app()) as stand_in:
         reply = stand_in.post(
             "/anthropic/v1/messages",
             json={"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "why?"}]},
         ).json()
 
     [block] = reply["content"]
-    assert block["text"].startswith(sandbox.OFFLINE_LABEL)
+    assert block["text"].startswith(stand_ins.OFFLINE_LABEL)
     assert "why?" in block["text"]
 
 
@@ -140,7 +140,7 @@ def test_make_run_without_accounts_answers_asklane_ask(
 
     # No --url: asklane finds the web process on $PORT, as make run started it.
     asked = subprocess.run(
-        [str(stack.checkout / ".venv/bin/asklane"), "ask", "is the sandbox working?"],
+        [str(stack.checkout / ".venv/bin/python"), "-m", "app.ops.cli", "ask", "is the sandbox working?"],
         cwd=stack.checkout,
         env=stack.env,
         capture_output=True,
@@ -152,7 +152,7 @@ def test_make_run_without_accounts_answers_asklane_ask(
     transcript = asked.stdout
     assert asked.returncode == 0, transcript + asked.stderr + stack.log()
     assert "Working on it" in transcript
-    assert sandbox.OFFLINE_LABEL in transcript
+    assert stand_ins.OFFLINE_LABEL in transcript
     assert "You asked: *is the sandbox working?*" in transcript
     assert not (stack.checkout / ".local" / "sandbox.env").exists()
 

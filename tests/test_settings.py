@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from app.contract.settings import Settings
 from tests.support.deployment import ROOT, settings_from
 
 REQUIRED = {
@@ -33,7 +33,7 @@ def _load(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[st
     # Run from an empty folder so a developer's .env cannot fill the gap.
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-        "from app.settings import load_settings; load_settings()"
+        "from app.contract.settings import load_settings; load_settings()"
     )
     return _start([sys.executable, "-c", code], env, tmp_path)
 

@@ -11,10 +11,10 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.ask import MAX_QUESTION_CHARS
-from app.events import JobEvents
-from app.main import create_app
-from app.settings import Settings
+from app.contract.events import JobEvents
+from app.contract.settings import Settings
+from app.web.ask import MAX_QUESTION_CHARS
+from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain, queued_job_ids

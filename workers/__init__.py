@@ -11,10 +11,10 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
-        from app.settings import load_settings
+        from app.contract.settings import load_settings
         from workers import arq_reach
-        from workers.arq_worker import AsklaneWorker
-        from workers.worker import worker_settings
+        from workers.loop import AsklaneWorker
+        from workers.process import worker_settings
 
         arq_reach.install(AsklaneWorker)
         return worker_settings(load_settings())

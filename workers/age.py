@@ -3,7 +3,7 @@
 The payload's ``enqueued_at`` is the web host's clock, which may be minutes off the worker's:
 26 minutes behind would fail every job as too old at once; 30 minutes ahead would record
 negative waits and let a job outlive its response_url. The enqueue script also stamps the job
-on Redis's clock (:func:`app.keys.enqueued_at_key`), so the worker measures the job's age
+on Redis's clock (:func:`app.contract.keys.enqueued_at_key`), so the worker measures the job's age
 as Redis's TIME minus that stamp, in one round trip at job start, and turns it into a moment on
 its own clock for the rest of the run. A job queued by a release without the stamp falls back to
 the payload's ``enqueued_at``, never later than the worker's now.
@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
 
-from app.jobs import JobBase
-from app.keys import enqueued_at_key
+from app.contract.jobs import JobBase
+from app.contract.keys import enqueued_at_key
 
 
 async def enqueued_at(redis: ArqRedis, job: JobBase) -> datetime:

@@ -12,7 +12,7 @@ import anthropic
 import structlog
 from anthropic.types import Message, TextBlock
 
-from app.settings import Settings
+from app.contract.settings import Settings
 from workers.errors import BackPressure, PermanentError, TransientError
 from workers.retry_after import retry_after_seconds
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import structlog
 
-from app import messages
-from app.jobs import AskQuestion, JobBase
-from app.messages import SlackMessage
-from workers import store
+from app.contract import messages
+from app.contract.jobs import AskQuestion, JobBase
+from app.contract.messages import SlackMessage
+from workers import job_state
 from workers.formatting import answer_message
 from workers.kinds import LeaseLost, Run
 
@@ -24,7 +24,7 @@ class AskKind:
     async def perform(self, run: Run) -> str:
         job = _ask(run.job)
         deps, timings = run.deps, run.timings
-        stored = await store.load_answer(deps.redis, job.job_id)
+        stored = await job_state.load_answer(deps.redis, job.job_id)
         if stored is None:
             if run.lease.lost:
                 raise LeaseLost()
@@ -44,8 +44,8 @@ class AskKind:
             timings.input_tokens, timings.output_tokens = answer.input_tokens, answer.output_tokens
             if answer.slow_down_for:
                 await deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
-            stored = store.StoredAnswer(text=answer.text, cut_short=answer.cut_short)
-            await store.save_answer(deps.redis, job.job_id, stored)
+            stored = job_state.StoredAnswer(text=answer.text, cut_short=answer.cut_short)
+            await job_state.save_answer(deps.redis, job.job_id, stored)
         else:
             log.info("job.answer_reused")
         # Another run may have taken the job over while this one waited on Claude: one answer only.

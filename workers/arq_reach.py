@@ -1,7 +1,7 @@
 """Every arq 0.28 internal the worker relies on, in one place.
 
 arq has no setting for the worker class and no hooks for the loop between polls, so
-:class:`workers.arq_worker.AsklaneWorker` subclasses ``arq.worker.Worker``. This module names
+:class:`workers.loop.AsklaneWorker` subclasses ``arq.worker.Worker``. This module names
 each member of arq that the subclass overrides or reads beyond arq's documented settings, and
 says why; :func:`problems` checks them against the installed arq, and tests/test_arq_reach.py
 fails naming the member if a new release renames one, turns it into another kind, or changes
@@ -103,9 +103,9 @@ CLI: tuple[Reach, ...] = (
 )
 
 
-#: arq's Redis layout, re-exported by app/keys.py, which app/scripts.py (the enqueue script),
-#: workers/lease.py (renewing the in-progress key), workers/progress.py and workers/operations.py
-#: read or write directly:
+#: arq's Redis layout, re-exported by app/contract/keys.py, which app/contract/scripts.py (the
+#: enqueue script), workers/lease.py (renewing the in-progress key), workers/progress.py and
+#: app/ops/operations.py read or write directly:
 #: ``arq.constants`` name -> the value queued jobs were written with. A new value would orphan
 #: jobs queued by the previous release during a rolling deploy.
 REDIS_LAYOUT: dict[str, object] = {
@@ -174,7 +174,7 @@ def install(build: Callable[..., arq.worker.Worker]) -> None:
     """Make the ``arq`` command build its worker with ``build(**settings)`` (see the module doc)."""
 
     def create_worker(settings_cls: Mapping[str, Any], **kwargs: Any) -> arq.worker.Worker:
-        # Our WorkerSettings is a dict of Worker's keyword arguments (workers/worker.py).
+        # Our WorkerSettings is a dict of Worker's keyword arguments (workers/process.py).
         return build(**{**settings_cls, **kwargs})
 
     def run_worker(settings_cls: Mapping[str, Any], **kwargs: Any) -> arq.worker.Worker:

@@ -1,4 +1,4 @@
-"""Posting a job's messages to Slack, routed by the job's reply target (app/targets.py).
+"""Posting a job's messages to Slack, routed by the job's reply target (app/contract/targets.py).
 
 What every target needing them shares lives here once: the response_url budget
 (:class:`ResponseUrlBudget`), Slack's 429/5xx/transient-error classification of a Web API call
@@ -31,12 +31,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from app import keys, scripts
-from app.jobs import JobBase
-from app.messages import SlackMessage
-from app.settings import Settings
-from app.targets import Ephemeral
-from workers import age, store
+from app.contract import keys, scripts
+from app.contract.jobs import JobBase
+from app.contract.messages import SlackMessage
+from app.contract.settings import Settings
+from app.contract.targets import Ephemeral
+from workers import age, job_state
 from workers.errors import DeliveryFailed, PermanentError
 from workers.retry import too_old_to_wait
 from workers.retry_after import retry_after_seconds
@@ -77,7 +77,7 @@ class ResponseUrlBudget:
             await scripts.take_response_url_use(
                 self._redis,
                 keys=[keys.uses_key(job.job_id), keys.unusable_key(job.job_id)],
-                args=[limit, store.STATE_TTL_SECONDS],
+                args=[limit, job_state.STATE_TTL_SECONDS],
             )
         )
         if taken == 0 and not interim:
@@ -89,7 +89,7 @@ class ResponseUrlBudget:
         key = keys.failed_posts_key(job.job_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
-            pipe.expire(key, store.STATE_TTL_SECONDS)
+            pipe.expire(key, job_state.STATE_TTL_SECONDS)
             count, _ = await pipe.execute()
         wait = error.retry_after or 0.0
         if wait > max_wait or too_old_to_wait(await age.enqueued_at(self._redis, job), wait):
@@ -102,7 +102,9 @@ class ResponseUrlBudget:
 
     async def give_up(self, job: JobBase, reason: str) -> None:
         """Never post to this job's response_url again, on any worker."""
-        if await self._redis.set(keys.unusable_key(job.job_id), reason, nx=True, ex=store.STATE_TTL_SECONDS):
+        if await self._redis.set(
+            keys.unusable_key(job.job_id), reason, nx=True, ex=job_state.STATE_TTL_SECONDS
+        ):
             log.warning("delivery.response_url_unusable", job_id=job.job_id, reason=reason)
 
     async def uses(self, job: JobBase) -> int:

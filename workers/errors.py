@@ -60,4 +60,5 @@ class PermanentError(JobError):
 
 
 class InvalidPayload(PermanentError):
-    """The job in Redis does not match the contract (app/jobs.py: unknown version or kind, malformed)."""
+    """The job in Redis does not match the contract (app/contract/jobs.py): unknown version or kind,
+    or malformed."""

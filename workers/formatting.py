@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.messages import SlackMessage, escape_mrkdwn
+from app.contract.messages import SlackMessage, escape_mrkdwn
 
 #: Slack rejects messages whose markdown blocks add up to more than this (msg_blocks_too_long).
 MARKDOWN_LIMIT = 12_000

@@ -1,6 +1,6 @@
 """What a job kind supplies to the runner, and what its steps get from it.
 
-A kind is its payload model (a member of the contract's union, app/jobs.py), its steps and its
+A kind is its payload model (a member of the contract's union, app/contract/jobs.py), its steps and its
 messages; the runner (:mod:`workers.runner`) does everything every job needs around them: the
 lease, failure counting, retries and give-up, the age guard, back-pressure waits, retention,
 events and the failure message. Worker registration passes the kinds explicitly
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 from arq.connections import ArqRedis
 
-from app.events import JobEvents
-from app.jobs import JobBase
-from app.messages import SlackMessage
-from app.settings import Settings
-from workers import store
+from app.contract.events import JobEvents
+from app.contract.jobs import JobBase
+from app.contract.messages import SlackMessage
+from app.contract.settings import Settings
+from workers import job_state
 from workers.lease import Lease
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class Run:
         Raises LeaseLost when another run has taken the job over or an earlier run posted it
         (one final message only), and the failure types of workers/errors.py.
         """
-        if self.lease.lost or await store.was_delivered(self.deps.redis, self.job.job_id):
+        if self.lease.lost or await job_state.was_delivered(self.deps.redis, self.job.job_id):
             raise LeaseLost()
         started = time.perf_counter()
         via = await self.deps.slack.send(self.deps.redis, self.job, message)
@@ -91,7 +91,7 @@ async def record_delivery(deps: WorkerDeps, job: JobBase, via: str) -> None:
     # The user has their message now: a bookkeeping error must not turn into an error post
     # that replaces it. The cost is a possible second post if this job runs again.
     try:
-        await store.mark_delivered(deps.redis, job.job_id, via)
+        await job_state.mark_delivered(deps.redis, job.job_id, via)
     except Exception as error:
         log.error("job.delivery_unrecorded", via=via, error=type(error).__name__, detail=str(error))
 

@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator
 import structlog
 from arq.connections import ArqRedis
 
-from app import scripts
-from app.keys import in_progress_key, running_key
+from app.contract import scripts
+from app.contract.keys import in_progress_key, running_key
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ A job kind's steps report trouble by raising the failure types of :mod:`workers.
 ``Retry`` or :class:`JobFailed`).
 
 :class:`JobFailure` is the one model of "why a job failed": built from the error that ended it,
-stored in Redis until the user has been told (:mod:`workers.store`), and read back by a re-run.
+stored in Redis until the user has been told (:mod:`workers.job_state`), and read back by a re-run.
 """
 
 from __future__ import annotations

@@ -22,12 +22,12 @@ import structlog
 from arq.connections import ArqRedis
 from arq.jobs import DeserializationError, deserialize_job
 
-from app import keys, messages
-from app.job import deserialize
-from app.jobs import AskQuestion, JobBase, parse_job
-from app.messages import SlackMessage
-from app.queue import PRIORITY_OFFSET_MS
-from workers import store
+from app.contract import keys, messages
+from app.contract.job import deserialize
+from app.contract.jobs import AskQuestion, JobBase, parse_job
+from app.contract.messages import SlackMessage
+from app.contract.queue import PRIORITY_OFFSET_MS
+from workers import job_state
 from workers.delivery import SlackDelivery
 
 log = structlog.get_logger(__name__)
@@ -42,7 +42,7 @@ SWEEP_DEPTH = 200
 async def _claim(redis: ArqRedis, job_id: str) -> bool:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.incr(keys.progress_count_key(job_id))
-        pipe.expire(keys.progress_count_key(job_id), store.STATE_TTL_SECONDS)
+        pipe.expire(keys.progress_count_key(job_id), job_state.STATE_TTL_SECONDS)
         count, _ = await pipe.execute()
     return int(count) <= MAX_INTERIM_UPDATES
 
@@ -51,7 +51,7 @@ async def post_update(redis: ArqRedis, slack: SlackDelivery, job: JobBase, messa
     """Post an interim update if this job still has one to spend and is not finished. True when posted."""
     if not await _claim(redis, job.job_id):
         return False
-    if await store.is_finished(redis, job.job_id):
+    if await job_state.is_finished(redis, job.job_id):
         # The user has the answer or the error: a notice now would replace it.
         log.info("job.progress_skipped", job_id=job.job_id, reason="finished")
         return False
@@ -62,7 +62,7 @@ async def post_update(redis: ArqRedis, slack: SlackDelivery, job: JobBase, messa
 
 async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: JobBase, message: SlackMessage) -> None:
     """Tell the user their job is queued (``message``, the kind's), once per job."""
-    if await redis.set(keys.progress_queued_key(job.job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS):
+    if await redis.set(keys.progress_queued_key(job.job_id), 1, nx=True, ex=job_state.STATE_TTL_SECONDS):
         await post_update(redis, slack, job, message)
 
 
@@ -91,7 +91,7 @@ async def sweep_once(
             if isinstance(job, AskQuestion):
                 await tell_queued(redis, slack, job, messages.queued(job.text, ahead))
             elif job is None and await redis.set(
-                keys.progress_queued_key(job_id), 1, nx=True, ex=store.STATE_TTL_SECONDS
+                keys.progress_queued_key(job_id), 1, nx=True, ex=job_state.STATE_TTL_SECONDS
             ):
                 # Unreadable (the run side fails it and says so); looked at once, not every sweep.
                 log.warning("progress.job_unreadable", job_id=job_id)
@@ -131,7 +131,7 @@ async def sweep_forever(
 
 
 def _enqueued_ms(score: float, now_ms: float) -> float:
-    # Interactive jobs are scored PRIORITY_OFFSET_MS early (app/queue.py); undo that.
+    # Interactive jobs are scored PRIORITY_OFFSET_MS early (app/contract/queue.py); undo that.
     offset = PRIORITY_OFFSET_MS["interactive"]
     return score + offset if score < now_ms - offset / 2 else score
 

@@ -31,8 +31,8 @@ import uuid
 import structlog
 from arq.connections import ArqRedis
 
-from app import scripts
-from app.keys import RATE_PAUSE_KEY, RATE_WINDOW_KEY, refused_since_key
+from app.contract import scripts
+from app.contract.keys import RATE_PAUSE_KEY, RATE_WINDOW_KEY, refused_since_key
 
 log = structlog.get_logger(__name__)
 

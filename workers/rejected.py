@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import ValidationError
 
-from app import messages
-from app.job import ANSWER_JOB, reference_for
-from app.jobs import KINDS, RUN_JOB, Asker, AskQuestion, JobBase, parse_job
-from app.messages import SlackMessage
-from app.targets import Ephemeral
+from app.contract import messages
+from app.contract.job import ANSWER_JOB, reference_for
+from app.contract.jobs import KINDS, RUN_JOB, Asker, AskQuestion, JobBase, parse_job
+from app.contract.messages import SlackMessage
+from app.contract.targets import Ephemeral
 from workers import retention
 from workers.errors import JobError
 

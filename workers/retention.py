@@ -13,7 +13,7 @@ from typing import Any, Literal, cast
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
-from app.keys import COMPLETED_KEY, FAILED_KEY
+from app.contract.keys import COMPLETED_KEY, FAILED_KEY
 
 State = Literal["completed", "failed"]
 

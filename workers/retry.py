@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from app.settings import Settings
+from app.contract.settings import Settings
 from workers.errors import TransientError
 
 #: Slack's response_url lives 30 minutes; an answer later than this could not reach the user the

@@ -1,8 +1,8 @@
 """The job runner: what every job needs, whatever its kind.
 
-It parses the payload (the contract's union, app/jobs.py), looks the kind's steps up by
+It parses the payload (the contract's union, app/contract/jobs.py), looks the kind's steps up by
 ``kind`` (:mod:`workers.kinds`) and runs them under the lease with stall recovery
-(:mod:`workers.lease`), failure counting per phase (:mod:`workers.store`), the
+(:mod:`workers.lease`), failure counting per phase (:mod:`workers.job_state`), the
 transient/permanent decision and delay table (:mod:`workers.retry`), the age guard on Redis's
 clock (:mod:`workers.age`), back-pressure and rate-limiter waits, retention records, lifecycle
 events (``job.started/deferred/retrying/completed/failed/stalled``) and the failure message to
@@ -22,9 +22,9 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from app.jobs import RUN_JOB, JobBase, parse_job
-from app.keys import QUEUE_KEY
-from workers import age, progress, rejected, retention, store
+from app.contract.jobs import RUN_JOB, JobBase, parse_job
+from app.contract.keys import QUEUE_KEY
+from workers import age, job_state, progress, rejected, retention
 from workers.errors import (
     BackPressure,
     DeliveryFailed,
@@ -132,19 +132,19 @@ async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: 
                 dead_worker=predecessor.get("worker"),
                 recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
             )
-        if await store.was_delivered(deps.redis, job.job_id):
+        if await job_state.was_delivered(deps.redis, job.job_id):
             log.info("job.already_delivered")
             return AlreadyDone()
         if predecessor is not None:
-            if await store.record_failure(deps.redis, job.job_id, "stalled") > MAX_STALLS:
+            if await job_state.record_failure(deps.redis, job.job_id, "stalled") > MAX_STALLS:
                 # A job that kills its worker every time would otherwise be re-run until it is too old.
                 crashed = PermanentError(
                     f"worker died {MAX_STALLS + 1} times running it", reason=CRASHED_REASON
                 )
                 return await _give_up(kind, job, deps, JobFailure.of(crashed), Timings())
         try:
-            failure = await store.load_failure(deps.redis, job.job_id)
-        except store.UnreadableRecord as error:
+            failure = await job_state.load_failure(deps.redis, job.job_id)
+        except job_state.UnreadableRecord as error:
             # The job did fail, for a reason this version cannot read (a rolling deploy, damage):
             # tell the user in general terms rather than fail the job silently.
             log.error("job.failure_record_unreadable", detail=str(error))
@@ -153,7 +153,7 @@ async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: 
             )
         if failure is not None:
             # The job has failed already; only the message telling the user is left to send.
-            attempts = await store.failure_count(deps.redis, job.job_id)
+            attempts = await job_state.failure_count(deps.redis, job.job_id)
             return await _give_up(kind, job, deps, failure, Timings(attempt=max(attempts, 1)))
         return await _run(kind, job, deps, score, held)
 
@@ -164,7 +164,7 @@ async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: 
     # Attempts that did work: earlier failed ones and this one (arq's try count also counts
     # rate-limit deferrals and shutdown re-queues).
     timings = Timings(
-        queued_ms=_ms_since(enqueued_at), attempt=await store.failure_count(deps.redis, job.job_id) + 1
+        queued_ms=_ms_since(enqueued_at), attempt=await job_state.failure_count(deps.redis, job.job_id) + 1
     )
     await deps.events.emit(
         "job.started", job_id=job.job_id, attempt=timings.attempt, queued_ms=timings.queued_ms
@@ -212,8 +212,8 @@ async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: 
     if isinstance(failure, TransientError):
         if failure.throttled:
             await deps.limiter.pause(failure.retry_after or settings.job_retry_base_seconds, str(failure))
-        phase: store.Phase = "delivery" if isinstance(failure, DeliveryFailed) else "ai"
-        failures = await store.record_failure(deps.redis, job.job_id, phase)
+        phase: job_state.Phase = "delivery" if isinstance(failure, DeliveryFailed) else "ai"
+        failures = await job_state.record_failure(deps.redis, job.job_id, phase)
         if should_retry(failure, failures, settings):
             delay = retry_delay(failure, failures, settings)
             if not too_old_to_wait(enqueued_at, delay):
@@ -282,11 +282,11 @@ async def _give_up(
     """
     # Kept before the first post, so a run cut off while telling the user (SIGTERM, a crash)
     # is re-run to tell them, not to do the work again.
-    await store.save_failure(deps.redis, job.job_id, failure)
+    await job_state.save_failure(deps.redis, job.job_id, failure)
     try:
         via = await deps.slack.send(deps.redis, job, kind.failure_message(job, failure.reason))
     except DeliveryFailed as error:
-        failures = await store.record_failure(deps.redis, job.job_id, "notice")
+        failures = await job_state.record_failure(deps.redis, job.job_id, "notice")
         if should_retry(error, failures, deps.settings):
             delay = retry_delay(error, failures, deps.settings)
             await _retrying(deps, job, failures, delay, f"failure message: {error}", "notice")
@@ -309,7 +309,7 @@ async def _give_up(
 
 
 async def _retrying(
-    deps: WorkerDeps, job: JobBase, attempt: int, delay: float, reason: str, phase: store.Phase
+    deps: WorkerDeps, job: JobBase, attempt: int, delay: float, reason: str, phase: job_state.Phase
 ) -> None:
     await deps.events.emit(
         "job.retrying",
@@ -380,7 +380,7 @@ async def _fail_too_old_despite_redis(kind: JobKind, job: JobBase, deps: WorkerD
         "redis errors kept the job waiting past MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON
     )
     try:
-        if await store.was_delivered(deps.redis, job.job_id):
+        if await job_state.was_delivered(deps.redis, job.job_id):
             return AlreadyDone()
         return await _give_up(kind, job, deps, JobFailure.of(too_old), Timings())
     except RedisError as error:

@@ -10,13 +10,13 @@ import pytest
 import redis
 from arq.worker import Worker
 
-from app import keys
-from app.events import JobEvents
-from app.job import AskJob
-from app.queue import enqueue_ask, open_redis
-from app.settings import Settings
-from workers.arq_worker import AsklaneWorker
-from workers.worker import worker_settings
+from app.contract import keys
+from app.contract.events import JobEvents
+from app.contract.job import AskJob
+from app.contract.queue import enqueue_ask, open_redis
+from app.contract.settings import Settings
+from workers.loop import AsklaneWorker
+from workers.process import worker_settings
 
 DRAIN_TIMEOUT_SECONDS = 90
 

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import httpx
 from starlette.testclient import TestClient
 
-from app.job import AskJob
+from app.contract.job import AskJob
 from tests.support.deployment import SIGNING_SECRET
 from tests.support.fakes.slack import FakeSlack
 

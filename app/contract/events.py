@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger("app.events")
+log = structlog.get_logger("app.contract.events")
 
 #: A subscriber: called with the event name and its fields (job_id always among them).
 Hook = Callable[[str, dict[str, Any]], Awaitable[None]]

@@ -1,7 +1,7 @@
 """What the people on call can see and do: queue depth, running jobs, the limiter's state and
 worker health; retrying failed jobs and purging the failed list (recent jobs: workers/retention.py).
 
-Plain async functions over Redis, used by the ``asklane`` command (app/cli.py).
+Plain async functions over Redis, used by the ``asklane`` command (app/ops/cli.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Literal, cast
 
 from arq.connections import ArqRedis
 
-from app.jobs import parse_job
-from app.keys import (
+from app.contract.jobs import parse_job
+from app.contract.keys import (
     FAILED_KEY,
     HEALTH_CHECK_KEY_SUFFIX,
     IN_PROGRESS_KEY_PREFIX,
@@ -25,7 +25,7 @@ from app.keys import (
     RATE_WINDOW_KEY,
     WORKER_HEALTH_PREFIX,
 )
-from app.queue import QueueDepth, enqueue_ask, queue_depth
+from app.contract.queue import QueueDepth, enqueue_ask, queue_depth
 from workers import retention
 
 

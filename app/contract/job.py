@@ -1,7 +1,7 @@
 """The job payload of the previous release (:class:`AskJob`, contract v1), and the JSON serializer.
 
-Today's contract is the union of job kinds in :mod:`app.jobs`; a worker still reads an AskJob
-queued by the release before it (a rolling deploy) and upgrades it (:func:`app.jobs.upgrade`).
+Today's contract is the union of job kinds in :mod:`app.contract.jobs`; a worker still reads an AskJob
+queued by the release before it (a rolling deploy) and upgrades it (:func:`app.contract.jobs.upgrade`).
 arq's default pickle serializer is replaced by JSON on both sides, so nobody who can write to
 Redis can run code on a worker.
 """
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: arq function name the previous release queued AskJob under (app.jobs.RUN_JOB now).
+#: arq function name the previous release queued AskJob under (app.contract.jobs.RUN_JOB now).
 ANSWER_JOB = "answer_question"
 
 #: AskJob's contract version.

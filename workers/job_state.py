@@ -13,7 +13,7 @@ from typing import Literal, get_args
 from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
-from app.keys import answer_key, delivered_key, failure_key, failures_key
+from app.contract.keys import answer_key, delivered_key, failure_key, failures_key
 from workers.outcomes import JobFailure
 
 #: Per-job state outlives any run of the job: the last one starts before MAX_JOB_AGE_SECONDS

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
 
     metrics_token: SecretStr | None = None
 
-    # The web process's HTTP edge (app/serve.py): open connections it keeps, and the time a client
+    # The web process's HTTP edge (app/web/serve.py): open connections it keeps, and the time a client
     # gets to send a request's headers, and again its body.
     http_max_connections: Annotated[int, Field(ge=1, le=100_000)] = 100
     http_request_timeout_seconds: PositiveSeconds = 5.0

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from starlette.requests import Request
 
 #: Largest body accepted. A slash command is a few kilobytes of form fields; its text is capped
-#: at 4,000 characters (app/ask.py), at most 36 KB percent-encoded.
+#: at 4,000 characters (app/web/ask.py), at most 36 KB percent-encoded.
 MAX_BODY_BYTES = 64 * 1024
 
 #: Slack's advice: refuse requests signed more than five minutes ago, so a captured request

@@ -1,14 +1,14 @@
 """The contract both processes share: a versioned, discriminated union of job kinds.
 
 Every job says who asked (:class:`Asker`), where the reply goes (a reply target,
-:mod:`app.targets`) and its **dedupe key**, from which its job id is derived: two deliveries of
+:mod:`app.contract.targets`) and its **dedupe key**, from which its job id is derived: two deliveries of
 one request map to one job, and the key is scoped by team, so two workspaces never collide.
 A kind adds only what is its own (``/ask``: the command and the question). Payloads are JSON
-(app/job.py's serializer) under one arq function, :data:`RUN_JOB`; the worker picks the kind's
+(app/contract/job.py's serializer) under one arq function, :data:`RUN_JOB`; the worker picks the kind's
 steps by ``kind``.
 
 Rolling deploys: old and new releases share the queue for a while. :func:`parse_job` reads the
-payload of the previous release (``AskJob`` v1, app/job.py, queued as ``answer_question``)
+payload of the previous release (``AskJob`` v1, app/contract/job.py, queued as ``answer_question``)
 and upgrades it, keeping the job id it was queued under. A payload of a version newer than this
 release knows raises :class:`UnknownVersion`: the worker fails it once and tells the asker it
 could not be read (README, "The contract").
@@ -23,8 +23,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.job import AskJob, reference_for
-from app.targets import Ephemeral, ReplyTarget
+from app.contract.job import AskJob, reference_for
+from app.contract.targets import Ephemeral, ReplyTarget
 
 #: arq function name every job kind is queued under (v1 jobs were queued as ``answer_question``).
 RUN_JOB = "run_job"

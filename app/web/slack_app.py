@@ -1,4 +1,4 @@
-"""The Bolt app: a thin `/ask` listener, behind the request gate of app/verification.py."""
+"""The Bolt app: a thin `/ask` listener, behind the request gate of app/web/gate.py."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.web.async_client import AsyncWebClient
 
-from app import messages, metrics, quota
-from app.ask import handle_ask
-from app.events import JobEvents
-from app.jobs import command_reference
-from app.settings import Settings
+from app.contract import messages, metrics
+from app.contract.events import JobEvents
+from app.contract.jobs import command_reference
+from app.contract.settings import Settings
+from app.web import quota
+from app.web.ask import handle_ask
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +51,7 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
         name="asklane",
         logger=bolt_logger,
         signing_secret=settings.slack_signing_secret.get_secret_value(),
-        # app/verification.py checks every request before Bolt sees it, without parsing it first.
+        # app/web/gate.py checks every request before Bolt sees it, without parsing it first.
         request_verification_enabled=False,
         authorize=authorize,
         client=AsyncWebClient(

@@ -24,7 +24,8 @@ from arq.constants import (
 QUEUE_KEY = default_queue_name
 #: + job id: the serialized job, written by our enqueue script; expires a day after it is due.
 JOB_KEY_PREFIX = job_key_prefix
-#: + job id: a finished job's result, kept DEDUPE_WINDOW_SECONDS (app/queue.py) so re-deliveries are refused.
+#: + job id: a finished job's result, kept DEDUPE_WINDOW_SECONDS (app/contract/queue.py) so
+#: re-deliveries are refused.
 RESULT_KEY_PREFIX = result_key_prefix
 #: + job id: arq's "running" marker; our lease (workers/lease.py) keeps it alive in short steps.
 IN_PROGRESS_KEY_PREFIX = in_progress_key_prefix
@@ -44,7 +45,7 @@ def in_progress_key(job_id: str) -> str:
     return IN_PROGRESS_KEY_PREFIX + job_id
 
 
-# --- the queue (app/queue.py) --------------------------------------------------------------------
+# --- the queue (app/contract/queue.py) --------------------------------------------------------------------
 
 #: A list of wake tokens idle workers block on; trimmed to WAKE_TOKENS on every push, no expiry.
 WAKE_KEY = "asklane:wake"
@@ -68,7 +69,7 @@ def enqueued_at_key(job_id: str) -> str:
     return ENQUEUED_AT_PREFIX + job_id
 
 
-# --- fair use (app/quota.py) ---------------------------------------------------------------------
+# --- fair use (app/web/quota.py) ---------------------------------------------------------------------
 
 
 def quota_key(scope: Literal["user", "team"], period: str, team_id: str, user_id: str) -> str:
@@ -77,14 +78,14 @@ def quota_key(scope: Literal["user", "team"], period: str, team_id: str, user_id
     return f"asklane:quota:{scope}:{period}:{owner}"
 
 
-# --- metrics (app/metrics.py) --------------------------------------------------------------------
+# --- metrics (app/contract/metrics.py) --------------------------------------------------------------------
 
 #: Hash of counter name + labels -> count, shared by every process; no expiry (Prometheus counters).
 COUNTERS_KEY = "asklane:metrics:counters"
 #: Hash of histogram name + labels + bucket -> count and sum; no expiry.
 HISTOGRAMS_KEY = "asklane:metrics:histograms"
 
-# --- per-job state (workers/store.py) ------------------------------------------------------------
+# --- per-job state (workers/job_state.py) ------------------------------------------------------------
 
 
 def answer_key(job_id: str) -> str:
@@ -103,7 +104,7 @@ def delivered_key(job_id: str) -> str:
 
 
 def failures_key(job_id: str, phase: str) -> str:
-    """Failed attempts (or stalls) of one phase of the job (workers/store.py Phase); STATE_TTL_SECONDS."""
+    """Failed attempts (or stalls) of one phase of the job (workers/job_state.py Phase); STATE_TTL_SECONDS."""
     return f"asklane:failures:{phase}:{job_id}"
 
 
@@ -163,7 +164,7 @@ def refused_since_key(job_id: str) -> str:
     return REFUSED_SINCE_PREFIX + job_id
 
 
-# --- operations (workers/operations.py, workers/retention.py) ------------------------------------
+# --- operations (app/ops/operations.py, workers/retention.py) ------------------------------------
 
 #: + worker id: that worker's health (JSON), rewritten every health check; expires if it stops.
 WORKER_HEALTH_PREFIX = "asklane:workers:"

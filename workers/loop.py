@@ -5,7 +5,7 @@ arq's worker sleeps ``poll_delay`` (0.5 s) between looks at the queue, so a new 
 on average and a retry deferred to a precise moment starts up to 500 ms late. Here the loop
 instead waits, after each look, for the first of:
 
-* a wake-up token that every enqueue pushes (``BLPOP`` on :data:`app.keys.WAKE_KEY`, held by
+* a wake-up token that every enqueue pushes (``BLPOP`` on :data:`app.contract.keys.WAKE_KEY`, held by
   one long-lived listener per worker);
 * the moment the next deferred job is due (a retry, a rate-limit deferral), on an asyncio timer;
 * a running job finishing (it may have just deferred itself);
@@ -38,9 +38,9 @@ import arq.worker
 import structlog
 from redis.exceptions import RedisError
 
-from app.keys import WAKE_KEY, job_key, worker_health_key
-from app.queue import is_interactive, note_if_rescored, promote_due_interactive, wake_workers
-from workers import rejected, store
+from app.contract.keys import WAKE_KEY, job_key, worker_health_key
+from app.contract.queue import is_interactive, note_if_rescored, promote_due_interactive, wake_workers
+from workers import job_state, rejected
 from workers.lease import WORKER_ID
 
 log = structlog.get_logger(__name__)
@@ -107,7 +107,7 @@ class AsklaneWorker(arq.worker.Worker):
         if job_ids and self._held_for() > 0:
             # A job started now that would call the AI could only defer itself again; one whose
             # answer or failure is stored only posts to Slack, which the AI limit does not govern.
-            needs_ai = await store.awaiting_ai(self.pool, [job_id.decode() for job_id in job_ids])
+            needs_ai = await job_state.awaiting_ai(self.pool, [job_id.decode() for job_id in job_ids])
             job_ids = [job_id for job_id, ai in zip(job_ids, needs_ai, strict=True) if not ai]
         try:
             await super().start_jobs(job_ids)

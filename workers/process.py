@@ -20,14 +20,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app import metrics
-from app.events import ALL, JobEvents
-from app.job import ANSWER_JOB, deserialize_job, serialize
-from app.jobs import RUN_JOB
-from app.keys import LEGACY_INTERACTIVE_KEY
-from app.logs import configure_logging
-from app.queue import DEDUPE_WINDOW_SECONDS, redis_settings, wake_workers
-from app.settings import Settings
+from app.contract import metrics
+from app.contract.events import ALL, JobEvents
+from app.contract.job import ANSWER_JOB, deserialize_job, serialize
+from app.contract.jobs import RUN_JOB
+from app.contract.keys import LEGACY_INTERACTIVE_KEY
+from app.contract.logs import configure_logging
+from app.contract.queue import DEDUPE_WINDOW_SECONDS, redis_settings, wake_workers
+from app.contract.settings import Settings
 from workers import progress
 from workers.ai import Claude
 from workers.answer import ASK
@@ -55,7 +55,7 @@ def worker_redis_settings(settings: Settings) -> RedisSettings:
     conf.conn_retries = 1_000_000  # start-up waits for Redis instead of crashing
     conf.conn_retry_delay = 1
     # Ride out a blip (a failover, a restart) inside each command; a longer outage surfaces as an
-    # error that the worker loop logs and retries (workers/arq_worker.py).
+    # error that the worker loop logs and retries (workers/loop.py).
     conf.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
     conf.retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=4)
     return conf
@@ -125,7 +125,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     log.info("worker.stopped")
 
 
-#: The job kinds a worker runs unless told otherwise, by ``kind`` (app/jobs.py).
+#: The job kinds a worker runs unless told otherwise, by ``kind`` (app/contract/jobs.py).
 KINDS: Mapping[str, JobKind] = {"ask": ASK}
 
 
@@ -140,14 +140,14 @@ def worker_settings(
     timeout = settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS
     return {
         # Every kind is queued as RUN_JOB; ANSWER_JOB is the previous release's name for /ask,
-        # run by the same entry (its v1 payload is upgraded, app/jobs.py).
+        # run by the same entry (its v1 payload is upgraded, app/contract/jobs.py).
         "functions": [
             func(run_job, name=name, max_tries=ARQ_MAX_TRIES, timeout=timeout)
             for name in (RUN_JOB, ANSWER_JOB)
         ],
         "redis_settings": worker_redis_settings(settings),
         "job_serializer": serialize,
-        # Strict about arq's envelope: see app.job.deserialize_job.
+        # Strict about arq's envelope: see app.contract.job.deserialize_job.
         "job_deserializer": deserialize_job,
         "max_jobs": settings.worker_concurrency,
         "keep_result": DEDUPE_WINDOW_SECONDS,

@@ -13,10 +13,10 @@ from typing import Literal
 
 from arq.connections import ArqRedis
 
-from app.jobs import JobBase
-from app.keys import quota_key
-from app.queue import Counter, Priority, Refused, enqueue_counted
-from app.settings import Settings
+from app.contract.jobs import JobBase
+from app.contract.keys import quota_key
+from app.contract.queue import Counter, Priority, Refused, enqueue_counted
+from app.contract.settings import Settings
 
 Scope = Literal["user", "team"]
 

@@ -13,10 +13,10 @@ from arq.constants import expires_extra_ms
 from arq.jobs import serialize_job
 from redis.exceptions import RedisError
 
-from app import keys, scripts
-from app.job import AskJob, deserialize, serialize
-from app.jobs import RUN_JOB, JobBase, upgrade
-from app.settings import Settings
+from app.contract import keys, scripts
+from app.contract.job import AskJob, deserialize, serialize
+from app.contract.jobs import RUN_JOB, JobBase, upgrade
+from app.contract.settings import Settings
 
 #: Every Redis call on the ack path is bounded by this; Slack gives the whole request 3 s.
 ENQUEUE_TIMEOUT_SECONDS = 1.0
@@ -125,7 +125,7 @@ async def enqueue_ask(redis: ArqRedis, job: JobBase | AskJob, priority: Priority
 async def enqueue_counted(
     redis: ArqRedis, job: JobBase | AskJob, priority: Priority, counters: Sequence[Counter]
 ) -> bool | Refused:
-    """Charge ``counters`` and queue the job, as one atomic step (see :data:`app.scripts.ENQUEUE`).
+    """Charge ``counters`` and queue the job, as one atomic step (see :data:`app.contract.scripts.ENQUEUE`).
 
     Returns True when queued, False for a duplicate delivery (nothing charged), or Refused when a
     counter is used up (nothing charged, nothing queued). Raises QueueUnavailable when Redis does

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from app.settings import Settings
+from app.contract.settings import Settings
 
 _HANDLER_NAME = "asklane"
 

@@ -32,7 +32,7 @@ class Script:
             return await cast(Awaitable[Any], redis.evalsha(self.sha, len(keys), *keys, *args))
 
 
-# --- used by app/queue.py ---
+# --- used by app/contract/queue.py ---
 # KEYS: queue, re-scored interactive jobs.  ARGV: job id, offset ms, the worker's now ms.
 # Records the job if it now sits in the background lane (arq re-scored it), at its new score.
 NOTE_RESCORED_INTERACTIVE = """
@@ -76,7 +76,7 @@ return #due
 # last is returned as {its index (1-based), ms until then}. Two deliveries of one command at the
 # same moment are therefore charged once. The job itself is arq's own enqueue, plus a score that
 # is strictly increasing within a level, a wake token, and the moment it was queued on Redis's
-# clock (app/keys.py ENQUEUED_AT_PREFIX), expiring with the job key.
+# clock (app/contract/keys.py ENQUEUED_AT_PREFIX), expiring with the job key.
 ENQUEUE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 local first = 7

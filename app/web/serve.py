@@ -13,7 +13,7 @@ connections forever. Here:
 - at most HTTP_MAX_CONNECTIONS connections are open; one more is answered 503 and closed before
   a byte of it is read.
 
-Run: ``python -m app.serve --host 0.0.0.0 --port $PORT``.
+Run: ``python -m app.web.serve --host 0.0.0.0 --port $PORT``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import structlog
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.main import create_app
-from app.settings import Settings, load_settings
+from app.contract.settings import Settings, load_settings
+from app.web.main import create_app
 
 log = structlog.get_logger(__name__)
 
@@ -168,7 +168,7 @@ def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m app.web.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (Heroku: 0.0.0.0)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     args = parser.parse_args(argv)

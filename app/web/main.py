@@ -1,6 +1,6 @@
 """The web process: a Starlette ASGI app serving Slack requests and a health check.
 
-Served by ``python -m app.serve`` (the Procfile's web command), which bounds the HTTP edge.
+Served by ``python -m app.web.serve`` (the Procfile's web command), which bounds the HTTP edge.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from app import metrics
-from app.events import JobEvents
-from app.logs import configure_logging
-from app.queue import ENQUEUE_TIMEOUT_SECONDS, open_redis, redis_accepts_writes
-from app.settings import Settings, load_settings
-from app.slack_app import build_bolt_app
-from app.verification import Refused, check_slack_request, read_body, single_valued
+from app.contract import metrics
+from app.contract.events import JobEvents
+from app.contract.logs import configure_logging
+from app.contract.queue import ENQUEUE_TIMEOUT_SECONDS, open_redis, redis_accepts_writes
+from app.contract.settings import Settings, load_settings
+from app.web.gate import Refused, check_slack_request, read_body, single_valued
+from app.web.slack_app import build_bolt_app
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
             given = bearer_token(request.headers.get("authorization", ""))
             if given is None or not hmac.compare_digest(given.encode(), metrics_token.encode()):
                 return PlainTextResponse("unauthorized", status_code=401)
-        # Every process's counts live in Redis (app/metrics.py); without Redis there is nothing
+        # Every process's counts live in Redis (app/contract/metrics.py); without Redis there is nothing
         # true to report.
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):

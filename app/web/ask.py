@@ -15,11 +15,12 @@ import structlog
 from arq.connections import ArqRedis
 from pydantic import ValidationError
 
-from app import messages, quota
-from app.events import JobEvents
-from app.jobs import ask_from_command, command_reference
-from app.messages import SlackMessage
-from app.queue import QueueUnavailable
+from app.contract import messages
+from app.contract.events import JobEvents
+from app.contract.jobs import ask_from_command, command_reference
+from app.contract.messages import SlackMessage
+from app.contract.queue import QueueUnavailable
+from app.web import quota
 
 #: Longest question accepted. Slack itself allows a few thousand characters in a slash command;
 #: this keeps a prompt (and the echo in the notice) within sane bounds.

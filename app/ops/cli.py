@@ -10,7 +10,7 @@
                                    ``make run`` starts it) and print what the asker sees; exits 0
                                    when the reply is complete, 1 when it is an error or does not
                                    come, 2 when it cannot ask (not the sandbox, stack not running)
-    asklane sandbox                run the sandbox's Slack and Claude stand-ins (app/sandbox.py)
+    asklane sandbox                run the sandbox's Slack and Claude stand-ins (app/sandbox/stand_ins.py)
 
 Tables for people by default; ``--json`` for scripts. Reads REDIS_URL and the rest of the
 settings like the processes do (on Heroku: ``heroku run asklane status``).
@@ -36,11 +36,13 @@ from urllib.request import Request, urlopen
 import uvicorn
 from pydantic import ValidationError
 
-from app import messages, sandbox
-from app.queue import open_redis
-from app.settings import SANDBOX_ENV_FILE, Settings, describe_errors
-from app.verification import FORM, signature_of
-from workers import operations, retention
+from app.contract import messages
+from app.contract.queue import open_redis
+from app.contract.settings import SANDBOX_ENV_FILE, Settings, describe_errors
+from app.ops import operations
+from app.sandbox import stand_ins
+from app.web.gate import FORM, signature_of
+from workers import retention
 
 
 def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
@@ -49,7 +51,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     if args.command == "retry" and (args.job_id is None) == (not args.all_failed):
         _parser().error("retry takes a JOB_ID or --all-failed")
     if args.command == "sandbox":
-        uvicorn.run(sandbox.create_app(), host="127.0.0.1", port=args.port, log_level="warning")
+        uvicorn.run(stand_ins.create_app(), host="127.0.0.1", port=args.port, log_level="warning")
         return 0
     if args.command == "ask":
         return ask_in_sandbox(
@@ -62,7 +64,7 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
 DEFAULT_WEB_PORT = 3000
 
 #: What `make run` in sandbox mode provides when .env leaves them empty.
-_SANDBOX_PROVIDES = frozenset(name.lower() for name in sandbox.sandbox_settings(offline_model=True))
+_SANDBOX_PROVIDES = frozenset(name.lower() for name in stand_ins.sandbox_settings(offline_model=True))
 
 _START_HINT = "start it with `make run` (README, Quick start)"
 
@@ -120,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--url", help="the web process (default: http://127.0.0.1:$PORT, $PORT 3000 by default)")
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
-    stand_ins = commands.add_parser("sandbox", help="run the local Slack and Claude stand-ins")
-    stand_ins.add_argument("--port", type=int, default=sandbox.DEFAULT_PORT)
+    sandbox_command = commands.add_parser("sandbox", help="run the local Slack and Claude stand-ins")
+    sandbox_command.add_argument("--port", type=int, default=stand_ins.DEFAULT_PORT)
     return parser
 
 
@@ -145,7 +147,7 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
     until the reply is complete (exit 0: the answer, or an ack that is the whole reply) or failed
     (exit 1: an error message, or nothing within ``timeout``); exit 2 when it cannot ask."""
     prefix = settings.slack_response_url_prefixes[0]
-    if not prefix.endswith(sandbox.RESPONSE_PATH):
+    if not prefix.endswith(stand_ins.RESPONSE_PATH):
         print("asklane ask works in the sandbox: `make run` without Slack credentials", file=sys.stderr)
         return 2
     try:
@@ -159,7 +161,7 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
 
 
 def _converse(settings: Settings, prefix: str, question: str, web_url: str, timeout: float) -> int:
-    base = prefix.removesuffix(sandbox.RESPONSE_PATH)
+    base = prefix.removesuffix(stand_ins.RESPONSE_PATH)
     hook = uuid.uuid4().hex
     form = {
         "team_id": "T0SANDBOX",
@@ -186,7 +188,7 @@ def _converse(settings: Settings, prefix: str, question: str, web_url: str, time
     while time.monotonic() < deadline:
         for box in seen:
             wait = 1.0 if box == hook else 0.0
-            arrived = _json(f"{base}{sandbox.MESSAGES_PATH}{box}?after={seen[box]}&wait={wait}", timeout=15)
+            arrived = _json(f"{base}{stand_ins.MESSAGES_PATH}{box}?after={seen[box]}&wait={wait}", timeout=15)
             seen[box] += len(arrived)
             for message in arrived:
                 print(_shown(message))

@@ -26,8 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
-from app.keys import COUNTERS_KEY, HISTOGRAMS_KEY
-from app.queue import QueueDepth, queue_depth, redis_accepts_writes
+from app.contract.keys import COUNTERS_KEY, HISTOGRAMS_KEY
+from app.contract.queue import QueueDepth, queue_depth, redis_accepts_writes
 
 log = structlog.get_logger(__name__)
 
