@@ -57,7 +57,10 @@ def _hold_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Sett
 
 
 def _run_worker(
-    settings: Settings, watched: AskJob, scenario: Callable[[ArqRedis, asyncio.Event], Awaitable[None]]
+    settings: Settings,
+    client_sync: redis.Redis,
+    watched: AskJob,
+    scenario: Callable[[ArqRedis, asyncio.Event], Awaitable[None]],
 ) -> None:
     """Run one worker in this process through ``scenario``, which gets a Redis client and an event
     set once ``watched`` has ended with its message posted (job.completed for an answer,
@@ -78,6 +81,11 @@ def _run_worker(
         running = asyncio.create_task(worker.async_run())
         try:
             await scenario(client, told)
+            # The event comes from inside the job; arq records it finished just after. Closing
+            # the worker before that would cancel the job mid-finish.
+            await asyncio.to_thread(
+                wait_until, lambda: bool(client_sync.exists(keys.result_key(watched.job_id)))
+            )
         finally:
             running.cancel()
             _, stuck = await asyncio.wait([running], timeout=15)
@@ -138,7 +146,7 @@ def test_a_retry_with_its_answer_or_failure_stored_starts_when_due_while_ai_work
 
         await _posted(told, stored)
 
-    _run_worker(settings, first, scenario)
+    _run_worker(settings, redis_client, first, scenario)
 
     # The second job never reached the AI: it is still queued, waiting for the limiter.
     assert len(fake_anthropic.calls) == 1
@@ -166,7 +174,7 @@ def test_a_queued_job_with_its_answer_stored_starts_on_its_wake_up_while_ai_work
 
         await _posted(told, "the stored answer")
 
-    _run_worker(settings, answered, scenario)
+    _run_worker(settings, redis_client, answered, scenario)
 
     assert fake_anthropic.calls == []
     assert needs_ai.job_id in queued_job_ids(redis_client)

@@ -532,7 +532,8 @@ def test_enqueue_stamps_the_moment_on_redis_clock_expiring_with_the_job(
         pipe.pttl(keys.job_key(job.job_id))
         stamp, stamp_ttl, job_ttl = pipe.execute()
     assert before <= int(stamp) <= after
-    assert stamp_ttl == job_ttl > 0
+    # Both are set by one script; Redis may tick a millisecond between the two SETs.
+    assert job_ttl > 0 and abs(stamp_ttl - job_ttl) <= 5
 
 
 def _commands_run(client: redis.Redis) -> int:
