@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -15,8 +15,10 @@ from arq.connections import ArqRedis
 from app.contract import keys
 from app.contract.events import JobEvents
 from app.contract.job import AskJob
+from app.contract.jobs import JobBase
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
+from tests.support.chores import KINDS, chore
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.server import Reply
@@ -25,6 +27,7 @@ from tests.support.jobs import queued_job_ids, task_stacks
 from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
 from workers import job_state, loop
+from workers.kinds import JobKind
 from workers.process import worker_settings
 from workers.ratelimit import RateLimiter
 
@@ -59,8 +62,9 @@ def _hold_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Sett
 def _run_worker(
     settings: Settings,
     client_sync: redis.Redis,
-    watched: AskJob,
+    watched: JobBase,
     scenario: Callable[[ArqRedis, asyncio.Event], Awaitable[None]],
+    kinds: Mapping[str, JobKind] | None = None,
 ) -> None:
     """Run one worker in this process through ``scenario``, which gets a Redis client and an event
     set once ``watched`` has ended with its message posted (job.completed for an answer,
@@ -77,7 +81,7 @@ def _run_worker(
         events.subscribe("job.completed", note)
         events.subscribe("job.failed", note)
         client = open_redis(settings)
-        worker = loop.AsklaneWorker(**worker_settings(settings, events), handle_signals=False)
+        worker = loop.AsklaneWorker(**worker_settings(settings, events, kinds), handle_signals=False)
         running = asyncio.create_task(worker.async_run())
         try:
             await scenario(client, told)
@@ -175,6 +179,30 @@ def test_a_queued_job_with_its_answer_stored_starts_on_its_wake_up_while_ai_work
         await _posted(told, "the stored answer")
 
     _run_worker(settings, redis_client, answered, scenario)
+
+    assert fake_anthropic.calls == []
+    assert needs_ai.job_id in queued_job_ids(redis_client)
+
+
+def test_a_job_of_a_kind_that_calls_no_ai_starts_at_once_while_ai_work_waits(
+    env: dict[str, str],
+    commands: SlashCommands,
+    fake_anthropic: FakeAnthropic,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A kind whose steps only post to Slack (a button click, say) has nothing to wait for.
+    settings = _hold_settings(env, monkeypatch)
+    needs_ai = commands.job("a new question")
+    no_ai = chore(commands, "a chore", "ok")
+
+    async def scenario(client: ArqRedis, told: asyncio.Event) -> None:
+        await _hold_ai_work(client, redis_client, needs_ai)
+        assert await enqueue_ask(client, no_ai)
+
+        await _posted(told, "the chore's message")
+
+    _run_worker(settings, redis_client, no_ai, scenario, KINDS)
 
     assert fake_anthropic.calls == []
     assert needs_ai.job_id in queued_job_ids(redis_client)

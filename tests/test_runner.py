@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 import redis
@@ -17,19 +15,16 @@ from arq.worker import Worker
 
 from app.contract import keys
 from app.contract.events import JobEvents
-from app.contract.jobs import Asker, JobBase
-from app.contract.messages import SlackMessage
+from app.contract.jobs import JobBase
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
-from app.contract.targets import Ephemeral
+from tests.support.chores import KINDS, Step, chore
 from tests.support.fakes.anthropic import FakeAnthropic
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
 from tests.support.jobs import DRAIN_TIMEOUT_SECONDS
 from tests.support.slack_requests import SlashCommands
-from workers.answer import ASK
-from workers.errors import PermanentError, TransientError
-from workers.kinds import JobKind, Run
+from workers.errors import TransientError
 from workers.loop import AsklaneWorker
 from workers.outcomes import (
     Abandoned,
@@ -43,58 +38,6 @@ from workers.outcomes import (
 )
 from workers.process import worker_settings
 from workers.runner import to_arq
-
-Step = Literal["ok", "transient", "permanent"]
-
-
-class Chore(JobBase):
-    """A job kind only these tests know: each run does the next step of its script."""
-
-    kind: Literal["chore"] = "chore"
-    script: list[Step]
-
-
-class ChoreKind:
-    model: type[JobBase] = Chore
-
-    async def perform(self, run: Run) -> str:
-        assert isinstance(run.job, Chore)
-        redis = run.deps.redis
-        runs = int(await redis.incr(f"test:chore-runs:{run.job.job_id}"))
-        # Held under the runner's lease: its run marker names this run.
-        if await redis.exists(keys.running_key(run.job.job_id)):
-            await redis.incr(f"test:chore-leased:{run.job.job_id}")
-        step = run.job.script[min(runs, len(run.job.script)) - 1]
-        if step == "transient":
-            raise TransientError(f"chore run {runs} failed")
-        if step == "permanent":
-            raise PermanentError("chore refused", reason="the chore cannot be done.")
-        return await run.deliver(SlackMessage(text=f"chore {run.job.dedupe_key} done"))
-
-    def failure_message(self, job: JobBase, reason: str) -> SlackMessage:
-        return SlackMessage(text=f"chore failed: {reason} (ref {job.reference})")
-
-    def retrying_message(self, job: JobBase, delay: float) -> SlackMessage:
-        return SlackMessage(text=f"chore retrying in {delay:.0f} s")
-
-    def queued_message(self, job: JobBase, ahead: int) -> SlackMessage:
-        return SlackMessage(text=f"chore queued behind {ahead}")
-
-
-KINDS: Mapping[str, JobKind] = {"ask": ASK, "chore": ChoreKind()}
-
-
-def _chore(commands: SlashCommands, name: str, *script: Step) -> Chore:
-    form = commands.form(name)
-    return Chore(
-        asker=Asker(team_id=form["team_id"], user_id=form["user_id"]),
-        reply_to=Ephemeral(
-            response_url=form["response_url"], channel_id=form["channel_id"], user_id=form["user_id"]
-        ),
-        dedupe_key=f"{form['team_id']}:{name}",
-        enqueued_at=datetime.now(UTC),
-        script=list(script),
-    )
 
 
 def _enqueue(settings: Settings, job: JobBase) -> None:
@@ -147,7 +90,7 @@ def _records(client: redis.Redis, state: str) -> list[dict[str, Any]]:
 def test_a_second_kind_is_retried_after_a_transient_failure_under_its_lease_and_retained(
     settings: Settings, commands: SlashCommands, redis_client: redis.Redis, fake_slack: FakeSlack
 ) -> None:
-    job = _chore(commands, "flaky once", "transient", "ok")
+    job = chore(commands, "flaky once", "transient", "ok")
     _enqueue(settings, job)
     events, seen = _recording(*LIFECYCLE)
 
@@ -169,7 +112,7 @@ def test_a_second_kind_that_fails_is_given_up_with_its_message_through_its_reply
     step: Step, settings: Settings, commands: SlashCommands, redis_client: redis.Redis, fake_slack: FakeSlack
 ) -> None:
     retries = 0 if step == "permanent" else settings.job_max_retries
-    job = _chore(commands, f"doomed {step}", step)
+    job = chore(commands, f"doomed {step}", step)
     _enqueue(settings, job)
     events, seen = _recording(*LIFECYCLE)
 
@@ -192,7 +135,7 @@ def test_a_second_kind_left_by_a_dead_worker_is_recovered_and_reported_stalled(
     fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
-    job = _chore(commands, "orphaned", "ok")
+    job = chore(commands, "orphaned", "ok")
     _enqueue(settings, job)
     redis_client.set(keys.running_key(job.job_id), json.dumps({"worker": "dead:1", "heartbeat": time.time()}))
     events, seen = _recording(*LIFECYCLE)
@@ -232,7 +175,7 @@ def test_a_second_kind_reaches_its_reply_target_by_the_shared_fallback_when_the_
     settings: Settings, commands: SlashCommands, fake_slack: FakeSlack
 ) -> None:
     fake_slack.script(RESPONSE, Reply(status=404))
-    job = _chore(commands, "refused url", "ok")
+    job = chore(commands, "refused url", "ok")
     _enqueue(settings, job)
 
     _drain_with_chores(settings, JobEvents())

@@ -20,6 +20,7 @@ class AskKind:
     """``/ask``: answer the question ephemerally to the asker."""
 
     model: type[JobBase] = AskQuestion
+    uses_ai = True
 
     async def perform(self, run: Run) -> str:
         job = _ask(run.job)

@@ -102,6 +102,10 @@ class JobKind(Protocol):
     #: The contract model of this kind's payload (its ``kind`` field names it).
     model: type[JobBase]
 
+    #: Whether its steps call the AI: while the AI limiter has no slot, workers start only the
+    #: jobs of kinds that do not (and those whose AI work is already done).
+    uses_ai: bool
+
     async def perform(self, run: Run) -> str:
         """Do the job and deliver its final message (:meth:`Run.deliver`); returns the path used."""
         ...

@@ -108,7 +108,10 @@ class AsklaneWorker(arq.worker.Worker):
             # A job started now that would call the AI could only defer itself again; one whose
             # answer or failure is stored only posts to Slack, which the AI limit does not govern.
             needs_ai = await job_state.awaiting_ai(self.pool, [job_id.decode() for job_id in job_ids])
+            waiting = [job_id for job_id, ai in zip(job_ids, needs_ai, strict=True) if ai]
+            uses_ai = await self._of_ai_kinds(waiting)
             job_ids = [job_id for job_id, ai in zip(job_ids, needs_ai, strict=True) if not ai]
+            job_ids += [job_id for job_id, ai in zip(waiting, uses_ai, strict=True) if not ai]
         try:
             await super().start_jobs(job_ids)
         except (RedisError, OSError):
@@ -118,6 +121,26 @@ class AsklaneWorker(arq.worker.Worker):
             self.job_counter -= 1
             self.sem.release()
             raise
+
+    async def _of_ai_kinds(self, job_ids: list[bytes]) -> list[bool]:
+        """For each job, whether its kind's steps call the AI (a payload that names no kind is the
+        previous release's ask job; one no kind here can run is started, to be reported)."""
+        if not job_ids:
+            return []
+        kinds = self.ctx.get("kinds") or {}
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.get(job_key(job_id.decode()))
+            payloads = await pipe.execute()
+        result = []
+        for raw in payloads:
+            try:
+                args = json.loads(raw)["a"] if raw else None
+                kind = args[0].get("kind", "ask") if isinstance(args, list) and args else None
+            except (ValueError, KeyError, TypeError, AttributeError):
+                kind = None
+            result.append(isinstance(kind, str) and kind in kinds and bool(kinds[kind].uses_ai))
+        return result
 
     async def run_job(self, job_id: str, score: int) -> None:
         """Run the job as arq does; if it deferred itself, keep its lane and wake an idle worker
