@@ -35,7 +35,7 @@ from workers.ratelimit import RateLimiter
 PAUSE_SECONDS = 40.0
 
 #: How long the first job's failed post defers it: enough to queue the second job meanwhile.
-RETRY_SECONDS = "4"
+RETRY_SECONDS = "10"
 
 
 def _due_in(client: redis.Redis, job_id: str) -> float:

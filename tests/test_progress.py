@@ -27,6 +27,7 @@ from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
 from workers import job_state
 from workers.delivery import SlackDelivery
+from workers.outcomes import JobFailure
 from workers.progress import MAX_INTERIM_UPDATES, sweep_forever, sweep_once
 
 
@@ -131,7 +132,7 @@ def _sweep(settings: Settings) -> None:
     _in_redis(settings, lambda client: sweep_once(client, SlackDelivery(settings), wait_after=0))
 
 
-@pytest.mark.parametrize("finished", ["delivered", "failed"])
+@pytest.mark.parametrize("finished", ["delivered", "failed", "not finished"])
 def test_the_sweep_posts_no_notice_for_a_finished_job_still_in_the_queue(
     settings: Settings, commands: SlashCommands, fake_slack: FakeSlack, finished: str
 ) -> None:
@@ -141,13 +142,14 @@ def test_the_sweep_posts_no_notice_for_a_finished_job_still_in_the_queue(
     _enqueue(settings, job)
     if finished == "delivered":
         _in_redis(settings, lambda client: job_state.mark_delivered(client, job.job_id, "response_url"))
-    else:
-        notice = job_state.FailureNotice(error="PermanentError", detail="x", reason="no.", permanent=True)
+    elif finished == "failed":
+        notice = JobFailure(error="PermanentError", detail="x", reason="no.", permanent=True)
         _in_redis(settings, lambda client: job_state.save_failure(client, job.job_id, notice))
 
     _sweep(settings)
 
-    assert fake_slack.received(RESPONSE) == []
+    # The same job not finished is told: the sweep did look at it.
+    assert len(fake_slack.received(RESPONSE)) == (1 if finished == "not finished" else 0)
 
 
 @pytest.mark.parametrize("args", [{"question": "why?"}, 5, None], ids=["object", "number", "null"])

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import redis
 from arq import Retry
-from arq.worker import Worker
 
 from app.contract import keys
 from app.contract.events import JobEvents
@@ -22,10 +21,9 @@ from tests.support.chores import KINDS, Step, chore
 from tests.support.fakes.anthropic import FakeAnthropic
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import POST_EPHEMERAL, RESPONSE, FakeSlack
-from tests.support.jobs import DRAIN_TIMEOUT_SECONDS
+from tests.support.jobs import drain
 from tests.support.slack_requests import SlashCommands
 from workers.errors import TransientError
-from workers.loop import AsklaneWorker
 from workers.outcomes import (
     Abandoned,
     AlreadyDone,
@@ -36,7 +34,6 @@ from workers.outcomes import (
     JobFailure,
     Outcome,
 )
-from workers.process import worker_settings
 from workers.runner import to_arq
 
 
@@ -47,22 +44,6 @@ def _enqueue(settings: Settings, job: JobBase) -> None:
         await client.aclose()
 
     asyncio.run(run())
-
-
-def _drain_with_chores(settings: Settings, events: JobEvents) -> Worker:
-    """A real in-process worker running the product's kinds and Chore, until the queue is empty."""
-
-    async def run() -> Worker:
-        worker = AsklaneWorker(
-            **worker_settings(settings, events, kinds=KINDS), burst=True, handle_signals=False
-        )
-        try:
-            await asyncio.wait_for(worker.async_run(), DRAIN_TIMEOUT_SECONDS)
-        finally:
-            await asyncio.wait_for(worker.close(), 10)
-        return worker
-
-    return asyncio.run(run())
 
 
 def _recording(*names: str) -> tuple[JobEvents, list[tuple[str, dict[str, Any]]]]:
@@ -94,7 +75,7 @@ def test_a_second_kind_is_retried_after_a_transient_failure_under_its_lease_and_
     _enqueue(settings, job)
     events, seen = _recording(*LIFECYCLE)
 
-    worker = _drain_with_chores(settings, events)
+    worker = drain(settings, events=events, kinds=KINDS)
 
     assert [name for name, _ in seen] == ["job.started", "job.retrying", "job.started", "job.completed"]
     assert seen[1][1]["phase"] == "ai" and seen[1][1]["attempt"] == 1
@@ -116,7 +97,7 @@ def test_a_second_kind_that_fails_is_given_up_with_its_message_through_its_reply
     _enqueue(settings, job)
     events, seen = _recording(*LIFECYCLE)
 
-    worker = _drain_with_chores(settings, events)
+    worker = drain(settings, events=events, kinds=KINDS)
 
     assert [name for name, _ in seen].count("job.retrying") == retries
     assert seen[-1][0] == "job.failed" and seen[-1][1]["permanent"] is (step == "permanent")
@@ -140,7 +121,7 @@ def test_a_second_kind_left_by_a_dead_worker_is_recovered_and_reported_stalled(
     redis_client.set(keys.running_key(job.job_id), json.dumps({"worker": "dead:1", "heartbeat": time.time()}))
     events, seen = _recording(*LIFECYCLE)
 
-    _drain_with_chores(settings, events)
+    drain(settings, events=events, kinds=KINDS)
 
     assert [name for name, _ in seen] == ["job.stalled", "job.started", "job.completed"]
     assert seen[0][1]["dead_worker"] == "dead:1"
@@ -178,7 +159,7 @@ def test_a_second_kind_reaches_its_reply_target_by_the_shared_fallback_when_the_
     job = chore(commands, "refused url", "ok")
     _enqueue(settings, job)
 
-    _drain_with_chores(settings, JobEvents())
+    drain(settings, events=JobEvents(), kinds=KINDS)
 
     [post] = fake_slack.received(POST_EPHEMERAL)
     assert (post.body["channel"], post.body["user"]) == (job.reply_to.channel_id, job.reply_to.user_id)

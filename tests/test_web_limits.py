@@ -10,17 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 from tests.support.logs import log_events
-
-#: A budget for "the server closed it", far above the 1 s deadline the tests set.
 from tests.support.measures import rss_bytes
-
-#: A budget for "the server closed it", far above the 1 s deadline the tests set.
 from tests.support.processes import WebProcess, is_alive
-
-#: A budget for "the server closed it", far above the 1 s deadline the tests set.
 from tests.support.slack_requests import flood_headers, signature_headers
-
-#: A budget for "the server closed it", far above the 1 s deadline the tests set.
 from tests.support.waiting import wait_until
 
 #: A budget for "the server closed it", far above the 1 s deadline the tests set.

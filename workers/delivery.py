@@ -107,10 +107,6 @@ class ResponseUrlBudget:
         ):
             log.warning("delivery.response_url_unusable", job_id=job.job_id, reason=reason)
 
-    async def uses(self, job: JobBase) -> int:
-        """Posts made to the job's response_url so far."""
-        return int(await self._redis.get(keys.uses_key(job.job_id)) or 0)
-
 
 class SlackDelivery:
     """Sends one message to the user who asked, ephemerally."""

@@ -208,7 +208,7 @@ class AsklaneWorker(arq.worker.Worker):
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen_for_wake_ups())
         running = [task for task in self.tasks.values() if not task.done()]
-        if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
+        if not self._has_free_slot():
             # Nothing can start until a running job ends (or, when stopping, at all).
             await self._first_of(running, IDLE_WAIT_SECONDS, wake_ups=False)
             return

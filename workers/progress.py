@@ -49,11 +49,11 @@ async def _claim(redis: ArqRedis, job_id: str) -> bool:
 
 async def post_update(redis: ArqRedis, slack: SlackDelivery, job: JobBase, message: SlackMessage) -> bool:
     """Post an interim update if this job still has one to spend and is not finished. True when posted."""
-    if not await _claim(redis, job.job_id):
-        return False
     if await job_state.is_finished(redis, job.job_id):
         # The user has the answer or the error: a notice now would replace it.
         log.info("job.progress_skipped", job_id=job.job_id, reason="finished")
+        return False
+    if not await _claim(redis, job.job_id):
         return False
     posted = await slack.update_notice(redis, job, message)
     log.info("job.progress", job_id=job.job_id, posted=posted, text=message.text)

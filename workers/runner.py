@@ -160,12 +160,13 @@ async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: 
 
 async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: Lease) -> Outcome:
     settings = deps.settings
-    enqueued_at = await age.enqueued_at(deps.redis, job)
+    # Independent reads, awaited together: this is the path to the AI call.
+    enqueued_at, failures = await asyncio.gather(
+        age.enqueued_at(deps.redis, job), job_state.failure_count(deps.redis, job.job_id)
+    )
     # Attempts that did work: earlier failed ones and this one (arq's try count also counts
     # rate-limit deferrals and shutdown re-queues).
-    timings = Timings(
-        queued_ms=_ms_since(enqueued_at), attempt=await job_state.failure_count(deps.redis, job.job_id) + 1
-    )
+    timings = Timings(queued_ms=_ms_since(enqueued_at), attempt=failures + 1)
     await deps.events.emit(
         "job.started", job_id=job.job_id, attempt=timings.attempt, queued_ms=timings.queued_ms
     )
@@ -345,6 +346,8 @@ async def _retain(
     error: str | None = None,
 ) -> None:
     limit = deps.settings.retain_completed_jobs if state == "completed" else deps.settings.retain_failed_jobs
+    if limit <= 0:
+        return
     record = retention.JobRecord(
         job_id=job.job_id,
         reference=job.reference,
@@ -361,8 +364,7 @@ async def _retain(
         via=via,
         error=error,
     )
-    if limit > 0:
-        await retention.keep(deps.redis, record, limit)
+    await retention.keep(deps.redis, record, limit)
 
 
 async def _enqueued_at_if_redis_allows(deps: WorkerDeps, job: JobBase) -> datetime:

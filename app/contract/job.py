@@ -46,7 +46,7 @@ class AskJob(BaseModel):
     @property
     def reference(self) -> str:
         """Short id shown to the user and logged beside the job id, for support requests."""
-        return command_reference(self.trigger_id)
+        return reference_for(self.job_id)
 
 
 def job_id_for(trigger_id: str) -> str:
@@ -57,12 +57,6 @@ def job_id_for(trigger_id: str) -> str:
 def reference_for(job_id: str) -> str:
     """An 8-character reference a user can quote, derived from the job id."""
     return hashlib.sha256(job_id.encode()).hexdigest()[:8].upper()
-
-
-def command_reference(trigger_id: str) -> str:
-    """The reference of a command's job, also where no job was queued (a crash, a malformed
-    command, Redis down): one command shows one reference on every path."""
-    return reference_for(job_id_for(trigger_id))
 
 
 def _encode(value: object) -> Any:

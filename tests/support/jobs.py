@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Mapping
 
 import pytest
 import redis
@@ -15,6 +16,7 @@ from app.contract.events import JobEvents
 from app.contract.job import AskJob
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
+from workers.kinds import JobKind
 from workers.loop import AsklaneWorker
 from workers.process import worker_settings
 
@@ -44,7 +46,9 @@ def queued_job_ids(client: redis.Redis) -> list[str]:
     return [member.decode() for member in client.zrange(keys.QUEUE_KEY, 0, -1)]
 
 
-def drain(settings: Settings, *, events: JobEvents | None = None) -> Worker:
+def drain(
+    settings: Settings, *, events: JobEvents | None = None, kinds: Mapping[str, JobKind] | None = None
+) -> Worker:
     """Run a real worker in this process until the queue (retries included) is empty.
 
     Bounded, so a worker that never drains fails the test instead of hanging the whole run, and
@@ -52,7 +56,7 @@ def drain(settings: Settings, *, events: JobEvents | None = None) -> Worker:
     """
 
     async def run() -> Worker:
-        worker = AsklaneWorker(**worker_settings(settings, events), burst=True, handle_signals=False)
+        worker = AsklaneWorker(**worker_settings(settings, events, kinds), burst=True, handle_signals=False)
         try:
             await asyncio.wait_for(worker.async_run(), DRAIN_TIMEOUT_SECONDS)
         except TimeoutError:
