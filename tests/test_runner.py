@@ -34,6 +34,7 @@ from workers.outcomes import (
     JobFailure,
     Outcome,
 )
+from workers.retry import ARQ_MAX_TRIES
 from workers.runner import to_arq
 
 
@@ -164,3 +165,21 @@ def test_a_second_kind_reaches_its_reply_target_by_the_shared_fallback_when_the_
     [post] = fake_slack.received(POST_EPHEMERAL)
     assert (post.body["channel"], post.body["user"]) == (job.reply_to.channel_id, job.reply_to.user_id)
     assert [body["text"] for body in fake_slack.delivered()] == [f"chore {job.dedupe_key} done"]
+
+
+def test_a_job_of_the_workers_own_kind_arq_gives_up_on_is_a_failed_job_not_an_unreadable_one(
+    settings: Settings, commands: SlashCommands, redis_client: redis.Redis, fake_slack: FakeSlack
+) -> None:
+    # arq fails a job over its try count without running it and without any hook.
+    job = chore(commands, "out of tries", "ok")
+    _enqueue(settings, job)
+    redis_client.set(keys.retry_key(job.job_id), ARQ_MAX_TRIES)
+
+    drain(settings, events=JobEvents(), kinds=KINDS)
+
+    [record] = _records(redis_client, "failed")
+    assert "retries exceeded" in record["error"]
+    assert record["payload"] == job.model_dump(mode="json")
+    assert [post["text"] for post in fake_slack.delivered()] == [
+        f":x: Sorry, I couldn't answer that: something went wrong on our side. (ref {job.reference})"
+    ]

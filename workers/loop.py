@@ -172,7 +172,7 @@ class AsklaneWorker(arq.worker.Worker):
             return
         try:
             cause = _failure_cause(result_data)
-            await rejected.report(deps, job_id, rejected.given_up(raw, job_id, cause))
+            await rejected.report(deps, job_id, rejected.given_up(raw, job_id, cause, deps.kinds))
         except Exception:
             log.exception("job.failure_unreported", job_id=job_id)
 

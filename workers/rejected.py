@@ -51,8 +51,11 @@ class Rejection:
     unreadable: bool
 
 
-def given_up(raw: bytes | None, job_id: str, cause: str) -> Rejection:
-    """A job arq failed itself with ``cause``, as stored (``raw``, None once gone)."""
+def given_up(
+    raw: bytes | None, job_id: str, cause: str, kinds: Mapping[str, JobKind] | None = None
+) -> Rejection:
+    """A job arq failed itself with ``cause``, as stored (``raw``, None once gone); a job of one
+    of ``kinds`` (the worker's) is well-formed."""
     if raw is None:
         return Rejection(cause, None, None, unreadable=False)
     try:
@@ -60,7 +63,7 @@ def given_up(raw: bytes | None, job_id: str, cause: str) -> Rejection:
     except ValueError:
         preview = raw[:PAYLOAD_PREVIEW_CHARS].decode(errors="replace")
         return Rejection("payload is not JSON", preview, None, unreadable=True)
-    rejection = examine(envelope, job_id)
+    rejection = examine(envelope, job_id, kinds)
     if rejection is not None:
         return rejection
     # A well-formed job arq gave up on (out of tries, say): the asker is told it failed, and its
