@@ -23,7 +23,7 @@ from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import RESPONSE, FakeSlack
-from tests.support.jobs import queued_job_ids, task_stacks
+from tests.support.jobs import queued_job_ids, task_stacks, until_jobs_settle
 from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
 from workers import job_state, loop
@@ -85,11 +85,11 @@ def _run_worker(
         running = asyncio.create_task(worker.async_run())
         try:
             await scenario(client, told)
-            # The event comes from inside the job; arq records it finished just after. Closing
-            # the worker before that would cancel the job mid-finish.
+            # The event comes from inside the job; arq records it finished just after.
             await asyncio.to_thread(
                 wait_until, lambda: bool(client_sync.exists(keys.result_key(watched.job_id)))
             )
+            await until_jobs_settle(worker)
         finally:
             running.cancel()
             _, stuck = await asyncio.wait([running], timeout=15)

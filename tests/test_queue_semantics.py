@@ -43,7 +43,7 @@ from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error, message
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import RESPONSE, FakeSlack
-from tests.support.jobs import drain, enqueue_stamped, task_stacks
+from tests.support.jobs import drain, enqueue_stamped, task_stacks, until_jobs_settle
 from tests.support.measures import max_in_window
 from tests.support.processes import WorkerProcess
 from tests.support.redis import RedisServer
@@ -498,6 +498,7 @@ def test_a_retry_that_comes_due_on_a_busy_worker_starts_on_an_idle_one(
             await asyncio.sleep(1.0)  # both have started and found the queue empty
             await asyncio.to_thread(commands.send, web, "question")
             await asyncio.to_thread(wait_until, lambda: fake_slack.answers(), 20)
+            await until_jobs_settle(*workers)
         finally:
             for task in running:
                 task.cancel()

@@ -46,6 +46,10 @@ def queued_job_ids(client: redis.Redis) -> list[str]:
     return [member.decode() for member in client.zrange(keys.QUEUE_KEY, 0, -1)]
 
 
+#: Longest a test waits for running jobs to end before closing their worker.
+SETTLE_SECONDS = 15.0
+
+
 def drain(
     settings: Settings, *, events: JobEvents | None = None, kinds: Mapping[str, JobKind] | None = None
 ) -> Worker:
@@ -78,6 +82,15 @@ def drain(
             assert not stuck, f"tasks ignored cancellation:\n{task_stacks(loop)}"
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def until_jobs_settle(*workers: Worker) -> None:
+    """Wait (at most SETTLE_SECONDS) until the jobs ``workers`` are running end. Closing a worker
+    cancels its running jobs, so a test that closes one as soon as it saw the answer could cut the
+    job off while arq records it finished."""
+    running = [task for worker in workers for task in worker.tasks.values() if not task.done()]
+    if running:
+        await asyncio.wait(running, timeout=SETTLE_SECONDS)
 
 
 def task_stacks(loop: asyncio.AbstractEventLoop | None = None) -> str:
