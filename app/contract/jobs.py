@@ -3,7 +3,17 @@
 Every job says who asked (:class:`Asker`), where the reply goes (a reply target,
 :mod:`app.contract.targets`) and its **dedupe key**, from which its job id is derived: two deliveries of
 one request map to one job, and the key is scoped by team, so two workspaces never collide.
-A kind adds only what is its own (``/ask``: the command and the question). Payloads are JSON
+A kind adds only what is its own:
+
+* ``ask`` (:class:`AskQuestion`): a ``/ask`` command, answered ephemerally.
+* ``thread`` (:class:`ThreadQuestion`): a mention in a channel or a message in the app's DM,
+  answered in its thread with the conversation so far. Its dedupe key is team + channel + message
+  ts, so Slack's re-deliveries and the ``app_mention`` / ``message`` twin of one message are one job;
+  within a thread, questions run one at a time in the order asked (:attr:`JobBase.in_order`).
+* ``notice`` (:class:`ThreadNotice`): a short message the web process could not show in its ack
+  (an Events API ack is not shown to anyone): over quota, too long, no question.
+* ``prompts`` (:class:`SuggestPrompts`): suggested prompts for a user who opened the Messages tab.
+ Payloads are JSON
 (app/contract/job.py's serializer) under one arq function, :data:`RUN_JOB`; the worker picks the kind's
 steps by ``kind``.
 
@@ -19,12 +29,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, NamedTuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.contract import keys
 from app.contract.job import AskJob, reference_for
-from app.contract.targets import Ephemeral, ReplyTarget
+from app.contract.targets import DirectMessage, Ephemeral, ReplyTarget, Thread
 
 #: arq function name every job kind is queued under (v1 jobs were queued as ``answer_question``).
 RUN_JOB = "run_job"
@@ -39,6 +50,13 @@ class UnknownVersion(ValueError):
 
 class UnknownKind(ValueError):
     """The payload names a job kind this worker has no steps for."""
+
+
+class InOrder(NamedTuple):
+    """Jobs sharing ``key`` run one at a time, lowest ``position`` first (the runner's rule)."""
+
+    key: str
+    position: float
 
 
 class Asker(BaseModel):
@@ -74,6 +92,12 @@ class JobBase(BaseModel):
         """Short id shown to the user and logged beside the job id, for support requests."""
         return reference_for(self.job_id)
 
+    @property
+    def in_order(self) -> InOrder | None:
+        """The group this job must run in order with, if any: it waits while an earlier job of
+        the group is unfinished (written at enqueue, cleared when each job ends)."""
+        return None
+
 
 class AskQuestion(JobBase):
     """One ``/ask`` command: answer the question, ephemerally, to the asker."""
@@ -83,11 +107,60 @@ class AskQuestion(JobBase):
     text: str = Field(min_length=1)
 
 
-#: Every job kind the product queues, picked by ``kind``. A union of one for now.
-Job = Annotated[Union[AskQuestion], Field(discriminator="kind")]  # noqa: UP007
+class ThreadQuestion(JobBase):
+    """A question asked in a thread: a mention of the app in a channel, or a message in its DM.
+    Answered in the thread (``reply_to``), with the conversation stored so far."""
+
+    kind: Literal["thread"] = "thread"
+    reply_to: Thread
+    source: Literal["mention", "dm"]
+    #: The question as the user wrote it, the app's own mention removed.
+    text: str = Field(min_length=1)
+    #: The ts of the user's message: its place in the thread.
+    message_ts: str = Field(min_length=1)
+
+    @property
+    def conversation_key(self) -> str:
+        """Where the thread's turns are kept (app/contract/keys.py)."""
+        return keys.conversation_key(self.asker.team_id, self.reply_to.channel_id, self.reply_to.thread_ts)
+
+    @property
+    def in_order(self) -> InOrder:
+        # Slack's ts is seconds.microseconds, so it orders the thread's messages as Slack does.
+        thread = self.reply_to
+        return InOrder(
+            keys.thread_order_key(self.asker.team_id, thread.channel_id, thread.thread_ts),
+            float(self.message_ts),
+        )
+
+
+class ThreadNotice(JobBase):
+    """A short message posted in a thread for a message that was not queued as a question
+    (over quota, too long, nothing asked). Its dedupe key is the message's, as the question's."""
+
+    kind: Literal["notice"] = "notice"
+    reply_to: Thread
+    #: Slack mrkdwn, built by app/contract/messages.py.
+    text: str = Field(min_length=1)
+
+
+class SuggestPrompts(JobBase):
+    """Offer suggested prompts to a user who opened the app's Messages tab."""
+
+    kind: Literal["prompts"] = "prompts"
+    reply_to: DirectMessage
+
+
+#: Every job kind the product queues, picked by ``kind``.
+Job = Annotated[Union[AskQuestion, ThreadQuestion, ThreadNotice, SuggestPrompts], Field(discriminator="kind")]  # noqa: UP007
 
 #: The kinds this release can read, by ``kind`` (the union above, as parse_job looks it up).
-KINDS: Mapping[str, type[JobBase]] = {"ask": AskQuestion}
+KINDS: Mapping[str, type[JobBase]] = {
+    "ask": AskQuestion,
+    "thread": ThreadQuestion,
+    "notice": ThreadNotice,
+    "prompts": SuggestPrompts,
+}
 
 
 def job_id_for(kind: str, dedupe_key: str) -> str:
@@ -131,6 +204,84 @@ def ask_from_command(
             "dedupe_key": team_scoped(team_id, trigger_id) if trigger_id else "",
             "command": command,
             "text": text,
+            "enqueued_at": enqueued_at,
+        }
+    )
+
+
+def message_key(team_id: str, channel_id: str, message_ts: str) -> str:
+    """The dedupe key of a Slack message: every delivery of one message (re-deliveries, the
+    ``app_mention`` / ``message`` twin) has the same one."""
+    return team_scoped(team_id, f"{channel_id}:{message_ts}")
+
+
+def question_from_message(
+    *,
+    team_id: str,
+    enterprise_id: str | None,
+    user_id: str,
+    channel_id: str,
+    message_ts: str,
+    thread_ts: str | None,
+    text: str,
+    source: Literal["mention", "dm"],
+    enqueued_at: datetime,
+) -> ThreadQuestion:
+    """The job a mention or DM queues; a top-level message starts its own thread. Raises
+    pydantic's ValidationError for a malformed event."""
+    return ThreadQuestion.model_validate(
+        {
+            "asker": {"team_id": team_id, "enterprise_id": enterprise_id, "user_id": user_id},
+            "reply_to": {"type": "thread", "channel_id": channel_id, "thread_ts": thread_ts or message_ts},
+            "dedupe_key": message_key(team_id, channel_id, message_ts),
+            "source": source,
+            "text": text,
+            "message_ts": message_ts,
+            "enqueued_at": enqueued_at,
+        }
+    )
+
+
+def notice_for_message(
+    *,
+    team_id: str,
+    enterprise_id: str | None,
+    user_id: str,
+    channel_id: str,
+    message_ts: str,
+    thread_ts: str | None,
+    text: str,
+    enqueued_at: datetime,
+) -> ThreadNotice:
+    """The notice answering a message in its thread instead of a question (same dedupe key, so
+    every delivery of the message still makes one notice)."""
+    return ThreadNotice.model_validate(
+        {
+            "asker": {"team_id": team_id, "enterprise_id": enterprise_id, "user_id": user_id},
+            "reply_to": {"type": "thread", "channel_id": channel_id, "thread_ts": thread_ts or message_ts},
+            "dedupe_key": message_key(team_id, channel_id, message_ts),
+            "text": text,
+            "enqueued_at": enqueued_at,
+        }
+    )
+
+
+def prompts_for(
+    *,
+    team_id: str,
+    enterprise_id: str | None,
+    user_id: str,
+    channel_id: str,
+    event_id: str,
+    enqueued_at: datetime,
+) -> SuggestPrompts:
+    """The job offering suggested prompts when a user opens the Messages tab; one per event
+    (re-deliveries share its event_id)."""
+    return SuggestPrompts.model_validate(
+        {
+            "asker": {"team_id": team_id, "enterprise_id": enterprise_id, "user_id": user_id},
+            "reply_to": {"type": "direct_message", "channel_id": channel_id, "user_id": user_id},
+            "dedupe_key": team_scoped(team_id, event_id),
             "enqueued_at": enqueued_at,
         }
     )

@@ -184,3 +184,43 @@ RETRY_KEY_PREFIX = retry_key_prefix
 
 def retry_key(job_id: str) -> str:
     return RETRY_KEY_PREFIX + job_id
+
+
+# --- conversations (threads and DMs) ---------------------------------------------------------------
+
+
+def _thread(team_id: str, channel_id: str, thread_ts: str) -> str:
+    return f"{team_id}:{channel_id}:{thread_ts}"
+
+
+def conversation_key(team_id: str, channel_id: str, thread_ts: str) -> str:
+    """One conversation's stored turns (questions and answers); expires CONVERSATION_TTL_SECONDS
+    after its last turn, and is capped in turns and characters (workers/memory.py)."""
+    return "asklane:conversation:" + _thread(team_id, channel_id, thread_ts)
+
+
+def thread_order_key(team_id: str, channel_id: str, thread_ts: str) -> str:
+    """Sorted set of a thread's unanswered question jobs by message ts: only the first may run
+    (one question at a time per thread, in the order they were asked). Written by the enqueue
+    script, emptied by the runner as each finishes; expires with the conversation."""
+    return "asklane:thread-order:" + _thread(team_id, channel_id, thread_ts)
+
+
+def part_delivered_key(job_id: str, part: int) -> str:
+    """Set once Slack accepted part ``part`` of a multi-message answer: a re-run posts only the
+    parts not yet marked (STATE_TTL_SECONDS, as the job's other state)."""
+    return f"asklane:delivered:{job_id}:{part}"
+
+
+#: + team id: Slack's Retry-After for chat.* calls in that workspace, honoured by every worker.
+SLACK_PAUSE_PREFIX = "asklane:slack:pause:"
+
+
+def slack_pause_key(team_id: str) -> str:
+    return SLACK_PAUSE_PREFIX + team_id
+
+
+def slack_post_slot_key(team_id: str, channel_id: str) -> str:
+    """The next moment (Redis clock, ms) a message may be posted in a channel of a workspace:
+    Slack allows about one message per second per channel, across all workers."""
+    return f"asklane:slack:post-slot:{team_id}:{channel_id}"

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     slack_command: str = "/ask"
     slack_response_url_prefixes: Annotated[tuple[str, ...], NoDecode] = ("https://hooks.slack.com/",)
     slack_app_token: SecretStr | None = None
+    #: The app's id (A…); when set, events naming another app in ``api_app_id`` are ignored.
+    slack_app_id: str | None = None
+    #: Offered when a user opens the app's Messages tab (Slack shows at most four).
+    suggested_prompts: Annotated[tuple[str, ...], Field(max_length=4)] = (
+        "Summarise a long text for me",
+        "Help me write a reply",
+        "Explain a technical concept simply",
+    )
 
     anthropic_api_key: SecretStr
     anthropic_base_url: str | None = None
@@ -50,6 +58,14 @@ class Settings(BaseSettings):
     )
     ai_timeout_seconds: PositiveSeconds = 30.0
     ai_backpressure_max_wait_seconds: PositiveSeconds = 180.0
+    #: Tokens of conversation (system prompt, earlier turns, the question) sent with a thread
+    #: question, estimated conservatively (workers/conversation.py); the oldest turns go first.
+    ai_context_tokens: Annotated[int, Field(ge=1000, le=1_000_000)] = 20_000
+
+    # Conversations in threads and DMs, kept in Redis (workers/memory.py).
+    conversation_ttl_seconds: PositiveSeconds = 3 * 24 * 3600.0
+    conversation_max_turns: Annotated[int, Field(ge=2, le=1000)] = 40
+    conversation_max_chars: Annotated[int, Field(ge=1000, le=1_000_000)] = 60_000
 
     worker_concurrency: Annotated[int, Field(ge=1, le=1000)] = 5
     jobs_per_second: PositiveSeconds = 10.0

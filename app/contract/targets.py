@@ -1,10 +1,14 @@
 """Where a job's reply goes: a union of reply targets, discriminated by ``type``.
 
 A target names a place in Slack and nothing about how to post there: delivery routes by it
-(workers/delivery.py). Today there is one, ``ephemeral``: the slash command's response_url,
-with ``chat.postEphemeral`` to the same person in the same channel as the fallback. A ``thread``
-target (channel + thread_ts, posted or streamed as a message) is one more model here, added to
-:data:`ReplyTarget`, and one more route in workers/delivery.py; the runner never looks inside.
+(workers/delivery.py), and the runner never looks inside.
+
+* ``ephemeral``: the slash command's response_url, with ``chat.postEphemeral`` to the same person
+  in the same channel as the fallback.
+* ``thread``: replies in a thread of a channel or of the app's DM (``chat.postMessage`` with
+  ``thread_ts``), seen by everyone in it.
+* ``direct_message``: a top-level message in the user's DM with the app (the Messages tab),
+  for what belongs to no thread.
 """
 
 from __future__ import annotations
@@ -26,5 +30,26 @@ class Ephemeral(BaseModel):
     user_id: str = Field(min_length=1)
 
 
-#: Every reply target a job may carry. A union of one for now; pydantic picks the model by ``type``.
-ReplyTarget = Annotated[Union[Ephemeral], Field(discriminator="type")]  # noqa: UP007
+class Thread(BaseModel):
+    """Replies in one thread: under the message ``thread_ts`` in ``channel_id`` (a channel, or the
+    DM with the app). A top-level message starts its own thread: its ``ts`` is the thread_ts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["thread"] = "thread"
+    channel_id: str = Field(min_length=1)
+    thread_ts: str = Field(min_length=1)
+
+
+class DirectMessage(BaseModel):
+    """The user's DM with the app, outside any thread (its Messages tab)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["direct_message"] = "direct_message"
+    channel_id: str = Field(min_length=1)
+    user_id: str = Field(min_length=1)
+
+
+#: Every reply target a job may carry; pydantic picks the model by ``type``.
+ReplyTarget = Annotated[Union[Ephemeral, Thread, DirectMessage], Field(discriminator="type")]  # noqa: UP007
