@@ -28,12 +28,12 @@ def _signed_post(web: TestClient, body: bytes, content_type: str = FORM) -> tupl
     return response.status_code, response.text
 
 
-def test_a_signed_body_that_is_not_a_form_is_refused_with_415(
+def test_a_signed_body_that_is_neither_a_form_nor_json_is_refused_with_415(
     web: TestClient, commands: SlashCommands, redis_client: redis.Redis
 ) -> None:
     body = json.dumps(commands.form("what is a p99?")).encode()
 
-    status, text = _signed_post(web, body, content_type="application/json")
+    status, text = _signed_post(web, body, content_type="text/plain")
 
     assert (status, text) == (415, "unsupported content type")
     assert queued_job_ids(redis_client) == []

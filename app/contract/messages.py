@@ -123,3 +123,26 @@ def failed(reason: str, reference: str) -> SlackMessage:
     """The final answer when a job could not produce one. ``reason`` is a short human sentence."""
     text = f":x: Sorry, I couldn't answer that: {reason} (ref {reference})"
     return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def event_usage(source: str) -> SlackMessage:
+    """A mention or DM with no question in it; posted in its thread (an event's ack is not shown)."""
+    how = (
+        "Mention me with your question, e.g. `@asklane how do I rotate an API key?`"
+        if source == "mention"
+        else "Write your question here, e.g. _how do I rotate an API key?_"
+    )
+    text = (
+        f":wave: Ask me anything. {how} I answer in the thread, "
+        "and follow-ups in the thread continue the conversation."
+    )
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def event_too_long(length: int, limit: int) -> SlackMessage:
+    """A mention or DM over the length limit; posted in its thread."""
+    text = (
+        f":warning: Your question is {length:,} characters long; I take up to {limit:,}. "
+        "Please shorten it and ask again."
+    )
+    return SlackMessage(text=text, blocks=[_section(text)])

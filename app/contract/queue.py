@@ -28,6 +28,13 @@ ENQUEUE_TIMEOUT_SECONDS = 1.0
 DEDUPE_WINDOW_SECONDS = 30 * 60
 
 
+#: How long a thread's in-order set (keys.thread_order_key) outlives the last question queued into
+#: it. Its members leave as their jobs end; the expiry only clears a set whose jobs were lost. At
+#: least as long as arq keeps a queued job (a day after it is due, arq.constants.expires_extra_ms),
+#: with a day's margin for retries: a set that expired under a waiting job would let a later
+#: question of its thread overtake it.
+THREAD_ORDER_TTL_SECONDS = 2 * 86_400
+
 #: Wake tokens (keys.WAKE_KEY) kept at most: enough to wake every idle worker, never unbounded.
 WAKE_TOKENS = 64
 
@@ -125,7 +132,8 @@ async def enqueue_ask(redis: ArqRedis, job: JobBase | AskJob, priority: Priority
 async def enqueue_counted(
     redis: ArqRedis, job: JobBase | AskJob, priority: Priority, counters: Sequence[Counter]
 ) -> bool | Refused:
-    """Charge ``counters`` and queue the job, as one atomic step (see :data:`app.contract.scripts.ENQUEUE`).
+    """Charge ``counters`` and queue the job, as one atomic step (see :data:`app.contract.scripts.ENQUEUE`);
+    a job with an ``in_order`` group joins its sorted set in the same step, only when queued.
 
     Returns True when queued, False for a duplicate delivery (nothing charged), or Refused when a
     counter is used up (nothing charged, nothing queued). Raises QueueUnavailable when Redis does
@@ -134,6 +142,7 @@ async def enqueue_counted(
     if isinstance(job, AskJob):
         job = upgrade(job)
     now_ms = time.time() * 1000
+    in_order = job.in_order
     body = serialize_job(RUN_JOB, (job.model_dump(mode="json"),), {}, None, int(now_ms), serializer=serialize)
     script_keys = [
         keys.job_key(job.job_id),
@@ -143,6 +152,7 @@ async def enqueue_counted(
         keys.WAKE_KEY,
         keys.enqueued_at_key(job.job_id),
         *(counter.key for counter in counters),
+        *([in_order.key] if in_order is not None else []),
     ]
     args: list[Any] = [
         body,
@@ -151,6 +161,8 @@ async def enqueue_counted(
         expires_extra_ms,
         WAKE_TOKENS,
         f"{now_ms:.3f}",
+        repr(in_order.position) if in_order is not None else "",
+        THREAD_ORDER_TTL_SECONDS * 1000,
     ]
     for counter in counters:
         args += [counter.allowed, counter.window_ms]

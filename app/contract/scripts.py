@@ -67,8 +67,10 @@ return #due
 """
 
 # KEYS: job, result, queue, last score of the level, wake list, enqueued-at, then one fair-use
-# counter per limit.  ARGV: serialized job, job id, priority offset ms, job expiry ms, wake tokens
-# kept, now ms, then the allowed count and window ms of each counter, in order.
+# counter per limit, then the job's in-order set when it has one.  ARGV: serialized job, job id,
+# priority offset ms, job expiry ms, wake tokens kept, now ms, the job's position in its in-order
+# set ('' when it has none), that set's expiry ms, then the allowed count and window ms of each
+# counter, in order.
 #
 # One atomic step for the whole ack: a job already queued or answered (a duplicate delivery) is
 # neither charged nor queued again: 0. Otherwise every counter is charged and the job queued (1)
@@ -76,25 +78,31 @@ return #due
 # last is returned as {its index (1-based), ms until then}. Two deliveries of one command at the
 # same moment are therefore charged once. The job itself is arq's own enqueue, plus a score that
 # is strictly increasing within a level, a wake token, and the moment it was queued on Redis's
-# clock (app/contract/keys.py ENQUEUED_AT_PREFIX), expiring with the job key.
+# clock (app/contract/keys.py ENQUEUED_AT_PREFIX), expiring with the job key. A job that must run
+# in order with others (JobBase.in_order: the questions of one thread) joins their sorted set at
+# its position in the same step, and only when it is queued: the worker that runs the set's
+# first member can never miss a queued job, nor wait for one that was never queued.
 ENQUEUE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 local first = 7
+local ordered = ARGV[7] ~= ''
+local last_counter = #KEYS
+if ordered then last_counter = #KEYS - 1 end
 local worst, worst_ttl = 0, -1
-for i = first, #KEYS do
+for i = first, last_counter do
   local n = i - first + 1
-  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[5 + 2 * n]) then
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[7 + 2 * n]) then
     local ttl = redis.call('PTTL', KEYS[i])
     if ttl < 0 then
-      redis.call('PEXPIRE', KEYS[i], ARGV[6 + 2 * n])
-      ttl = tonumber(ARGV[6 + 2 * n])
+      redis.call('PEXPIRE', KEYS[i], ARGV[8 + 2 * n])
+      ttl = tonumber(ARGV[8 + 2 * n])
     end
     if ttl > worst_ttl then worst, worst_ttl = n, ttl end
   end
 end
 if worst > 0 then return {worst, worst_ttl} end
-for i = first, #KEYS do
-  if redis.call('INCR', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[6 + 2 * (i - first + 1)]) end
+for i = first, last_counter do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[8 + 2 * (i - first + 1)]) end
 end
 local score = tonumber(ARGV[6]) - tonumber(ARGV[3])
 local last = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -107,6 +115,10 @@ redis.call('ZADD', KEYS[3], text, ARGV[2])
 local time = redis.call('TIME')
 local queued_at = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('SET', KEYS[6], string.format('%d', queued_at), 'PX', tonumber(ARGV[4]))
+if ordered then
+  redis.call('ZADD', KEYS[#KEYS], 'NX', ARGV[7], ARGV[2])
+  redis.call('PEXPIRE', KEYS[#KEYS], tonumber(ARGV[8]))
+end
 redis.call('LPUSH', KEYS[5], '1')
 redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
 return 1

@@ -1,7 +1,8 @@
 """The gate in front of Bolt: size and time limits, Slack's request signature, content type.
 
-Nothing of a request is parsed before it passes here; Bolt, which would parse the form before
-checking the signature, gets only verified requests (its own check is turned off).
+Nothing of a request is parsed before it passes here; Bolt, which would parse the body before
+checking the signature, gets only verified requests (its own check is turned off). Slash commands
+arrive as forms, Events API requests as JSON; nothing else is served.
 https://docs.slack.dev/authentication/verifying-requests-from-slack/
 """
 
@@ -10,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from starlette.requests import Request
 
 #: Largest body accepted. A slash command is a few kilobytes of form fields; its text is capped
-#: at 4,000 characters (app/web/ask.py), at most 36 KB percent-encoded.
+#: at 4,000 characters (app/web/ask.py), at most 36 KB percent-encoded. An Events API message
+#: event is its text (Slack cuts messages at 40,000 characters, but a question past 4,000 is only
+#: told it is too long, app/web/conversations.py) plus a few kilobytes of blocks and envelope.
 MAX_BODY_BYTES = 64 * 1024
 
 #: Slack's advice: refuse requests signed more than five minutes ago, so a captured request
@@ -24,6 +29,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_SKEW_SECONDS = 5 * 60
 
 FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
 
 #: Headers the gate decides on. A second copy of one would let the gate read one value and Bolt
 #: another (a signed form checked, a JSON content type parsed), so a request repeating one is refused.
@@ -78,8 +84,9 @@ def single_valued(raw_headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
-def check_slack_request(body: bytes, headers: Mapping[str, str], signing_secret: str) -> None:
-    """Raise Refused unless Slack signed this body within the last five minutes and sent a form."""
+def check_slack_request(body: bytes, headers: Mapping[str, str], signing_secret: str) -> str:
+    """Raise Refused unless Slack signed this body within the last five minutes and sent a form
+    or JSON; return which (FORM or JSON)."""
     timestamp = headers.get("x-slack-request-timestamp", "")
     signature = headers.get("x-slack-signature", "")
     if not _is_number(timestamp) or not signature:
@@ -89,9 +96,25 @@ def check_slack_request(body: bytes, headers: Mapping[str, str], signing_secret:
     expected = signature_of(body, timestamp, signing_secret)
     if not hmac.compare_digest(expected.encode(), signature.encode(errors="replace")):
         raise Refused(401, "invalid signature")
-    # Slash commands and interactivity arrive as forms; anything else is not a request we serve.
-    if headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
+    # Slash commands arrive as forms, Events API requests as JSON; nothing else is served.
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in (FORM, JSON):
         raise Refused(415, "unsupported content type")
+    return content_type
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A signed JSON body as the object every Events API request is; Refused (400) otherwise.
+
+    Bolt would fail on anything else with a 500, and Slack would deliver it again.
+    """
+    try:
+        parsed = json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
+        raise Refused(400, "malformed JSON body") from None
+    if not isinstance(parsed, dict):
+        raise Refused(400, "JSON body is not an object")
+    return parsed
 
 
 def signature_of(body: bytes, timestamp: str, signing_secret: str) -> str:

@@ -26,7 +26,7 @@ from app.contract.events import JobEvents
 from app.contract.logs import configure_logging
 from app.contract.queue import ENQUEUE_TIMEOUT_SECONDS, open_redis, redis_accepts_writes
 from app.contract.settings import Settings, load_settings
-from app.web.gate import Refused, check_slack_request, read_body, single_valued
+from app.web.gate import JSON, Refused, check_slack_request, json_object, read_body, single_valued
 from app.web.slack_app import build_bolt_app
 
 log = structlog.get_logger(__name__)
@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
             # Bolt is handed exactly the headers the gate checked.
             headers = single_valued(request.headers.raw)
             body = await read_body(request, settings.http_request_timeout_seconds)
-            check_slack_request(body, headers, signing_secret)
+            if check_slack_request(body, headers, signing_secret) == JSON:
+                json_object(body)  # before Bolt, which would answer 500 and have Slack retry it
         except Refused as refused:
             log.warning(
                 "security.request_refused",
@@ -78,7 +79,8 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
             # The client went away mid-body: nobody is left to answer, and nothing was queued.
             log.info("web.client_disconnected", client=request.client.host if request.client else None)
             return Response(status_code=400)
-        # Slack percent-encodes the form, so the body is ASCII; stray bytes cannot fail the decode.
+        # Slack percent-encodes a form, so it is ASCII, and a JSON body was decoded above: stray
+        # bytes cannot fail the decode.
         verified = AsyncBoltRequest(
             body=body.decode("utf-8", errors="replace"),
             query=str(request.url.query),

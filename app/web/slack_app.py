@@ -1,15 +1,18 @@
-"""The Bolt app: a thin `/ask` listener, behind the request gate of app/web/gate.py."""
+"""The Bolt app: thin listeners for `/ask` and for the Events API, behind the request gate of
+app/web/gate.py. Each validates and enqueues (app/web/ask.py, app/web/conversations.py) and acks."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltRequest
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from app.contract import messages, metrics
@@ -18,6 +21,9 @@ from app.contract.jobs import command_reference
 from app.contract.settings import Settings
 from app.web import quota
 from app.web.ask import handle_ask
+from app.web.conversations import EventAck, handle_event
+from app.web.events import HANDLED_TYPES
+from app.web.gate import JSON
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +39,7 @@ class _DropTokenIgnoredWarnings(logging.Filter):
 
 
 def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> AsyncApp:
-    """Bolt app that verifies every request and answers the slash command."""
+    """Bolt app that answers the slash command and the Events API (the gate has verified both)."""
 
     async def authorize(enterprise_id: str | None, team_id: str | None, **_: Any) -> AuthorizeResult:
         # A single-workspace token needs no lookup; skipping Bolt's auth.test keeps Slack's API
@@ -58,9 +64,48 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
             token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url
         ),
         # Run the listener inline and answer when it returns: no background task, and no wait on
-        # Bolt's 10 ms ack-polling timer.
+        # Bolt's 10 ms ack-polling timer. It is also what lets an event's listener answer 503.
         process_before_response=True,
+        # app/web/events.py decides which events are asklane's own, with the rest of what is
+        # ignored, and logs each one; Bolt's filter would need the bot's ids from auth.test.
+        ignoring_self_events_enabled=False,
+        # Bolt's say/set_status helpers for assistant threads are unused: the ack path never
+        # calls Slack, workers do.
+        attaching_conversation_kwargs_enabled=False,
     )
+
+    async def answer_event(body: dict[str, Any], request: AsyncBoltRequest) -> BoltResponse:
+        retry_num = request.headers.get("x-slack-retry-num", [None])[0]
+        try:
+            answered = await handle_event(
+                body, redis, events, limits, app_id=settings.slack_app_id, retry_num=retry_num
+            )
+        except Exception:
+            # A bug, not an outage (those are typed): a 500 has Slack deliver the event again.
+            log.exception("event.crashed", event_id=body.get("event_id"), retry_num=retry_num)
+            answered = EventAck(500, "crashed")
+        metrics.count_soon(redis, "asklane_events", outcome=answered.outcome)
+        # Nobody sees an event's ack: an empty 200, or a status that asks Slack to retry.
+        return BoltResponse(status=answered.status, body="")
+
+    @app.middleware
+    async def callbacks_other_than_events(
+        request: AsyncBoltRequest, next: Callable[[], Awaitable[BoltResponse | None]]
+    ) -> BoltResponse | None:
+        # JSON callbacks with no event (app_rate_limited, …) match no listener, and Bolt would
+        # answer 404. url_verification never gets here: Bolt answers its challenge before.
+        if request.content_type == JSON and request.body.get("type") != "event_callback":
+            return await answer_event(request.body, request)
+        return await next()
+
+    async def on_event(body: dict[str, Any], request: AsyncBoltRequest) -> BoltResponse:
+        return await answer_event(body, request)
+
+    for event_type in sorted(HANDLED_TYPES):
+        app.event(event_type)(on_event)
+    # Any other event (the app subscribed to more than asklane uses) gets 200 too: Bolt's 404 for
+    # an unhandled event would have Slack deliver it again, and again.
+    app.event(re.compile(r".*"))(on_event)
 
     @app.command(settings.slack_command)
     async def ask(ack: AsyncAck, command: dict[str, Any]) -> None:

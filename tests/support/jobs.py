@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import Mapping
 
 import pytest
@@ -14,6 +15,7 @@ from arq.worker import Worker
 from app.contract import keys
 from app.contract.events import JobEvents
 from app.contract.job import AskJob
+from app.contract.jobs import JobBase, parse_job
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
 from workers.kinds import JobKind
@@ -44,6 +46,14 @@ def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, red
 def queued_job_ids(client: redis.Redis) -> list[str]:
     """Ids of the jobs waiting in arq's default queue."""
     return [member.decode() for member in client.zrange(keys.QUEUE_KEY, 0, -1)]
+
+
+def queued_jobs(client: redis.Redis) -> list[JobBase]:
+    """The jobs waiting in arq's default queue, as the contract reads them, in queue order."""
+    return [
+        parse_job(json.loads(client.get(keys.job_key(job_id)) or b"{}")["a"][0])
+        for job_id in queued_job_ids(client)
+    ]
 
 
 #: Longest a test waits for running jobs to end before closing their worker.

@@ -1,13 +1,17 @@
-"""Requests as Slack sends them to the web process: signed slash commands, and what the ack says."""
+"""Requests as Slack sends them to the web process: signed slash commands and Events API
+requests, and what the ack says."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
+import json
 import socket
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -95,6 +99,137 @@ def ack_text(response: httpx.Response) -> str:
         for element in block.get("elements", []):
             parts.append(element.get("text", ""))
     return "\n".join(parts)
+
+
+#: The ids Slack would send for the test workspace, its app and the app's bot user.
+TEAM_ID = "T0TEAM"
+APP_ID = "A0APP"
+BOT_USER_ID = "U0ASKLANE"
+
+_ts_sequence = itertools.count()
+
+
+def new_ts() -> str:
+    """A fresh Slack message ts (seconds.microseconds), later than every one made before in this
+    process, as Slack's are within a channel."""
+    return f"{time.time() + next(_ts_sequence) * 1e-6:.6f}"
+
+
+class SlackEvents:
+    """Builds Events API requests (JSON envelopes) as Slack sends them for the test workspace.
+
+    A mention or message gets a fresh ts unless given one; pass the same ts to build another
+    delivery of the same message (the app_mention / message twin).
+    """
+
+    def __init__(self, team_id: str = TEAM_ID, app_id: str = APP_ID, bot_user_id: str = BOT_USER_ID) -> None:
+        self.team_id = team_id
+        self.app_id = app_id
+        self.bot_user_id = bot_user_id
+
+    def envelope(self, event: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """The event_callback carrying ``event``, with a unique event_id; ``fields`` override."""
+        body: dict[str, Any] = {
+            "token": "deprecated-verification-token",
+            "team_id": self.team_id,
+            "api_app_id": self.app_id,
+            "event": {"event_ts": event.get("ts", new_ts()), **event},
+            "type": "event_callback",
+            "event_id": "Ev" + uuid.uuid4().hex[:10].upper(),
+            "event_time": int(time.time()),
+            "authorizations": [
+                {
+                    "enterprise_id": None,
+                    "team_id": self.team_id,
+                    "user_id": self.bot_user_id,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
+            ],
+            "is_ext_shared_channel": False,
+        }
+        body.update(fields)
+        return body
+
+    def mention(
+        self,
+        question: str,
+        *,
+        channel: str = "C0CHANNEL",
+        user: str = "U0ASKER",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+    ) -> dict[str, Any]:
+        """An ``app_mention``: ``question`` written after the bot's mention, as Slack shows it."""
+        event = {
+            "type": "app_mention",
+            "user": user,
+            "text": f"<@{self.bot_user_id}> {question}",
+            "ts": ts or new_ts(),
+            "channel": channel,
+        }
+        if thread_ts is not None:
+            event["thread_ts"] = thread_ts
+        return self.envelope(event)
+
+    def message(
+        self,
+        text: str,
+        *,
+        channel: str = "D0DIRECT",
+        channel_type: str = "im",
+        user: str = "U0ASKER",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """A ``message`` event: by default a DM to the app; ``extra`` adds fields (subtype, bot_id…)."""
+        event = {
+            "type": "message",
+            "user": user,
+            "text": text,
+            "ts": ts or new_ts(),
+            "channel": channel,
+            "channel_type": channel_type,
+            **extra,
+        }
+        if thread_ts is not None:
+            event["thread_ts"] = thread_ts
+        return self.envelope(event)
+
+    def home_opened(
+        self, tab: str = "messages", *, channel: str = "D0DIRECT", user: str = "U0ASKER"
+    ) -> dict[str, Any]:
+        """``app_home_opened``: the user opened the app's Messages (or Home) tab."""
+        return self.envelope({"type": "app_home_opened", "user": user, "channel": channel, "tab": tab})
+
+    @staticmethod
+    def url_verification(challenge: str) -> dict[str, Any]:
+        """The request Slack sends when the Events request URL is set."""
+        return {"token": "deprecated-verification-token", "challenge": challenge, "type": "url_verification"}
+
+
+def event_headers(
+    body: bytes, *, retry_num: int | None = None, secret: str = SIGNING_SECRET, timestamp: int | None = None
+) -> dict[str, str]:
+    """Headers Slack sends with an Events API ``body``: signed, JSON, and on a re-delivery its
+    X-Slack-Retry-Num and reason."""
+    headers = {
+        **signature_headers(body, secret=secret, timestamp=timestamp),
+        "Content-Type": "application/json",
+    }
+    if retry_num is not None:
+        headers["X-Slack-Retry-Num"] = str(retry_num)
+        headers["X-Slack-Retry-Reason"] = "http_timeout"
+    return headers
+
+
+def send_event(
+    client: TestClient | httpx.Client, envelope: dict[str, Any], *, retry_num: int | None = None
+) -> httpx.Response:
+    """POST ``envelope`` to /slack/events as Slack does."""
+    body = json.dumps(envelope).encode()
+    return client.post("/slack/events", content=body, headers=event_headers(body, retry_num=retry_num))
 
 
 def flood_headers(port: int, total: int, chunk: int = 256 * 1024) -> int:
