@@ -7,9 +7,10 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from starlette.testclient import TestClient
@@ -24,7 +25,7 @@ from app.web.events import Ignored, Message, Prompts, Question, classify, questi
 from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.jobs import queued_job_ids, queued_jobs
-from tests.support.processes import free_port
+from tests.support.processes import WebProcess, free_port
 from tests.support.slack_requests import (
     APP_ID,
     BOT_USER_ID,
@@ -144,7 +145,8 @@ def test_opening_the_messages_tab_asks_for_suggested_prompts() -> None:
     [
         (f"<@{BOT_USER_ID}> how do I rotate a key?", "how do I rotate a key?"),
         (f"<@{BOT_USER_ID}|asklane> how do I rotate a key?", "how do I rotate a key?"),
-        (f"how do I rotate a key, <@{BOT_USER_ID}>?", "how do I rotate a key, ?"),
+        (f"how do I rotate a key <@{BOT_USER_ID}>?", "how do I rotate a key?"),
+        (f"thanks <@{BOT_USER_ID}>! and why?", "thanks! and why?"),
         (
             f"ask <@{BOT_USER_ID}> about <@U0ALICE> and <#C0INFRA|infra>",
             "ask about <@U0ALICE> and <#C0INFRA|infra>",
@@ -566,3 +568,17 @@ def test_events_are_counted_by_outcome(web: TestClient, redis_client: redis.Redi
         'asklane_events|outcome="ignored"': 1.0,
     }
     wait_until(lambda: counts() == expected, explain=lambda: str(counts()))
+
+
+def test_the_web_process_acks_an_event_and_queues_its_question(
+    start_web: Callable[..., WebProcess], redis_client: redis.Redis
+) -> None:
+    web = start_web()
+    mention = slack.mention("what is a p99?")
+
+    with httpx.Client(base_url=web.url, timeout=10) as client:
+        response = send_event(client, mention)
+
+    assert (response.status_code, response.text) == (200, "")
+    [job] = queued_jobs(redis_client)
+    assert isinstance(job, ThreadQuestion) and job.message_ts == mention["event"]["ts"]

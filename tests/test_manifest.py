@@ -7,19 +7,37 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import yaml
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from app.contract.settings import Settings
+from app.web.events import HANDLED_TYPES, SUBSCRIBED_EVENTS, Ignored, classify
 from app.web.main import create_app
 from tests.support.deployment import ROOT
+from tests.support.jobs import queued_jobs
+from tests.support.slack_requests import SlackEvents, SlashCommands, ack_text, send_event, signature_headers
 
 #: The bot scope each Web API method the code calls needs.
-from tests.support.slack_requests import SlashCommands, ack_text, signature_headers
+SCOPE_OF_METHOD = {
+    "chat_postEphemeral": "chat:write",
+    "chat_postMessage": "chat:write",
+    "chat_update": "chat:write",
+    "assistant_threads_setStatus": "assistant:write",
+    "assistant_threads_setSuggestedPrompts": "assistant:write",
+}
 
-#: The bot scope each Web API method the code calls needs.
-SCOPE_OF_METHOD = {"chat_postEphemeral": "chat:write"}
+#: The bot scope each subscribed bot event needs.
+SCOPE_OF_EVENT = {"app_mention": "app_mentions:read", "message.im": "im:history", "app_home_opened": None}
+
+#: An event of each subscribed kind, as Slack sends it, that asklane acts on.
+slack = SlackEvents()
+SAMPLE_OF_EVENT = {
+    "app_mention": slack.mention("what is a p99?"),
+    "message.im": slack.message("what is a p99?"),
+    "app_home_opened": slack.home_opened("messages"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +74,68 @@ def test_a_command_sent_as_the_manifest_describes_it_is_answered(
 
 def test_the_bot_asks_for_exactly_the_scopes_the_code_uses(manifest: dict[str, Any]) -> None:
     sources = "\n".join(
-        path.read_text() for folder in ("app", "workers") for path in (ROOT / folder).glob("*.py")
+        path.read_text() for folder in ("app", "workers") for path in (ROOT / folder).rglob("*.py")
     )
-    called = set(re.findall(r"\.(chat_\w+|conversations_\w+|users_\w+|views_\w+|reactions_\w+)\(", sources))
+    called = set(
+        re.findall(
+            r"\.(chat_\w+|conversations_\w+|users_\w+|views_\w+|reactions_\w+|assistant_\w+|agents_\w+)\(",
+            sources,
+        )
+    )
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
 
     assert called <= set(SCOPE_OF_METHOD), f"add the scope of {called - set(SCOPE_OF_METHOD)} to the manifest"
-    needed = {"commands"} | {SCOPE_OF_METHOD[method] for method in called}
+    needed = (
+        {"commands"}
+        | {SCOPE_OF_METHOD[method] for method in called}
+        | {scope for event in events if (scope := SCOPE_OF_EVENT[event]) is not None}
+    )
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == needed
     assert "user" not in manifest["oauth_config"]["scopes"]
+
+
+def test_the_subscribed_events_are_those_the_code_listens_to(manifest: dict[str, Any]) -> None:
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
+
+    assert set(events) == set(SUBSCRIBED_EVENTS)
+    assert set(SUBSCRIBED_EVENTS.values()) == HANDLED_TYPES
+
+
+@pytest.mark.parametrize("event", sorted(SUBSCRIBED_EVENTS))
+def test_each_subscribed_event_reaches_a_listener_that_queues_its_job(
+    event: str, web: TestClient, redis_client: redis.Redis
+) -> None:
+    response = send_event(web, SAMPLE_OF_EVENT[event])
+
+    assert (response.status_code, response.text) == (200, "")
+    assert len(queued_jobs(redis_client)) == 1
+
+
+@pytest.mark.parametrize(
+    "event_type", ["reaction_added", "member_joined_channel", "assistant_thread_started"]
+)
+def test_an_event_type_the_manifest_does_not_subscribe_to_is_not_acted_on(event_type: str) -> None:
+    body = slack.envelope({"type": event_type, "user": "U0ASKER", "channel": "C0CHANNEL"})
+
+    assert classify(body) == Ignored("unhandled_type")
+
+
+def test_the_events_request_url_is_the_path_the_web_process_serves(
+    manifest: dict[str, Any], settings: Settings
+) -> None:
+    url = manifest["settings"]["event_subscriptions"]["request_url"]
+    paths = {route.path for route in create_app(settings).routes if isinstance(route, Route)}
+
+    assert urlsplit(url).path in paths
+    assert urlsplit(url).scheme == "https"
+
+
+def test_the_messages_tab_is_on_with_the_agent_view(manifest: dict[str, Any]) -> None:
+    features = manifest["features"]
+
+    assert features["app_home"]["messages_tab_enabled"] is True
+    assert features["app_home"]["messages_tab_read_only_enabled"] is False
+    assert features["agent_view"]["agent_description"]
 
 
 def test_the_app_is_set_up_for_http_requests_without_interactivity(manifest: dict[str, Any]) -> None:

@@ -93,8 +93,9 @@ Decision = Question | Prompts | Ignored
 def question_text(text: str, bot_user_id: str) -> str:
     """``text`` without asklane's own mention (``<@BOT>`` or ``<@BOT|name>``) and control
     characters. Other mentions stay as Slack wrote them: they name people the question is about."""
-    own_mention = re.compile(rf"[ \t]*<@{re.escape(bot_user_id)}(?:\|[^>]*)?>[ \t]*")
-    return _CONTROL.sub("", own_mention.sub(" ", text)).strip()
+    # With the space before it, so "thanks <@BOT>!" reads "thanks!" and "ask <@BOT> why" "ask why".
+    own_mention = re.compile(rf"[ \t]*<@{re.escape(bot_user_id)}(?:\|[^>]*)?>")
+    return _CONTROL.sub("", own_mention.sub("", text)).strip()
 
 
 def mentions(text: str, bot_user_id: str) -> bool:
