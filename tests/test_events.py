@@ -24,6 +24,7 @@ from app.web.ask import MAX_QUESTION_CHARS
 from app.web.events import Ignored, Message, Prompts, Question, classify, question_text
 from app.web.main import create_app
 from tests.support.deployment import settings_from
+from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import queued_job_ids, queued_jobs
 from tests.support.processes import WebProcess, free_port
 from tests.support.slack_requests import (
@@ -170,6 +171,18 @@ def test_a_mention_is_acked_with_an_empty_200(web: TestClient) -> None:
     response = send_event(web, slack.mention("what is a p99?"))
 
     assert (response.status_code, response.text) == (200, "")
+
+
+def test_the_ack_path_calls_no_slack_api(web: TestClient, fake_slack: FakeSlack) -> None:
+    for event in (
+        slack.mention("hi?"),
+        slack.message("hi?"),
+        slack.home_opened("messages"),
+        slack.mention(""),
+    ):
+        assert send_event(web, event).status_code == 200
+
+    assert fake_slack.requests == []
 
 
 def test_a_top_level_mention_queues_a_question_answered_in_a_new_thread_under_it(
