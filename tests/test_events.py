@@ -31,6 +31,7 @@ from tests.support.slack_requests import (
     APP_ID,
     BOT_USER_ID,
     SlackEvents,
+    SlashCommands,
     event_headers,
     new_ts,
     send_event,
@@ -363,16 +364,18 @@ def test_a_question_over_quota_queues_one_notice_and_stays_out_of_the_thread_ord
     assert [member.decode() for member in redis_client.zrange(order, 0, -1)] == [question.job_id]
 
 
-def test_questions_share_the_quota_of_slash_commands(
-    env: dict[str, str], redis_client: redis.Redis, settings: Settings
+def test_mentions_dms_and_slash_commands_share_one_quota(
+    env: dict[str, str], redis_client: redis.Redis, commands: SlashCommands
 ) -> None:
-    settings = settings_from({**env, "QUOTA_USER_PER_MINUTE": "2"})
+    settings = settings_from({**env, "QUOTA_USER_PER_MINUTE": "3"})
 
     with TestClient(create_app(settings)) as web:
-        for question in ("one?", "two?", "three?"):
-            send_event(web, slack.message(question))
+        commands.send(web, "one?")
+        send_event(web, slack.mention("two?"))
+        send_event(web, slack.message("three?"))
+        send_event(web, slack.message("four?"))
 
-    assert [job.kind for job in queued_jobs(redis_client)] == ["thread", "thread", "notice"]
+    assert [job.kind for job in queued_jobs(redis_client)] == ["ask", "thread", "thread", "notice"]
 
 
 # --- the Messages tab ----------------------------------------------------------------------------

@@ -202,7 +202,8 @@ def conversation_key(team_id: str, channel_id: str, thread_ts: str) -> str:
 def thread_order_key(team_id: str, channel_id: str, thread_ts: str) -> str:
     """Sorted set of a thread's unanswered question jobs by message ts: only the first may run
     (one question at a time per thread, in the order they were asked). Written by the enqueue
-    script, emptied by the runner as each finishes; expires with the conversation."""
+    script, emptied by the runner as each finishes; expires THREAD_ORDER_TTL_SECONDS
+    (app/contract/queue.py) after the last question queued into it."""
     return "asklane:thread-order:" + _thread(team_id, channel_id, thread_ts)
 
 

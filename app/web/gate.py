@@ -14,7 +14,6 @@ import hmac
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from starlette.requests import Request
 
@@ -103,18 +102,23 @@ def check_slack_request(body: bytes, headers: Mapping[str, str], signing_secret:
     return content_type
 
 
-def json_object(body: bytes) -> dict[str, Any]:
-    """A signed JSON body as the object every Events API request is; Refused (400) otherwise.
+def check_body(body: bytes, content_type: str) -> None:
+    """Raise Refused (400) unless Bolt will read the signed body as the gate did: a JSON body as
+    the object every Events API request is, a form as a form.
 
-    Bolt would fail on anything else with a 500, and Slack would deliver it again.
+    Bolt would answer a body it cannot parse with a 500, which Slack delivers again, and it reads
+    any body starting with ``{`` as JSON, whatever its content type.
     """
+    if content_type == FORM:
+        if body.startswith(b"{"):
+            raise Refused(400, "form body reads as JSON")
+        return
     try:
         parsed = json.loads(body)
     except ValueError:  # UnicodeDecodeError included
         raise Refused(400, "malformed JSON body") from None
     if not isinstance(parsed, dict):
         raise Refused(400, "JSON body is not an object")
-    return parsed
 
 
 def signature_of(body: bytes, timestamp: str, signing_secret: str) -> str:

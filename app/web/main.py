@@ -26,7 +26,7 @@ from app.contract.events import JobEvents
 from app.contract.logs import configure_logging
 from app.contract.queue import ENQUEUE_TIMEOUT_SECONDS, open_redis, redis_accepts_writes
 from app.contract.settings import Settings, load_settings
-from app.web.gate import JSON, Refused, check_slack_request, json_object, read_body, single_valued
+from app.web.gate import Refused, check_body, check_slack_request, read_body, single_valued
 from app.web.slack_app import build_bolt_app
 
 log = structlog.get_logger(__name__)
@@ -63,8 +63,8 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
             # Bolt is handed exactly the headers the gate checked.
             headers = single_valued(request.headers.raw)
             body = await read_body(request, settings.http_request_timeout_seconds)
-            if check_slack_request(body, headers, signing_secret) == JSON:
-                json_object(body)  # before Bolt, which would answer 500 and have Slack retry it
+            content_type = check_slack_request(body, headers, signing_secret)
+            check_body(body, content_type)
         except Refused as refused:
             log.warning(
                 "security.request_refused",
@@ -80,11 +80,12 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
             log.info("web.client_disconnected", client=request.client.host if request.client else None)
             return Response(status_code=400)
         # Slack percent-encodes a form, so it is ASCII, and a JSON body was decoded above: stray
-        # bytes cannot fail the decode.
+        # bytes cannot fail the decode. Bolt gets the content type as the gate read it (Bolt
+        # compares it as written, "Application/JSON" included).
         verified = AsyncBoltRequest(
             body=body.decode("utf-8", errors="replace"),
             query=str(request.url.query),
-            headers={key: [value] for key, value in headers.items()},
+            headers={key: [value] for key, value in {**headers, "content-type": content_type}.items()},
         )
         return to_starlette_response(await bolt.async_dispatch(verified))
 
