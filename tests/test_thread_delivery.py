@@ -63,6 +63,7 @@ def test_a_failing_second_part_is_retried_without_posting_the_first_again(
     posts = fake_slack.posts(CHANNEL, job.reply_to.thread_ts)
     parts = [message.blocks[0]["text"] for message in thread_answer(LONG, cut_short=False)]
     assert [_markdown(post) for post in posts] == parts
+    assert len(fake_slack.received(POST_MESSAGE)) == len(parts) + 1  # the refused part, once more
 
 
 def test_a_rerun_posts_only_the_parts_slack_has_not_accepted(

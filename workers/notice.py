@@ -17,6 +17,10 @@ from app.contract.jobs import JobBase, SuggestPrompts, ThreadNotice
 from app.contract.messages import SlackMessage
 from workers.kinds import LeaseLost, Run, record_delivery
 
+#: The thread's status while its question runs (Slack shows it after the app's name):
+#: ``SlackDelivery.update_notice(redis, job, THINKING_STATUS)``.
+THINKING_STATUS = SlackMessage(text="is thinking…")
+
 
 def waiting_status(delay: float) -> SlackMessage:
     """A thread's status while its job waits for a retry (Slack shows it after the app's name)."""
@@ -61,7 +65,10 @@ class PromptsKind:
     async def perform(self, run: Run) -> str:
         if run.lease.lost:
             raise LeaseLost()
-        via = await run.deps.slack.suggest_prompts(run.job, run.deps.settings.suggested_prompts)
+        offered = run.deps.settings.suggested_prompts
+        if not offered:
+            return "no-prompts"  # SUGGESTED_PROMPTS=[]: nothing to offer
+        via = await run.deps.slack.suggest_prompts(run.job, offered)
         await record_delivery(run.deps, run.job, via)
         return via
 

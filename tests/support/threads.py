@@ -27,7 +27,7 @@ from workers import job_state
 from workers.errors import PermanentError
 from workers.formatting import thread_answer
 from workers.kinds import JobKind, Run
-from workers.notice import NOTICE, PROMPTS, queued_status, waiting_status
+from workers.notice import NOTICE, PROMPTS, THINKING_STATUS, queued_status, waiting_status
 
 TEAM = "T0TEAM"
 USER = "U0ASKER"
@@ -36,7 +36,7 @@ DM = "D0DM"
 #: An echoed question starting with this fails permanently, with FAIL_REASON.
 FAIL = "!fail"
 FAIL_REASON = "the test asked to fail."
-THINKING = "is thinking…"
+THINKING = THINKING_STATUS.text
 
 T = TypeVar("T")
 
@@ -108,7 +108,7 @@ class EchoKind:
         job = run.job
         assert isinstance(job, ThreadQuestion)
         redis = run.deps.redis
-        await run.deps.slack.update_notice(redis, job, SlackMessage(text=THINKING))
+        await run.deps.slack.update_notice(redis, job, THINKING_STATUS)
         if job.text.startswith(FAIL):
             raise PermanentError("echo refused", reason=FAIL_REASON)
         stored = await job_state.load_answer(redis, job.job_id)
