@@ -5,6 +5,12 @@ What every target needing them shares lives here once: the response_url budget
 (:func:`_web_api_failure`), and the plain-text fallback for rejected blocks. A new target is a
 new route in :meth:`SlackDelivery.send` (and :meth:`SlackDelivery.update_notice`).
 
+``thread`` and ``direct_message``: ``chat.postMessage`` in the channel (with ``thread_ts`` for a
+thread), the ``markdown`` block with a text fallback. Every post first books the channel's next
+posting moment and honours the workspace's pause after a 429 (:mod:`workers.slack_rate`); a 429
+from any ``chat.*`` call sets that pause for every worker. Interim notices in a thread are its
+status (``assistant.threads.setStatus``): best effort, never a post.
+
 ``ephemeral``: the command's response_url comes first: it works in DMs and in channels the bot has not joined,
 where chat.postEphemeral fails. chat.postEphemeral through SLACK_API_URL is the fallback. The rule
 for when a response_url may be used, in one place (:class:`ResponseUrlBudget`):
@@ -22,6 +28,7 @@ for when a response_url may be used, in one place (:class:`ResponseUrlBudget`):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -35,8 +42,8 @@ from app.contract import keys, scripts
 from app.contract.jobs import JobBase
 from app.contract.messages import SlackMessage
 from app.contract.settings import Settings
-from app.contract.targets import Ephemeral
-from workers import age, job_state
+from app.contract.targets import DirectMessage, Ephemeral, Thread
+from workers import age, job_state, slack_rate
 from workers.errors import DeliveryFailed, PermanentError
 from workers.retry import too_old_to_wait
 from workers.retry_after import retry_after_seconds
@@ -52,6 +59,20 @@ TRANSIENT_API_ERRORS = frozenset(
 )
 
 UNDELIVERABLE = "I couldn't post the answer here. Try again in a channel or DM where asklane is available."
+
+#: Web API errors meaning the app cannot post in that conversation at all.
+NOT_A_MEMBER_ERRORS = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
+NOT_A_MEMBER = (
+    "asklane can't post in that conversation (it isn't a member, or the channel is gone). "
+    "Invite it with `/invite @asklane` and ask again."
+)
+
+#: What a thread's status cycles through while a question waits or runs (Slack takes up to 10).
+LOADING_MESSAGES = ("Reading your question…", "Thinking it over…", "Writing an answer…")
+
+POST_MESSAGE = "chat.postMessage"
+SET_STATUS = "assistant.threads.setStatus"
+SET_SUGGESTED_PROMPTS = "assistant.threads.setSuggestedPrompts"
 
 
 #: Posts Slack accepts to one response_url.
@@ -109,13 +130,16 @@ class ResponseUrlBudget:
 
 
 class SlackDelivery:
-    """Sends one message to the user who asked, ephemerally."""
+    """Sends a job's messages to its reply target."""
 
     def __init__(self, settings: Settings) -> None:
         self._prefixes = settings.slack_response_url_prefixes
         #: A 429 asking for longer than this is not waited for on the response_url: a retry
         #: never waits longer than a job's run (workers/retry.py).
         self._max_wait = float(settings.job_timeout_seconds)
+        #: Longest wait for a posting moment inside a job (its AI call shares the job's run); a
+        #: longer one defers the job (DeliveryFailed with retry_after).
+        self._max_post_wait = settings.job_timeout_seconds / 3
         self._web = AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(),
             base_url=settings.slack_api_url,
@@ -146,15 +170,27 @@ class SlackDelivery:
         match job.reply_to:
             case Ephemeral() as target:
                 return await self._send_ephemeral(redis, job, target, message)
+            case Thread() as target:
+                await self._post_message(redis, job, target.channel_id, message, thread_ts=target.thread_ts)
+                return POST_MESSAGE
+            case DirectMessage() as target:
+                await self._post_message(redis, job, target.channel_id, message, thread_ts=None)
+                return POST_MESSAGE
 
     async def update_notice(self, redis: ArqRedis, job: JobBase, message: SlackMessage) -> bool:
-        """Replace the user's notice through the response_url only; True when Slack took it.
+        """Show an interim notice; True when Slack took it. Never raises: the answer matters,
+        the update does not.
 
-        Interim updates never fall back to chat.postEphemeral (which would add a message rather
-        than replace one), only take a use the final message can spare, and never raise: the
-        answer matters, the update does not.
+        ``ephemeral``: replaces the user's notice through the response_url only. Interim updates
+        never fall back to chat.postEphemeral (which would add a message rather than replace
+        one) and only take a use the final message can spare. ``thread``: the thread's status
+        (``message.text``, e.g. "is thinking…", with a few loading messages), which Slack clears
+        when the answer is posted; it is no post, so no posting slot is booked. ``direct_message``:
+        nothing to update.
         """
         target = job.reply_to
+        if isinstance(target, Thread):
+            return await self._set_status(target, message.text)
         if not isinstance(target, Ephemeral) or not self.allows(target.response_url):
             return False
         budget = ResponseUrlBudget(redis)
@@ -183,8 +219,62 @@ class SlackDelivery:
             except DeliveryFailed as error:
                 if not await budget.failed(job, error, self._max_wait):
                     raise
-        await self._via_post_ephemeral(target, message)
+        await self._via_post_ephemeral(redis, job, target, message)
         return "chat.postEphemeral"
+
+    async def _post_message(
+        self, redis: ArqRedis, job: JobBase, channel_id: str, message: SlackMessage, *, thread_ts: str | None
+    ) -> None:
+        team = job.asker.team_id
+        # Booked across all workers: Slack allows about one message per second per channel.
+        await slack_rate.wait_turn(redis, team, channel_id, max_wait=self._max_post_wait)
+        try:
+            await self._web.chat_postMessage(
+                channel=channel_id, thread_ts=thread_ts, text=message.text, blocks=message.blocks or None
+            )
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            raise await self._failure(redis, team, POST_MESSAGE, error, message) from error
+
+    async def _set_status(self, target: Thread, status: str) -> bool:
+        try:
+            await self._web.assistant_threads_setStatus(
+                channel_id=target.channel_id,
+                thread_ts=target.thread_ts,
+                status=status,
+                loading_messages=list(LOADING_MESSAGES),
+            )
+        except Exception as error:
+            log.info("delivery.status_failed", error=type(error).__name__, detail=str(error)[:100])
+            return False
+        return True
+
+    async def suggest_prompts(self, job: JobBase, prompts: Sequence[str]) -> str:
+        """Offer ``prompts`` in the user's DM with the app (its Messages tab); returns the call used.
+
+        Raises DeliveryFailed or PermanentError, as a post would.
+        """
+        target = job.reply_to
+        assert isinstance(target, DirectMessage)  # the prompts kind is queued with its DM
+        try:
+            await self._web.assistant_threads_setSuggestedPrompts(
+                channel_id=target.channel_id,
+                prompts=[{"title": prompt, "message": prompt} for prompt in prompts],
+            )
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            raise _web_api_failure(SET_SUGGESTED_PROMPTS, error, SlackMessage(text="")) from error
+        return SET_SUGGESTED_PROMPTS
+
+    async def _failure(
+        self, redis: ArqRedis, team_id: str, call: str, error: Exception, message: SlackMessage
+    ) -> Exception:
+        """:func:`_web_api_failure`, and a 429 from a ``chat.*`` call pauses every worker's posts
+        to the workspace for its Retry-After."""
+        failure = _web_api_failure(call, error, message)
+        if _rate_limited(error) and isinstance(failure, DeliveryFailed):
+            await slack_rate.pause(
+                redis, team_id, failure.retry_after or 1.0, max_pause=self._max_wait, call=call
+            )
+        return failure
 
     async def _via_response_url(self, url: str, message: SlackMessage) -> bool:
         """True when posted; False when Slack refused the URL and the fallback should be tried."""
@@ -213,13 +303,17 @@ class SlackDelivery:
         log.info("delivery.response_url_refused", status=status, body=str(response.body)[:100])
         return False
 
-    async def _via_post_ephemeral(self, target: Ephemeral, message: SlackMessage) -> None:
+    async def _via_post_ephemeral(
+        self, redis: ArqRedis, job: JobBase, target: Ephemeral, message: SlackMessage
+    ) -> None:
+        team = job.asker.team_id
+        await slack_rate.honour_pause(redis, team, max_wait=self._max_post_wait)
         try:
             await self._web.chat_postEphemeral(
                 channel=target.channel_id, user=target.user_id, text=message.text, blocks=message.blocks
             )
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
-            raise _web_api_failure("chat.postEphemeral", error, message) from error
+            raise await self._failure(redis, team, "chat.postEphemeral", error, message) from error
 
 
 def _web_api_failure(call: str, error: Exception, message: SlackMessage) -> Exception:
@@ -228,16 +322,29 @@ def _web_api_failure(call: str, error: Exception, message: SlackMessage) -> Exce
     rejected blocks are BlocksRejected (re-sent as plain text); anything else is permanent."""
     if not isinstance(error, SlackApiError):
         return DeliveryFailed(f"{call} {type(error).__name__}")
-    # slack-sdk puts its own response here, or aiohttp's when Slack's body was not JSON.
-    status = int(getattr(error.response, "status_code", None) or getattr(error.response, "status", None) or 0)
-    data = getattr(error.response, "data", None)
-    code = str(data.get("error", "")) if isinstance(data, dict) else ""
+    status, code = _status_and_code(error)
     headers = getattr(error.response, "headers", None)
     if status == 429 or status >= 500 or code in TRANSIENT_API_ERRORS or not code:
         return DeliveryFailed(f"{call} {status} {code}", retry_after=retry_after_seconds(headers))
     if message.blocks and _rejects_blocks(code):
         return BlocksRejected(f"{call} {code}")
+    if code in NOT_A_MEMBER_ERRORS:
+        return PermanentError(f"{call} {status} {code}", reason=NOT_A_MEMBER)
     return PermanentError(f"{call} {status} {code}", reason=UNDELIVERABLE)
+
+
+def _status_and_code(error: SlackApiError) -> tuple[int, str]:
+    # slack-sdk puts its own response here, or aiohttp's when Slack's body was not JSON.
+    status = int(getattr(error.response, "status_code", None) or getattr(error.response, "status", None) or 0)
+    data = getattr(error.response, "data", None)
+    return status, str(data.get("error", "")) if isinstance(data, dict) else ""
+
+
+def _rate_limited(error: Exception) -> bool:
+    if not isinstance(error, SlackApiError):
+        return False
+    status, code = _status_and_code(error)
+    return status == 429 or code == "ratelimited"
 
 
 class BlocksRejected(Exception):

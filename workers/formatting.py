@@ -4,6 +4,11 @@ Slack's ``markdown`` block renders standard Markdown (bold, italics, code, links
 headings) as Claude writes it, so no lossy conversion to mrkdwn is needed. Its limit is 12,000
 characters per message; longer answers are cut at a paragraph or line boundary with a visible
 note, and an open code fence is closed so the rest of the message still renders.
+
+A thread has no such cut: :func:`thread_answer` splits a long answer across as many messages as
+it needs, at paragraphs, then lines (never inside a code block when a paragraph break outside one
+will do), closing a code fence at the end of a message and reopening it at the start of the next
+when a block must be split. Nothing is left out.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ MARKDOWN_LIMIT = 12_000
 #: Characters of the answer in the plain-text resend used when Slack rejects the markdown block
 #: (Slack's own limit on message text is 40,000; a section of mrkdwn shows well up to a few thousand).
 PLAIN_LIMIT = 12_000
+
+#: Slack truncates a message's ``text`` past this (the plain resend of one part must fit).
+TEXT_LIMIT = 40_000
 
 #: Characters of the answer in the top-level ``text``, which Slack shows in notifications.
 FALLBACK_CHARS = 300
@@ -41,6 +49,112 @@ def answer_message(answer: str, *, cut_short: bool = False) -> SlackMessage:
     return SlackMessage(
         text=fallback_text(answer), blocks=blocks, plain="\n\n".join([plain, *notes]) if notes else plain
     )
+
+
+def thread_answer(answer: str, *, cut_short: bool) -> list[SlackMessage]:
+    """The thread replies carrying Claude's answer: one message, or as many as Slack's limits need
+    (each part's markdown block within MARKDOWN_LIMIT); the "cut short" note goes on the last."""
+    bodies = split_markdown(answer, MARKDOWN_LIMIT) if answer.strip() else ["…"]
+    replies: list[SlackMessage] = []
+    for index, body in enumerate(bodies):
+        notes = [CUT_SHORT_NOTE] if cut_short and index == len(bodies) - 1 else []
+        blocks: list[dict[str, Any]] = [{"type": "markdown", "text": body}]
+        if notes:
+            blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": "\n".join(notes)}]})
+        # Escaping can lengthen a part (& becomes &amp;); only then is its plain resend cut.
+        plain, _ = fit_markdown(escape_mrkdwn(body), TEXT_LIMIT - len(CUT_SHORT_NOTE) - 2)
+        replies.append(
+            SlackMessage(text=fallback_text(body), blocks=blocks, plain="\n\n".join([plain, *notes]))
+        )
+    return replies
+
+
+def split_markdown(text: str, limit: int) -> list[str]:
+    """``text`` in consecutive parts of at most ``limit`` characters, none empty, losing nothing
+    but the blank lines between paragraphs where it is split.
+
+    Paragraphs are packed whole; a code block counts as one paragraph, blank lines and all. Only a
+    paragraph longer than ``limit`` is split, at lines, and a line longer than that at a space
+    (else anywhere). A code block split so is closed at the end of a part and reopened, with its
+    opening line, at the start of the next.
+    """
+    if len(text) <= limit:
+        return [text]
+    pieces = [piece for unit in _paragraphs(text) for piece in _split_paragraph(unit, limit)]
+    parts: list[str] = []
+    current = ""
+    for piece in pieces:
+        joined = f"{current}\n\n{piece}" if current else piece
+        if len(joined) <= limit:
+            current = joined
+        else:
+            parts.append(current)
+            current = piece
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Paragraphs separated by blank lines; a code block is part of one, blank lines and all."""
+    units: list[str] = []
+    lines: list[str] = []
+    in_fence = False
+    for line in text.split("\n"):
+        if _is_fence(line):
+            in_fence = not in_fence
+        if not line.strip() and not in_fence:
+            if lines:
+                units.append("\n".join(lines))
+                lines = []
+            continue
+        lines.append(line)
+    if lines:
+        units.append("\n".join(lines))
+    return units
+
+
+def _split_paragraph(unit: str, limit: int) -> list[str]:
+    """One paragraph in parts of at most ``limit``, split at lines, closing and reopening a code
+    block that a split crosses."""
+    if len(unit) <= limit:
+        return [unit]
+    close = "\n" + _FENCE
+    parts: list[str] = []
+    lines: list[str] = []
+    opener: str | None = None  # the fence line open at the end of ``lines``
+    for line in unit.split("\n"):
+        room = limit - len(close) - (len(opener) + 1 if opener else 0)
+        for segment in _segments(line, max(room, 1)):
+            after = (None if opener else segment) if _is_fence(segment) else opener
+            size = len("\n".join([*lines, segment])) + (len(close) if after else 0)
+            if lines and size > limit:
+                parts.append("\n".join(lines) + (close if opener else ""))
+                lines = [opener] if opener else []
+            lines.append(segment)
+            opener = after
+    if lines:
+        parts.append("\n".join(lines))
+    return parts
+
+
+def _segments(line: str, width: int) -> list[str]:
+    """``line`` in pieces of at most ``width``, cut at a space where one is in the second half."""
+    segments: list[str] = []
+    while len(line) > width:
+        at = line.rfind(" ", width // 2, width + 1)
+        if at <= 0:
+            segments.append(line[:width])
+            line = line[width:]
+        else:
+            segments.append(line[:at])
+            line = line[at + 1 :]
+    segments.append(line)
+    return segments
+
+
+def _is_fence(line: str) -> bool:
+    return line.lstrip().startswith(_FENCE)
 
 
 def fallback_text(answer: str) -> str:
@@ -70,5 +184,5 @@ def fit_markdown(text: str, limit: int) -> tuple[str, bool]:
 
 
 def _open_fence(text: str) -> bool:
-    fences = sum(1 for line in text.splitlines() if line.lstrip().startswith(_FENCE))
+    fences = sum(1 for line in text.splitlines() if _is_fence(line))
     return fences % 2 == 1

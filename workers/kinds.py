@@ -10,13 +10,14 @@ events and the failure message. Worker registration passes the kinds explicitly
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from arq.connections import ArqRedis
 
+from app.contract import keys
 from app.contract.events import JobEvents
 from app.contract.jobs import JobBase
 from app.contract.messages import SlackMessage
@@ -71,19 +72,55 @@ class Run:
     lease: Lease
     timings: Timings
 
-    async def deliver(self, message: SlackMessage) -> str:
-        """Post the job's final message to its reply target, once; returns the path used.
+    async def deliver(self, message: SlackMessage | Sequence[SlackMessage]) -> str:
+        """Post the job's final message (or every part of a long one, in order) to its reply
+        target, once; returns the path used.
 
+        Each part is marked in Redis right after Slack accepts it, and the job once the last
+        one is: a re-run posts only the parts not yet marked, and nothing once the job is.
         Raises LeaseLost when another run has taken the job over or an earlier run posted it
         (one final message only), and the failure types of workers/errors.py.
         """
-        if self.lease.lost or await job_state.was_delivered(self.deps.redis, self.job.job_id):
+        parts = [message] if isinstance(message, SlackMessage) else list(message)
+        redis = self.deps.redis
+        if self.lease.lost or await job_state.was_delivered(redis, self.job.job_id):
             raise LeaseLost()
+        posted = await _parts_delivered(redis, self.job.job_id, len(parts))
         started = time.perf_counter()
-        via = await self.deps.slack.send(self.deps.redis, self.job, message)
+        via = ""
+        for index, part in enumerate(parts):
+            if posted[index]:
+                continue
+            # Checked before every part: a run that lost its lease while posting stops at once.
+            if self.lease.lost:
+                raise LeaseLost()
+            via = await self.deps.slack.send(redis, self.job, part)
+            if len(parts) > 1:
+                await _record_part(self.deps, self.job, index, via)
         self.timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)
-        await record_delivery(self.deps, self.job, via)
-        return via
+        await record_delivery(self.deps, self.job, via or "parts-already-posted")
+        return via or "parts-already-posted"
+
+
+async def _parts_delivered(redis: ArqRedis, job_id: str, count: int) -> list[bool]:
+    """For each part of a message, whether an earlier run posted it (a single message has no
+    part marks: the job's delivered marker covers it)."""
+    if count <= 1:
+        return [False] * count
+    marks = await redis.mget([keys.part_delivered_key(job_id, index) for index in range(count)])
+    return [mark is not None for mark in marks]
+
+
+async def _record_part(deps: WorkerDeps, job: JobBase, index: int, via: str) -> None:
+    """Mark part ``index`` posted: the one Redis round trip between Slack's ok and the mark is
+    the window in which a crash would post this part again."""
+    # As for the whole message: a bookkeeping error must not stop the remaining parts.
+    try:
+        await deps.redis.set(keys.part_delivered_key(job.job_id, index), via, ex=job_state.STATE_TTL_SECONDS)
+    except Exception as error:
+        log.error(
+            "job.delivery_unrecorded", part=index, via=via, error=type(error).__name__, detail=str(error)
+        )
 
 
 async def record_delivery(deps: WorkerDeps, job: JobBase, via: str) -> None:

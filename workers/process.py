@@ -34,6 +34,7 @@ from workers.answer import ASK
 from workers.delivery import SLACK_TIMEOUT_SECONDS, SlackDelivery
 from workers.errors import InvalidPayload
 from workers.kinds import JobKind, WorkerDeps
+from workers.notice import NOTICE, PROMPTS
 from workers.outcomes import JobFailed
 from workers.ratelimit import RateLimiter
 from workers.retry import ARQ_MAX_TRIES
@@ -97,7 +98,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["stopping"] = asyncio.Event()
     ctx["progress_sweep"] = asyncio.create_task(
         progress.sweep_forever(
-            ctx["redis"], ctx["deps"].slack, settings.progress_after_seconds, ctx["stopping"]
+            ctx["redis"],
+            ctx["deps"].slack,
+            settings.progress_after_seconds,
+            ctx["stopping"],
+            kinds=ctx["kinds"],
         )
     )
     # Everything imported so far lives as long as the process: keep it out of the collector, so a
@@ -126,7 +131,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 #: The job kinds a worker runs unless told otherwise, by ``kind`` (app/contract/jobs.py).
-KINDS: Mapping[str, JobKind] = {"ask": ASK}
+KINDS: Mapping[str, JobKind] = {"ask": ASK, "notice": NOTICE, "prompts": PROMPTS}
 
 
 def worker_settings(

@@ -1,10 +1,12 @@
-"""Interim updates to the user's "Working on it" notice while a question waits.
+"""Interim updates to the user's "Working on it" notice (or a thread's status) while a question waits.
 
 A question waiting PROGRESS_AFTER_SECONDS or more is told why: "queued behind N other
 questions" (found by a sweep of the queue that one worker at a time runs) or "Claude is busy,
 retrying in 8 s" (posted by the job as it defers itself). A job gets at most
 MAX_INTERIM_UPDATES, counted in Redis, and each takes a response_url use only when the answer and
-a retry of its post still have theirs (workers/delivery.py, ResponseUrlBudget).
+a retry of its post still have theirs (workers/delivery.py, ResponseUrlBudget). For a question
+answered in a thread the update is the thread's status (``assistant.threads.setStatus``, no post):
+the sweep uses each kind's own ``queued_message`` for every kind that calls the AI.
 
 A notice is never posted for a job that has been answered or has failed: the check is made
 immediately before each post, because a job can stay in arq's queue after its final message went
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
-from typing import Any, cast
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from arq.connections import ArqRedis
@@ -27,8 +29,12 @@ from app.contract.job import deserialize
 from app.contract.jobs import AskQuestion, JobBase, parse_job
 from app.contract.messages import SlackMessage
 from app.contract.queue import PRIORITY_OFFSET_MS
+from app.contract.targets import DirectMessage
 from workers import job_state
 from workers.delivery import SlackDelivery
+
+if TYPE_CHECKING:
+    from workers.kinds import JobKind
 
 log = structlog.get_logger(__name__)
 
@@ -67,9 +73,17 @@ async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: JobBase, messa
 
 
 async def sweep_once(
-    redis: ArqRedis, slack: SlackDelivery, wait_after: float, every: float = SWEEP_EVERY_SECONDS
+    redis: ArqRedis,
+    slack: SlackDelivery,
+    wait_after: float,
+    every: float = SWEEP_EVERY_SECONDS,
+    kinds: Mapping[str, JobKind] | None = None,
 ) -> None:
-    """Tell every question waiting ``wait_after`` seconds or more, not yet told, where it stands."""
+    """Tell every question waiting ``wait_after`` seconds or more, not yet told, where it stands.
+
+    ``kinds``: the worker's kinds, whose ``queued_message`` is used for jobs of kinds that call
+    the AI (a kind that does not is quick to run once started); without them, /ask's only.
+    """
     # One worker sweeps per period, however many there are.
     # The lock ends a little before the next sweep is due, so the worker that holds it can
     # always sweep again on time.
@@ -88,15 +102,27 @@ async def sweep_once(
         waited = (now_ms - _enqueued_ms(score, now_ms)) / 1000
         if waited >= wait_after and not await redis.exists(keys.progress_queued_key(job_id)):
             job = await _load(redis, job_id)
-            if isinstance(job, AskQuestion):
-                await tell_queued(redis, slack, job, messages.queued(job.text, ahead))
+            notice = _queued_notice(job, ahead, kinds)
+            if job is not None and notice is not None:
+                await tell_queued(redis, slack, job, notice)
             elif job is None and await redis.set(
                 keys.progress_queued_key(job_id), 1, nx=True, ex=job_state.STATE_TTL_SECONDS
             ):
                 # Unreadable (the run side fails it and says so); looked at once, not every sweep.
                 log.warning("progress.job_unreadable", job_id=job_id)
-            # Other kinds say nothing while queued: "queued behind N questions" is /ask's notice.
         ahead += 1
+
+
+def _queued_notice(
+    job: JobBase | None, ahead: int, kinds: Mapping[str, JobKind] | None
+) -> SlackMessage | None:
+    """What a queued job is told, or None when it says nothing while queued."""
+    if job is None or isinstance(job.reply_to, DirectMessage):
+        return None
+    if kinds is None:
+        return messages.queued(job.text, ahead) if isinstance(job, AskQuestion) else None
+    kind = kinds.get(job.kind)
+    return kind.queued_message(job, ahead) if kind is not None and kind.uses_ai else None
 
 
 async def sweep_forever(
@@ -105,6 +131,7 @@ async def sweep_forever(
     wait_after: float,
     stopping: asyncio.Event,
     every: float = SWEEP_EVERY_SECONDS,
+    kinds: Mapping[str, JobKind] | None = None,
 ) -> None:
     """Run :func:`sweep_once` every ``every`` seconds until ``stopping`` is set.
 
@@ -117,7 +144,7 @@ async def sweep_forever(
     # command (redis/redis-py#2028), which would leave this loop running forever.
     while not stopping.is_set():
         try:
-            await sweep_once(redis, slack, wait_after, every)
+            await sweep_once(redis, slack, wait_after, every, kinds)
         except Exception as error:
             kind = type(error).__name__
             if kind not in failing:

@@ -231,3 +231,50 @@ rate_pause = Script(RATE_PAUSE)
 rate_refused_for = Script(RATE_REFUSED_FOR)
 rate_paused_for = Script(RATE_PAUSED_FOR)
 take_response_url_use = Script(TAKE_RESPONSE_URL_USE)
+
+# --- used by workers/slack_rate.py ---
+# KEYS: the channel's post slot, the workspace's Slack pause.  ARGV: spacing ms, longest wait ms.
+# Returns {booked (0/1), wait_ms} on Redis's clock. Books the channel's next free moment (no sooner
+# than the end of a pause after a 429) and moves the slot one spacing past it, so posts from every
+# worker to one channel are spaced; a moment farther off than the longest wait is not booked.
+SLACK_POST_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = now
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > at then at = paused end
+local free = tonumber(redis.call('GET', KEYS[1]) or '0')
+if free > at then at = free end
+if at - now > tonumber(ARGV[2]) then return {0, at - now} end
+local spacing = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%d', at + spacing), 'PX', at - now + spacing + 1000)
+return {1, at - now}
+"""
+
+# KEYS: the workspace's Slack pause.  ARGV: pause ms.  Holds every worker's posts to the workspace
+# until now + pause (Redis's clock), never shortening a pause already set. Returns the ms of pause
+# now in force.
+SLACK_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ms > current then
+  redis.call('SET', KEYS[1], string.format('%d', until_ms), 'PX', tonumber(ARGV[1]) + 1000)
+  current = until_ms
+end
+return current - now
+"""
+
+# KEYS: the workspace's Slack pause.  Returns the ms of pause left on Redis's clock, 0 when none.
+SLACK_PAUSED_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+if paused > now then return paused - now end
+return 0
+"""
+
+slack_post_slot = Script(SLACK_POST_SLOT)
+slack_pause = Script(SLACK_PAUSE)
+slack_paused_for = Script(SLACK_PAUSED_FOR)

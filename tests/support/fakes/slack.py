@@ -1,8 +1,15 @@
-"""A fake Slack: response_url endpoints under /response/ and the Web API under /api/."""
+"""A fake Slack: response_url endpoints under /response/ and the Web API under /api/.
+
+Every request is recorded with its body; Web API bodies are JSON as slack_sdk sends them. Replies
+are scripted per path (``script``), or per path and channel (``script_channel``: e.g. a 429 with
+Retry-After for chat.postMessage in one channel only). chat.postMessage answers with a new ``ts``
+each time, as Slack does, so thread replies can be told apart.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import Callable
@@ -14,6 +21,16 @@ from tests.support.fakes.server import FakeServer, Reply
 
 RESPONSE = "/response/"
 POST_EPHEMERAL = "/api/chat.postEphemeral"
+POST_MESSAGE = "/api/chat.postMessage"
+SET_STATUS = "/api/assistant.threads.setStatus"
+SET_SUGGESTED_PROMPTS = "/api/assistant.threads.setSuggestedPrompts"
+
+
+def ratelimited(retry_after: float) -> Reply:
+    """Slack's answer to a call over its rate limit."""
+    return Reply(
+        status=429, json={"ok": False, "error": "ratelimited"}, headers={"Retry-After": f"{retry_after:g}"}
+    )
 
 
 class FakeSlack(FakeServer):
@@ -32,6 +49,7 @@ class FakeSlack(FakeServer):
         self.socket_acks: list[dict[str, Any]] = []
         #: Called with each response_url post's body before it is answered (in the server's thread).
         self.on_response_url: Callable[[Any], None] | None = None
+        self._message_ts = itertools.count(1)
 
     def reset(self) -> None:
         super().reset()
@@ -98,9 +116,49 @@ class FakeSlack(FakeServer):
         else:
             body = dict(await request.post())
         path = request.path
-        reply = self.next_reply(path) or Reply(json={"ok": True, "message_ts": "1700000000.000100"})
+        channel = body.get("channel") or body.get("channel_id") if isinstance(body, dict) else None
+        reply = (
+            self.next_reply(f"{path}#{channel}")
+            or self.next_reply(path)
+            or self._default_reply(path, channel)
+        )
         self.record(path, request.headers, body, reply)
         return await self.respond(request, reply)
+
+    def _default_reply(self, path: str, channel: object) -> Reply:
+        if path == POST_MESSAGE:
+            ts = f"1700000100.{next(self._message_ts):06d}"
+            return Reply(json={"ok": True, "channel": channel, "ts": ts})
+        return Reply(json={"ok": True, "message_ts": "1700000000.000100"})
+
+    def script_channel(self, path: str, channel: str, *replies: Reply) -> None:
+        """Queue replies for calls to ``path`` about ``channel`` only (before ``script``'s)."""
+        self.script(f"{path}#{channel}", *replies)
+
+    def posts(self, channel: str | None = None, thread_ts: str | None = None) -> list[Any]:
+        """Bodies of the chat.postMessage calls Slack accepted, in arrival order; only those in
+        ``channel`` and (when given) replies in the thread ``thread_ts``."""
+        return [
+            request.body
+            for request in self.received(POST_MESSAGE)
+            if request.accepted
+            and (channel is None or request.body.get("channel") == channel)
+            and (thread_ts is None or request.body.get("thread_ts") == thread_ts)
+        ]
+
+    def post_times(self, channel: str) -> list[float]:
+        """When each chat.postMessage call in ``channel`` arrived, accepted or not (monotonic)."""
+        return [
+            request.at for request in self.received(POST_MESSAGE) if request.body.get("channel") == channel
+        ]
+
+    def statuses(self, channel: str | None = None) -> list[Any]:
+        """Bodies of the assistant.threads.setStatus calls, in arrival order."""
+        return [
+            r.body
+            for r in self.received(SET_STATUS)
+            if channel is None or r.body.get("channel_id") == channel
+        ]
 
     def answers(self) -> list[str]:
         """The texts of the answers Slack accepted, without notices, progress updates or errors."""
@@ -114,5 +172,7 @@ class FakeSlack(FakeServer):
         """Every message body Slack accepted (so the user saw it), in arrival order."""
         with self._lock:
             return [
-                r.body for r in self.requests if r.path.startswith((RESPONSE, POST_EPHEMERAL)) and r.accepted
+                r.body
+                for r in self.requests
+                if r.path.startswith((RESPONSE, POST_EPHEMERAL, POST_MESSAGE)) and r.accepted
             ]
