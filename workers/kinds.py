@@ -10,7 +10,7 @@ events and the failure message. Worker registration passes the kinds explicitly
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -56,6 +56,11 @@ class Timings:
     delivery_ms: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    #: Prompt-caching tokens of the AI call (written to / read from Anthropic's cache).
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    #: The model that answered.
+    model: str | None = None
 
 
 class LeaseLost(Exception):
@@ -71,7 +76,7 @@ class Run:
     lease: Lease
     timings: Timings
 
-    async def deliver(self, message: SlackMessage) -> str:
+    async def deliver(self, message: SlackMessage | Sequence[SlackMessage]) -> str:
         """Post the job's final message to its reply target, once; returns the path used.
 
         Raises LeaseLost when another run has taken the job over or an earlier run posted it
@@ -79,6 +84,8 @@ class Run:
         """
         if self.lease.lost or await job_state.was_delivered(self.deps.redis, self.job.job_id):
             raise LeaseLost()
+        if not isinstance(message, SlackMessage):
+            message = message[0]  # replaced by the thread delivery branch
         started = time.perf_counter()
         via = await self.deps.slack.send(self.deps.redis, self.job, message)
         self.timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)
