@@ -195,7 +195,7 @@ def test_prompt_cache_tokens_are_logged_per_job_and_counted_in_metrics(
     assert second["cache_creation_input_tokens"] > 0
     completed = worker.events("job.completed")
     assert [event["cache_read_input_tokens"] for event in completed] == [0, second["cache_read_input_tokens"]]
-    labels = (("job", "thread"), ("model", "claude-haiku-5-5"))
+    labels = (("job_kind", "thread"), ("model", "claude-haiku-5-5"))
 
     def counted() -> bool:
         samples = _samples(web)

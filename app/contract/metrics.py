@@ -146,8 +146,13 @@ class Recorder:
                     counts["asklane_ai_tokens", _labels({"kind": kind})] = fields[f"{kind}_tokens"]
             for use, field in (("write", "cache_creation_input_tokens"), ("read", "cache_read_input_tokens")):
                 if fields.get(field):
-                    # Bounded labels only: the configured model and the job kind, never who asked.
-                    labels = {"cache": use, "model": str(fields.get("model")), "job": str(fields.get("kind"))}
+                    # Bounded labels only: the model that answered and the job kind, never who asked
+                    # ("job_kind": Prometheus sets "job" on every scraped series itself).
+                    labels = {
+                        "cache": use,
+                        "model": str(fields.get("model")),
+                        "job_kind": str(fields.get("kind")),
+                    }
                     counts["asklane_ai_cache_tokens", _labels(labels)] = fields[field]
             for name, field, scale in (
                 ("asklane_ai_latency_seconds", "ai_ms", 1000),
