@@ -8,6 +8,7 @@ AI requests the fake Anthropic recorded and at the memory in Redis.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from app.contract import keys
 from app.contract.jobs import ThreadQuestion
 from app.contract.queue import open_redis
 from app.contract.settings import Settings
@@ -195,6 +197,11 @@ def test_prompt_cache_tokens_are_logged_per_job_and_counted_in_metrics(
     assert second["cache_creation_input_tokens"] > 0
     completed = worker.events("job.completed")
     assert [event["cache_read_input_tokens"] for event in completed] == [0, second["cache_read_input_tokens"]]
+    records = [json.loads(raw) for raw in redis_client.lrange(keys.COMPLETED_KEY, 0, -1)]
+    assert sorted(record["cache_read_input_tokens"] for record in records) == [
+        0,
+        second["cache_read_input_tokens"],
+    ]
     labels = (("job_kind", "thread"), ("model", "claude-haiku-5-5"))
 
     def counted() -> bool:

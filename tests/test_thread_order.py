@@ -53,7 +53,7 @@ def test_two_questions_in_one_thread_are_answered_in_order_by_two_workers_and_th
     queued_first: int, settings: Settings, redis_client: redis.Redis, fake_anthropic: FakeAnthropic
 ) -> None:
     # Slow enough that the free worker picks the other question while the first is answered.
-    fake_anthropic.default_delay = 0.5
+    fake_anthropic.default_delay = 1.0
     first, second = _question(1), _question(2)
     enqueue_jobs(settings, redis_client, [first, second] if queued_first == 1 else [second, first])
     seen = _Seen()
@@ -68,6 +68,8 @@ def test_two_questions_in_one_thread_are_answered_in_order_by_two_workers_and_th
     assert text_of(follow_up[1]["content"]) == "Answer to: question 1?"
     [waited, *_] = seen.named("job.waiting_turn")
     assert waited["job_id"] == second.job_id and waited["waiting_for"] == first.job_id
+    # Its queued status was shown (once per job; for a thread, the thread's status).
+    assert redis_client.exists(keys.progress_queued_key(second.job_id))
     # Waiting is not a failure: the second question's one run that did work is its first attempt.
     assert [fields["attempt"] for fields in seen.named("job.started")] == [1, 1]
     assert [fields["job_id"] for fields in seen.named("job.completed")] == [first.job_id, second.job_id]
@@ -87,7 +89,7 @@ async def _load(settings: Settings, key: str) -> list[memory.Exchange]:
 def test_questions_in_different_threads_are_answered_at_the_same_time(
     settings: Settings, redis_client: redis.Redis, fake_anthropic: FakeAnthropic
 ) -> None:
-    fake_anthropic.default_delay = 0.5
+    fake_anthropic.default_delay = 1.0
     enqueue_jobs(settings, redis_client, [_question(1), _question(1, thread_ts="1700000000.000200")])
     seen = _Seen()
 
