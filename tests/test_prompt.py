@@ -223,3 +223,9 @@ def test_a_single_question_is_sent_as_ask_always_sent_it() -> None:
 
     assert prompt.system == SYSTEM
     assert prompt.messages == [{"role": "user", "content": "what is a p99?"}]
+
+
+def test_an_empty_system_prompt_is_sent_unmarked_as_anthropic_refuses_empty_blocks() -> None:
+    prompt = build("", [q("one?"), a("one.")], q("new?"), BIG)
+
+    assert prompt.system == ""

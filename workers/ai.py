@@ -16,10 +16,10 @@ from anthropic.types import Message, TextBlock
 from app.contract.settings import Settings
 from workers.errors import BackPressure, PermanentError, TransientError
 from workers.prompt import Prompt
+from workers.retry_after import retry_after_seconds
 
 if TYPE_CHECKING:
     from workers.kinds import Timings
-from workers.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
 

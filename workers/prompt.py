@@ -123,8 +123,11 @@ def build(system_prompt: str, history: Sequence[Turn], question: Turn, budget_to
             grouped[-1][1].append(text)
         else:
             grouped.append((turn.role, [text]))
+    system: str | list[TextBlockParam] = system_prompt
+    if system_prompt.strip():  # Anthropic refuses an empty text block
+        system = [{"type": "text", "text": system_prompt, "cache_control": {"type": "ephemeral"}}]
     return Prompt(
-        system=[{"type": "text", "text": system_prompt, "cache_control": {"type": "ephemeral"}}],
+        system=system,
         messages=_with_cache_mark(grouped),
         estimated_tokens=used,
         turns_left_out=len(history) - len(tail),

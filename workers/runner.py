@@ -9,8 +9,8 @@ events (``job.started/deferred/retrying/completed/failed/stalled``) and the fail
 the user through the job's reply target. "Finished is final": a job whose final message went out
 posts nothing more. Jobs of a group (``in_order``, a thread's questions) run one at a time, in
 order (:mod:`workers.in_order`): a job waits, uncounted, while an earlier one is alive, and each
-job that ends hands over to the next at once. Every run ends in one :data:`workers.outcomes.Outcome`, which
-:func:`run_job` turns into arq's terms.
+job that ends hands over to the next at once. Every run ends in one
+:data:`workers.outcomes.Outcome`, which :func:`run_job` turns into arq's terms.
 """
 
 from __future__ import annotations
