@@ -12,12 +12,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from app.contract import keys
+from app.contract import keys, messages
 from app.contract.jobs import ThreadQuestion
+from app.contract.messages import SlackMessage
 from app.contract.queue import open_redis
 from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, text_of
@@ -26,7 +28,8 @@ from tests.support.processes import WorkerProcess
 from tests.support.waiting import wait_until
 from workers import memory
 from workers.job_state import StoredAnswer
-from workers.prompt import TOO_LONG_REASON, estimate_tokens
+from workers.prompt import estimate_tokens
+from workers.thread_answer import THREAD
 
 THREAD_TS = "1700000000.000100"
 EPHEMERAL = {"type": "ephemeral"}
@@ -166,7 +169,6 @@ def test_a_question_that_cannot_fit_the_context_budget_fails_without_asking_clau
     assert fake_anthropic.calls == []
     [failure] = seen
     assert failure["permanent"] is True and "AI_CONTEXT_TOKENS" in failure["detail"]
-    assert TOO_LONG_REASON.startswith("the question is too long")
 
 
 def _samples(web: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -213,3 +215,26 @@ def test_prompt_cache_tokens_are_logged_per_job_and_counted_in_metrics(
         )
 
     wait_until(counted, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("message", "text"),
+    [
+        (lambda job: THREAD.retrying_message(job, 3.6), "is retrying in 4 s…"),
+        (lambda job: THREAD.queued_message(job, 0), "is queued, next in line…"),
+        (lambda job: THREAD.queued_message(job, 1), "is waiting for the question before…"),
+        (lambda job: THREAD.queued_message(job, 3), "is waiting for the 3 questions before…"),
+    ],
+    ids=["retrying", "next in line", "one before", "several before"],
+)
+def test_waiting_and_retrying_are_short_status_lines(
+    message: Callable[[ThreadQuestion], SlackMessage], text: str
+) -> None:
+    # Slack shows a thread's status after the app's name: "asklane is retrying in 4 s…".
+    assert message(_question(1)) == SlackMessage(text=text)
+
+
+def test_a_failure_is_the_usual_short_message_with_the_reference() -> None:
+    job = _question(1)
+
+    assert THREAD.failure_message(job, "Claude is busy.") == messages.failed("Claude is busy.", job.reference)
