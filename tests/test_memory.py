@@ -3,35 +3,16 @@ answer, bounded in turns and characters, forgotten after a quiet period."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
 import pytest
 import redis
-from arq.connections import ArqRedis
 
 from app.contract import keys
-from app.contract.queue import open_redis
 from app.contract.settings import Settings
-from tests.support.jobs import thread_question
+from tests.support.jobs import thread_question, with_redis
 from workers import memory
 from workers.job_state import StoredAnswer, load_answer
 
-T = TypeVar("T")
-
 LIMITS = memory.Limits(ttl_seconds=3600, max_exchanges=20, max_chars=60_000)
-
-
-def _with_redis(settings: Settings, step: Callable[[ArqRedis], Awaitable[T]]) -> T:
-    async def run() -> T:
-        client = open_redis(settings)
-        try:
-            return await step(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
 
 
 def _answer(
@@ -40,19 +21,18 @@ def _answer(
     job = thread_question(
         f"question {number}?", message_ts=f"1700000000.{number:06d}", thread_ts="1700000000.000000", **asked
     )
-    return _with_redis(
+    return with_redis(
         settings,
         lambda client: memory.save_answer(client, job, StoredAnswer(text=text, cut_short=False), limits),
     )
 
 
-def _stored(settings: Settings) -> list[memory.Exchange]:
-    key = thread_question("any", message_ts="1", thread_ts="1700000000.000000").conversation_key
-    return _with_redis(settings, lambda client: memory.load(client, key))
-
-
 def _conversation_key() -> str:
     return thread_question("any", message_ts="1", thread_ts="1700000000.000000").conversation_key
+
+
+def _stored(settings: Settings) -> list[memory.Exchange]:
+    return with_redis(settings, lambda client: memory.load(client, _conversation_key()))
 
 
 def test_an_answered_question_is_stored_with_its_asker_job_and_answer_beside_the_jobs_answer(
@@ -72,7 +52,7 @@ def test_an_answered_question_is_stored_with_its_asker_job_and_answer_beside_the
         "question 1?",
         "answer 1.",
     )
-    assert _with_redis(settings, lambda client: load_answer(client, job.job_id)) == posted
+    assert with_redis(settings, lambda client: load_answer(client, job.job_id)) == posted
 
 
 def test_storing_a_jobs_answer_again_appends_nothing_and_returns_the_first_answer(settings: Settings) -> None:
@@ -160,14 +140,14 @@ def test_each_exchange_restarts_the_conversations_expiry(
 def test_conversations_of_different_threads_are_kept_apart(settings: Settings) -> None:
     _answer(settings, 1, "in the first thread.")
     other = thread_question("elsewhere?", message_ts="1700000099.000001", thread_ts="1700000099.000000")
-    _with_redis(
+    with_redis(
         settings,
         lambda client: memory.save_answer(client, other, StoredAnswer(text="x", cut_short=False), LIMITS),
     )
 
     assert [item.answer for item in _stored(settings)] == ["in the first thread."]
     assert [
-        item.answer for item in _with_redis(settings, lambda c: memory.load(c, other.conversation_key))
+        item.answer for item in with_redis(settings, lambda c: memory.load(c, other.conversation_key))
     ] == ["x"]
 
 

@@ -7,7 +7,6 @@ AI requests the fake Anthropic recorded and at the memory in Redis.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -20,10 +19,9 @@ from starlette.testclient import TestClient
 from app.contract import keys, messages
 from app.contract.jobs import ThreadQuestion
 from app.contract.messages import SlackMessage
-from app.contract.queue import open_redis
 from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, text_of
-from tests.support.jobs import drain, enqueue_jobs, recording, thread_question
+from tests.support.jobs import drain, enqueue_jobs, recording, thread_question, with_redis
 from tests.support.processes import WorkerProcess
 from tests.support.waiting import wait_until
 from workers import memory
@@ -50,26 +48,12 @@ def _ask(settings: Settings, client: redis.Redis, *questions: ThreadQuestion) ->
 
 
 def _stored(settings: Settings, key: str) -> list[memory.Exchange]:
-    async def load() -> list[memory.Exchange]:
-        client = open_redis(settings)
-        try:
-            return await memory.load(client, key)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(load())
+    return with_redis(settings, lambda client: memory.load(client, key))
 
 
 def _remember(settings: Settings, job: ThreadQuestion, answer: str) -> None:
-    async def save() -> None:
-        client = open_redis(settings)
-        try:
-            limits = memory.Limits.of(settings)
-            await memory.save_answer(client, job, StoredAnswer(text=answer, cut_short=False), limits)
-        finally:
-            await client.aclose()
-
-    asyncio.run(save())
+    stored = StoredAnswer(text=answer, cut_short=False)
+    with_redis(settings, lambda client: memory.save_answer(client, job, stored, memory.Limits.of(settings)))
 
 
 def test_the_first_question_of_a_thread_is_sent_alone_under_the_cached_system_prompt(

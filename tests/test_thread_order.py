@@ -7,7 +7,6 @@ is merged, tests/support/jobs.py ``enqueue_jobs`` adds the entry beside the cont
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -16,10 +15,10 @@ import redis
 
 from app.contract import keys
 from app.contract.jobs import ThreadQuestion
-from app.contract.queue import PRIORITY_OFFSET_MS, open_redis
+from app.contract.queue import PRIORITY_OFFSET_MS
 from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, text_of
-from tests.support.jobs import drain, drain_together, enqueue_jobs, recording, thread_question
+from tests.support.jobs import drain, drain_together, enqueue_jobs, recording, thread_question, with_redis
 from workers import in_order, memory
 from workers.retry import MAX_JOB_AGE_SECONDS
 
@@ -73,17 +72,9 @@ def test_two_questions_in_one_thread_are_answered_in_order_by_two_workers_and_th
     # Waiting is not a failure: the second question's one run that did work is its first attempt.
     assert [fields["attempt"] for fields in seen.named("job.started")] == [1, 1]
     assert [fields["job_id"] for fields in seen.named("job.completed")] == [first.job_id, second.job_id]
-    stored = asyncio.run(_load(settings, first.conversation_key))
+    stored = with_redis(settings, lambda client: memory.load(client, first.conversation_key))
     assert [item.question for item in stored] == ["question 1?", "question 2?"]
     assert not redis_client.exists(first.in_order.key)
-
-
-async def _load(settings: Settings, key: str) -> list[memory.Exchange]:
-    client = open_redis(settings)
-    try:
-        return await memory.load(client, key)
-    finally:
-        await client.aclose()
 
 
 def test_questions_in_different_threads_are_answered_at_the_same_time(
@@ -155,7 +146,9 @@ def test_a_question_that_ends_brings_the_deferred_next_one_forward_and_wakes_a_w
         redis_client.zadd(keys.RESCORED_INTERACTIVE_KEY, {second.job_id: later_ms})
     redis_client.delete(keys.WAKE_KEY)
 
-    following = asyncio.run(_hand_over(settings, first))
+    following = with_redis(
+        settings, lambda client: in_order.let_next_run(client, first.in_order, first.job_id)
+    )
 
     assert following == second.job_id
     assert redis_client.zrange(first.in_order.key, 0, -1) == [second.job_id.encode()]
@@ -166,11 +159,3 @@ def test_a_question_that_ends_brings_the_deferred_next_one_forward_and_wakes_a_w
     assert score > time.time() * 1000 - offset - 60_000
     assert not redis_client.zscore(keys.RESCORED_INTERACTIVE_KEY, second.job_id)
     assert redis_client.llen(keys.WAKE_KEY) == 1
-
-
-async def _hand_over(settings: Settings, ended: ThreadQuestion) -> str | None:
-    client = open_redis(settings)
-    try:
-        return await in_order.let_next_run(client, ended.in_order, ended.job_id)
-    finally:
-        await client.aclose()

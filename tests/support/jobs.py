@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import pytest
 import redis
+from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from app.contract import keys
@@ -23,6 +25,21 @@ from workers.loop import AsklaneWorker
 from workers.process import worker_settings
 
 DRAIN_TIMEOUT_SECONDS = 90
+
+T = TypeVar("T")
+
+
+def with_redis(settings: Settings, step: Callable[[ArqRedis], Awaitable[T]]) -> T:
+    """Run ``step`` with the client a process opens (app/contract/queue.py), from sync test code."""
+
+    async def run() -> T:
+        client = open_redis(settings)
+        try:
+            return await step(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
 
 
 def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, redis_age: float | None) -> None:
