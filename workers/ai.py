@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anthropic
 import structlog
@@ -14,7 +15,11 @@ from anthropic.types import Message, TextBlock
 
 from app.contract.settings import Settings
 from workers.errors import BackPressure, PermanentError, TransientError
+from workers.prompt import Prompt
 from workers.retry_after import retry_after_seconds
+
+if TYPE_CHECKING:
+    from workers.kinds import Timings
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +49,9 @@ class Answer:
     request_id: str | None
     #: Seconds until a rate limit that this call used up resets, from anthropic-ratelimit-*.
     slow_down_for: float | None = None
+    #: Input tokens written to Anthropic's prompt cache, and read from it (0 when none).
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
     @property
     def cut_short(self) -> bool:
@@ -52,7 +60,8 @@ class Answer:
 
 
 class Claude:
-    """Asks Claude one question. Retries are arq's job, so the SDK's own are off."""
+    """Asks Claude: one prepared request (workers/prompt.py). Retries are arq's job, so the SDK's
+    own are off."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -64,8 +73,9 @@ class Claude:
             timeout=settings.ai_timeout_seconds,
         )
 
-    async def ask(self, question: str) -> Answer:
-        """Send the question in the user turn under the configured system prompt.
+    async def ask(self, prompt: Prompt) -> Answer:
+        """Send the prompt's system prompt and messages (built from AI_SYSTEM_PROMPT and the
+        conversation by workers/prompt.py; the question only ever in a user turn).
 
         Raises TransientError or PermanentError; never an SDK exception.
         """
@@ -77,8 +87,8 @@ class Claude:
                 raw = await self._client.messages.with_raw_response.create(
                     model=self._settings.anthropic_model,
                     max_tokens=self._settings.ai_max_tokens,
-                    system=self._settings.ai_system_prompt,
-                    messages=[{"role": "user", "content": question}],
+                    system=prompt.system,
+                    messages=prompt.messages,
                 )
                 parsed: object = await raw.parse()
         except TimeoutError as error:
@@ -111,6 +121,8 @@ class Claude:
             latency_ms=latency_ms,
             request_id=raw.headers.get("request-id"),
             slow_down_for=exhausted_limit_reset(raw.headers),
+            cache_creation_input_tokens=_tokens(response.usage.cache_creation_input_tokens),
+            cache_read_input_tokens=_tokens(response.usage.cache_read_input_tokens),
         )
 
     async def warm_up(self) -> None:
@@ -149,6 +161,35 @@ class Claude:
     async def close(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.close()
+
+
+def log_completed(answer: Answer) -> None:
+    """The ``ai.completed`` line of a job's AI call: model, latency, tokens (cache included)."""
+    log.info(
+        "ai.completed",
+        model=answer.model,
+        latency_ms=answer.latency_ms,
+        input_tokens=answer.input_tokens,
+        output_tokens=answer.output_tokens,
+        cache_creation_input_tokens=answer.cache_creation_input_tokens,
+        cache_read_input_tokens=answer.cache_read_input_tokens,
+        stop_reason=answer.stop_reason,
+        request_id=answer.request_id,
+    )
+
+
+def record_usage(timings: Timings, answer: Answer) -> None:
+    """Note what the AI call took in the run's timings, for job.completed and the retention record."""
+    timings.ai_ms = answer.latency_ms
+    timings.input_tokens, timings.output_tokens = answer.input_tokens, answer.output_tokens
+    timings.cache_creation_input_tokens = answer.cache_creation_input_tokens
+    timings.cache_read_input_tokens = answer.cache_read_input_tokens
+    timings.model = answer.model
+
+
+def _tokens(value: object) -> int:
+    """A usage count Anthropic may leave out (or null, for a request without caching) as an int."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def classify(error: anthropic.APIError) -> TransientError | PermanentError:

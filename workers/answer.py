@@ -10,8 +10,10 @@ from app.contract import messages
 from app.contract.jobs import AskQuestion, JobBase
 from app.contract.messages import SlackMessage
 from workers import job_state
+from workers.ai import log_completed, record_usage
 from workers.formatting import answer_message
 from workers.kinds import LeaseLost, Run
+from workers.prompt import single_question
 
 log = structlog.get_logger(__name__)
 
@@ -29,20 +31,12 @@ class AskKind:
         if stored is None:
             if run.lease.lost:
                 raise LeaseLost()
+            request = single_question(deps.settings.ai_system_prompt, job.text)
             await deps.limiter.wait_for_slot()
             # Nothing else may be awaited between the granted slot and the request.
-            answer = await deps.claude.ask(job.text)
-            log.info(
-                "ai.completed",
-                model=answer.model,
-                latency_ms=answer.latency_ms,
-                input_tokens=answer.input_tokens,
-                output_tokens=answer.output_tokens,
-                stop_reason=answer.stop_reason,
-                request_id=answer.request_id,
-            )
-            timings.ai_ms = answer.latency_ms
-            timings.input_tokens, timings.output_tokens = answer.input_tokens, answer.output_tokens
+            answer = await deps.claude.ask(request)
+            log_completed(answer)
+            record_usage(timings, answer)
             if answer.slow_down_for:
                 await deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
             stored = job_state.StoredAnswer(text=answer.text, cut_short=answer.cut_short)

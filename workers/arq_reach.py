@@ -104,8 +104,9 @@ CLI: tuple[Reach, ...] = (
 
 
 #: arq's Redis layout, re-exported by app/contract/keys.py, which app/contract/scripts.py (the
-#: enqueue script), workers/lease.py (renewing the in-progress key), workers/progress.py and
-#: app/ops/operations.py read or write directly:
+#: enqueue script), workers/lease.py (renewing the in-progress key), workers/progress.py,
+#: workers/in_order.py (a job's liveness by its job key; re-scoring the next job of a thread in the
+#: queue) and app/ops/operations.py read or write directly:
 #: ``arq.constants`` name -> the value queued jobs were written with. A new value would orphan
 #: jobs queued by the previous release during a rolling deploy.
 REDIS_LAYOUT: dict[str, object] = {

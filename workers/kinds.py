@@ -57,6 +57,11 @@ class Timings:
     delivery_ms: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    #: Prompt-caching tokens of the AI call (written to / read from Anthropic's cache).
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    #: The model that answered.
+    model: str | None = None
 
 
 class LeaseLost(Exception):

@@ -39,6 +39,7 @@ from workers.outcomes import JobFailed
 from workers.ratelimit import RateLimiter
 from workers.retry import ARQ_MAX_TRIES
 from workers.runner import run_job
+from workers.thread_answer import THREAD
 
 log = structlog.get_logger(__name__)
 
@@ -131,7 +132,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 #: The job kinds a worker runs unless told otherwise, by ``kind`` (app/contract/jobs.py).
-KINDS: Mapping[str, JobKind] = {"ask": ASK, "notice": NOTICE, "prompts": PROMPTS}
+KINDS: Mapping[str, JobKind] = {"ask": ASK, "thread": THREAD, "notice": NOTICE, "prompts": PROMPTS}
 
 
 def worker_settings(

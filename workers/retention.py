@@ -33,6 +33,8 @@ class JobRecord(BaseModel):
     delivery_ms: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
     via: str | None = None
     error: str | None = None
 

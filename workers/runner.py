@@ -7,8 +7,10 @@ transient/permanent decision and delay table (:mod:`workers.retry`), the age gua
 clock (:mod:`workers.age`), back-pressure and rate-limiter waits, retention records, lifecycle
 events (``job.started/deferred/retrying/completed/failed/stalled``) and the failure message to
 the user through the job's reply target. "Finished is final": a job whose final message went out
-posts nothing more. Every run ends in one :data:`workers.outcomes.Outcome`, which
-:func:`run_job` turns into arq's terms.
+posts nothing more. Jobs of a group (``in_order``, a thread's questions) run one at a time, in
+order (:mod:`workers.in_order`): a job waits, uncounted, while an earlier one is alive, and each
+job that ends hands over to the next at once. Every run ends in one
+:data:`workers.outcomes.Outcome`, which :func:`run_job` turns into arq's terms.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from app.contract.jobs import RUN_JOB, JobBase, parse_job
+from app.contract.jobs import RUN_JOB, InOrder, JobBase, parse_job
 from app.contract.keys import QUEUE_KEY
-from workers import age, job_state, progress, rejected, retention
+from workers import age, in_order, job_state, progress, rejected, retention
 from workers.errors import (
     BackPressure,
     DeliveryFailed,
@@ -52,6 +54,7 @@ log = structlog.get_logger(__name__)
 
 TOO_OLD_REASON = "the question waited too long in the queue. Please ask again."
 CRASHED_REASON = "answering it crashed the assistant twice, so it was given up. Please try rephrasing."
+TOO_OLD_WAITING_REASON = "the questions before it took too long. Please ask again."
 #: Detail of the failure that ends a job Anthropic's rate limit kept waiting too long; the user
 #: gets TransientError's "Claude is busy" message.
 BACKPRESSURE_TOO_LONG = "waited out anthropic's rate limit past AI_BACKPRESSURE_MAX_WAIT_SECONDS"
@@ -106,6 +109,23 @@ def to_arq(outcome: Outcome) -> str:
 
 
 async def _run_guarded(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int) -> Outcome:
+    outcome = await _run_or_defer(kind, job, deps, score)
+    group = job.in_order
+    if group is not None and isinstance(outcome, Completed | Failed | AlreadyDone):
+        # Not for Abandoned (another run has the job) nor Deferred (it is still to run).
+        try:
+            following = await in_order.let_next_run(deps.redis, group, job.job_id)
+        except RedisError as error:
+            # The next job still runs: it finds this one's arq job gone once arq records it
+            # finished, at its next look.
+            log.warning("job.turn_not_handed_over", error=type(error).__name__, detail=str(error))
+        else:
+            if following is not None:
+                log.info("job.turn_handed_over", next_job_id=following)
+    return outcome
+
+
+async def _run_or_defer(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int) -> Outcome:
     try:
         return await _run_with_lease(kind, job, deps, score)
     except RedisError as error:
@@ -155,7 +175,39 @@ async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: 
             # The job has failed already; only the message telling the user is left to send.
             attempts = await job_state.failure_count(deps.redis, job.job_id)
             return await _give_up(kind, job, deps, failure, Timings(attempt=max(attempts, 1)))
+        group = job.in_order
+        if group is not None:
+            waiting = await _wait_for_turn(kind, job, deps, group)
+            if waiting is not None:
+                return waiting
         return await _run(kind, job, deps, score, held)
+
+
+async def _wait_for_turn(kind: JobKind, job: JobBase, deps: WorkerDeps, group: InOrder) -> Outcome | None:
+    """Defer the job while an earlier job of its group is alive (None: its turn has come).
+
+    Waiting is not a failure and uses no retry; it is bounded by the job's age all the same, so
+    the user hears in time rather than never.
+    """
+    before = await in_order.ahead(deps.redis, group, job.job_id)
+    if before.count == 0:
+        return None
+    enqueued_at = await age.enqueued_at(deps.redis, job)
+    if too_old_to_wait(enqueued_at, in_order.WAIT_SECONDS):
+        too_old = PermanentError(
+            "waited for earlier jobs of its group past MAX_JOB_AGE_SECONDS", reason=TOO_OLD_WAITING_REASON
+        )
+        return await _give_up(kind, job, deps, JobFailure.of(too_old), Timings())
+    await deps.events.emit(
+        "job.waiting_turn",
+        job_id=job.job_id,
+        ahead=before.count,
+        waiting_for=before.first,
+        delay_s=in_order.WAIT_SECONDS,
+    )
+    # Once per job (tell_queued): the user sees it is waiting, not stuck.
+    await progress.tell_queued(deps.redis, deps.slack, job, kind.queued_message(job, before.count))
+    return Deferred(in_order.WAIT_SECONDS)
 
 
 async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: Lease) -> Outcome:
@@ -204,6 +256,10 @@ async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: 
             delivery_ms=timings.delivery_ms,
             input_tokens=timings.input_tokens,
             output_tokens=timings.output_tokens,
+            cache_creation_input_tokens=timings.cache_creation_input_tokens,
+            cache_read_input_tokens=timings.cache_read_input_tokens,
+            model=timings.model,
+            kind=job.kind,
         )
         await _retain(deps, job, "completed", timings, via=via)
         return Completed(via)
@@ -361,6 +417,8 @@ async def _retain(
         delivery_ms=timings.delivery_ms,
         input_tokens=timings.input_tokens,
         output_tokens=timings.output_tokens,
+        cache_creation_input_tokens=timings.cache_creation_input_tokens,
+        cache_read_input_tokens=timings.cache_read_input_tokens,
         via=via,
         error=error,
     )

@@ -2,8 +2,9 @@
 
 The web process emits ``job.enqueued``; workers emit ``job.started``, ``job.deferred`` (waiting
 for the rate limiter; not a failure), ``job.retrying`` (attempt, delay, reason),
-``job.completed`` (queued/AI/delivery durations, tokens), ``job.failed`` and ``job.stalled``
-(re-run after its worker died).
+``job.waiting_turn`` (an earlier job of its group, such as a thread's previous question, is
+unfinished; not a failure), ``job.completed`` (queued/AI/delivery durations, tokens, prompt-cache
+tokens), ``job.failed`` and ``job.stalled`` (re-run after its worker died).
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ COUNTERS: dict[str, str] = {
     "asklane_ratelimit_deferrals": "Jobs deferred because the global rate limit had no slot soon.",
     "asklane_jobs_stalled": "Jobs re-run after their worker died.",
     "asklane_ai_tokens": "Tokens used, by kind (input, output).",
+    "asklane_ai_cache_tokens": (
+        "Input tokens written to (write) or read from (read) Anthropic's prompt cache, by model and job kind."
+    ),
 }
 
 
@@ -142,6 +145,16 @@ class Recorder:
             for kind in ("input", "output"):
                 if fields.get(f"{kind}_tokens") is not None:
                     counts["asklane_ai_tokens", _labels({"kind": kind})] = fields[f"{kind}_tokens"]
+            for use, field in (("write", "cache_creation_input_tokens"), ("read", "cache_read_input_tokens")):
+                if fields.get(field):
+                    # Bounded labels only: the model that answered and the job kind, never who asked
+                    # ("job_kind": Prometheus sets "job" on every scraped series itself).
+                    labels = {
+                        "cache": use,
+                        "model": str(fields.get("model")),
+                        "job_kind": str(fields.get("kind")),
+                    }
+                    counts["asklane_ai_cache_tokens", _labels(labels)] = fields[field]
             for name, field, scale in (
                 ("asklane_ai_latency_seconds", "ai_ms", 1000),
                 ("asklane_queued_seconds", "queued_ms", 1000),

@@ -278,3 +278,101 @@ return 0
 slack_post_slot = Script(SLACK_POST_SLOT)
 slack_pause = Script(SLACK_PAUSE)
 slack_paused_for = Script(SLACK_PAUSED_FOR)
+
+# --- used by workers/memory.py ---
+# KEYS: the job's stored answer, the conversation (a list of JSON exchanges, oldest first).
+# ARGV: answer JSON, answer TTL s, job id, exchange JSON, its characters, most exchanges kept,
+# most characters kept, conversation TTL ms.
+# Stores the job's answer and appends its exchange to the conversation in one step, so a re-run
+# that reuses the stored answer never appends again. Returns {1, ''} when stored; {0, answer}
+# when another run of the job stored an answer first (it is the one to post); {0, ''} when the
+# job's exchange is already in the conversation (an earlier run answered and posted it). Then
+# drops the oldest exchanges past either cap (the newest is always kept: it arrives cut to the
+# character cap) and restarts the conversation's expiry. Entries it cannot read count by length.
+REMEMBER_ANSWER = """
+local stored = redis.call('GET', KEYS[1])
+if stored then return {0, stored} end
+local entries = redis.call('LRANGE', KEYS[2], 0, -1)
+local sizes = {}
+for i, raw in ipairs(entries) do
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' then
+    if entry['job_id'] == ARGV[3] then return {0, ''} end
+    sizes[i] = tonumber(entry['chars']) or #raw
+  else
+    sizes[i] = #raw
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[4])
+sizes[#entries + 1] = tonumber(ARGV[5])
+local count = #entries + 1
+local total = 0
+for i = 1, count do total = total + sizes[i] end
+local first = 1
+while count > 1 and (count > tonumber(ARGV[6]) or total > tonumber(ARGV[7])) do
+  redis.call('LPOP', KEYS[2])
+  total = total - sizes[first]
+  first = first + 1
+  count = count - 1
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+return {1, ''}
+"""
+
+# --- used by workers/in_order.py (jobs that run one at a time per group, app/contract/jobs.py InOrder) ---
+# KEYS: the group's sorted set (job ids by position).  ARGV: job id, arq's job key prefix, most
+# earlier members looked at.
+# Returns {earlier members still alive, the first of them ('' if none)}. A member is alive while
+# arq holds its job (its job key: queued, deferred or running); a dead one (failed or finished by
+# arq, expired) is removed here. A job absent from the set (its entry expired, or queued before
+# the set existed) has nothing to wait for: {0, ''}. Job keys are built from the prefix rather
+# than passed, as their ids are only known inside (asklane runs on one Redis, not a cluster).
+IN_ORDER_AHEAD = """
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not mine then return {0, ''} end
+local earlier = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine, 'LIMIT', 0, tonumber(ARGV[3]))
+local alive, first = 0, ''
+for _, id in ipairs(earlier) do
+  if redis.call('EXISTS', ARGV[2] .. id) == 1 then
+    alive = alive + 1
+    if first == '' then first = id end
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return {alive, first}
+"""
+
+# KEYS: the group's sorted set, arq's queue, re-scored interactive jobs.  ARGV: the finished job
+# id, arq's job key prefix, the worker's now ms, the interactive priority offset ms, most members
+# looked at.
+# Removes the finished job and brings the next live member forward: if it is deferred (scored in
+# the future) it is re-scored to now, in the interactive lane when it was re-scored out of it
+# (app/contract/queue.py), so it runs at once. Dead members met on the way are removed.
+# Returns {the next member ('' if none), 1 when it was moved forward else 0}.
+IN_ORDER_NEXT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local now = tonumber(ARGV[3])
+for _ = 1, tonumber(ARGV[5]) do
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0)
+  if #head == 0 then return {'', 0} end
+  local id = head[1]
+  if redis.call('EXISTS', ARGV[2] .. id) == 1 then
+    local score = redis.call('ZSCORE', KEYS[2], id)
+    if score and tonumber(score) > now then
+      local due = now
+      if redis.call('ZREM', KEYS[3], id) == 1 then due = now - tonumber(ARGV[4]) end
+      redis.call('ZADD', KEYS[2], 'XX', string.format('%.3f', due), id)
+      return {id, 1}
+    end
+    return {id, 0}
+  end
+  redis.call('ZREM', KEYS[1], id)
+end
+return {'', 0}
+"""
+
+remember_answer = Script(REMEMBER_ANSWER)
+in_order_ahead = Script(IN_ORDER_AHEAD)
+in_order_next = Script(IN_ORDER_NEXT)

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     ai_timeout_seconds: PositiveSeconds = 30.0
     ai_backpressure_max_wait_seconds: PositiveSeconds = 180.0
     #: Tokens of conversation (system prompt, earlier turns, the question) sent with a thread
-    #: question, estimated conservatively (workers/conversation.py); the oldest turns go first.
+    #: question, estimated conservatively (workers/prompt.py); the oldest turns go first.
     ai_context_tokens: Annotated[int, Field(ge=1000, le=1_000_000)] = 20_000
 
     # Conversations in threads and DMs, kept in Redis (workers/memory.py).

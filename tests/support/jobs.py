@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
 
 import pytest
 import redis
+from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from app.contract import keys
-from app.contract.events import JobEvents
+from app.contract.events import ALL, Hook, JobEvents
 from app.contract.job import AskJob
-from app.contract.jobs import JobBase, parse_job
+from app.contract.jobs import JobBase, ThreadQuestion, parse_job, question_from_message
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
 from workers.kinds import JobKind
@@ -23,6 +26,21 @@ from workers.loop import AsklaneWorker
 from workers.process import worker_settings
 
 DRAIN_TIMEOUT_SECONDS = 90
+
+T = TypeVar("T")
+
+
+def with_redis(settings: Settings, step: Callable[[ArqRedis], Awaitable[T]]) -> T:
+    """Run ``step`` with the client a process opens (app/contract/queue.py), from sync test code."""
+
+    async def run() -> T:
+        client = open_redis(settings)
+        try:
+            return await step(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
 
 
 def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, redis_age: float | None) -> None:
@@ -41,6 +59,52 @@ def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, red
     else:
         seconds, micros = client.time()
         client.set(key, int(seconds * 1000 + micros // 1000 - redis_age * 1000), px=3_600_000)
+
+
+def thread_question(
+    text: str,
+    *,
+    message_ts: str,
+    thread_ts: str | None = None,
+    user_id: str = "U0ASKER",
+    channel_id: str = "C0THREADS",
+    team_id: str = "T0TEAM",
+) -> ThreadQuestion:
+    """A question asked in a thread (a mention), as the web queues it; top-level when
+    ``thread_ts`` is None."""
+    return question_from_message(
+        team_id=team_id,
+        enterprise_id=None,
+        user_id=user_id,
+        channel_id=channel_id,
+        message_ts=message_ts,
+        thread_ts=thread_ts,
+        text=text,
+        source="mention",
+        enqueued_at=datetime.now(UTC),
+    )
+
+
+def enqueue_jobs(settings: Settings, client: redis.Redis, jobs: Sequence[JobBase]) -> None:
+    """Queue ``jobs`` with the contract's queue, in this order, each also entered in its in-order
+    group (``job.in_order``) as the web's enqueue script does.
+
+    The entry is added here until the web's enqueue writes it itself (then this ZADD NX is a
+    no-op): the same member and score.
+    """
+
+    async def enqueue() -> None:
+        arq_redis = open_redis(settings)
+        try:
+            for job in jobs:
+                assert await enqueue_ask(arq_redis, job)
+                group = job.in_order
+                if group is not None:
+                    client.zadd(group.key, {job.job_id: group.position}, nx=True)
+        finally:
+            await arq_redis.aclose()
+
+    asyncio.run(enqueue())
 
 
 def queued_job_ids(client: redis.Redis) -> list[str]:
@@ -68,16 +132,37 @@ def drain(
     Bounded, so a worker that never drains fails the test instead of hanging the whole run, and
     the failure shows where every task of the loop was waiting.
     """
+    return drain_together(settings, [events or JobEvents()], kinds=kinds)[0]
 
-    async def run() -> Worker:
-        worker = AsklaneWorker(**worker_settings(settings, events, kinds), burst=True, handle_signals=False)
+
+def drain_together(
+    settings: Settings,
+    events: Sequence[JobEvents],
+    *,
+    kinds: Mapping[str, JobKind] | None = None,
+) -> list[Worker]:
+    """Run one real worker per JobEvents in ``events``, side by side on one event loop in this
+    process, until the queue (retries included) is empty; bounded as :func:`drain` is.
+
+    Each worker has its own events (its start-up subscribes its metrics recorder to them), its
+    own rate limiter and WORKER_CONCURRENCY slots, as separate worker processes would.
+    """
+
+    async def run() -> list[Worker]:
+        workers = [
+            AsklaneWorker(**worker_settings(settings, each, kinds), burst=True, handle_signals=False)
+            for each in events
+        ]
         try:
-            await asyncio.wait_for(worker.async_run(), DRAIN_TIMEOUT_SECONDS)
+            await asyncio.wait_for(
+                asyncio.gather(*(worker.async_run() for worker in workers)), DRAIN_TIMEOUT_SECONDS
+            )
         except TimeoutError:
-            pytest.fail(f"worker did not drain in {DRAIN_TIMEOUT_SECONDS} s; tasks:\n{task_stacks()}")
+            pytest.fail(f"workers did not drain in {DRAIN_TIMEOUT_SECONDS} s; tasks:\n{task_stacks()}")
         finally:
-            await asyncio.wait_for(worker.close(), 10)
-        return worker
+            for worker in workers:
+                await asyncio.wait_for(worker.close(), 10)
+        return workers
 
     loop = asyncio.new_event_loop()
     try:
@@ -92,6 +177,14 @@ def drain(
             assert not stuck, f"tasks ignored cancellation:\n{task_stacks(loop)}"
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def recording(hook: Hook, count: int = 1) -> list[JobEvents]:
+    """``count`` JobEvents (one per worker) that each pass every event to ``hook``."""
+    events = [JobEvents() for _ in range(count)]
+    for each in events:
+        each.subscribe(ALL, hook)
+    return events
 
 
 async def until_jobs_settle(*workers: Worker) -> None:

@@ -1,5 +1,11 @@
 """A fake Anthropic Messages API: records requests, answers from a script or with an echo.
 
+A request whose blocks carry ``cache_control`` is answered with prompt-caching usage as Anthropic
+reports it: each marked prefix seen before (same model, same blocks) is read from the cache
+(``cache_read_input_tokens``), a new one is written (``cache_creation_input_tokens``), and
+``input_tokens`` counts only what follows the last mark. Tokens are counted as characters / 4;
+the fake caches prefixes of any length (Anthropic only caches those over a model's minimum).
+
 It also serves ``GET /v1/models/{id}`` (404 for ids it does not know), can enforce a rate limit
 the way Anthropic does (a continuously refilled bucket; over it, 429 ``rate_limit_error`` with
 ``retry-after``), and can send a reply's body verbatim or trickle it a byte at a time over a
@@ -9,6 +15,7 @@ chunked response.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import time
@@ -88,6 +95,28 @@ class _Limit:
     window: float
 
 
+def text_of(content: Any) -> str:
+    """The text of a message's content: a string, or its text blocks joined."""
+    if isinstance(content, str):
+        return content
+    return "\n\n".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
+
+
+def _blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's blocks in prompt order: system, then each message's."""
+    blocks: list[dict[str, Any]] = []
+    for part in [body.get("system")] + [message.get("content") for message in body.get("messages", [])]:
+        if isinstance(part, str):
+            blocks.append({"type": "text", "text": part})
+        elif isinstance(part, list):
+            blocks.extend(block for block in part if isinstance(block, dict))
+    return blocks
+
+
+def _tokens(block: dict[str, Any]) -> int:
+    return max(1, math.ceil(len(str(block.get("text", ""))) / 4))
+
+
 class FakeAnthropic(FakeServer):
     """Answers "Answer to: <question>" unless scripted otherwise."""
 
@@ -104,6 +133,8 @@ class FakeAnthropic(FakeServer):
         self._filled_at = 0.0
         #: Calls refused by the rate limit.
         self.refused = 0
+        #: Hashes of the prompt prefixes in the cache (model + blocks up to a cache_control mark).
+        self._cached: set[str] = set()
 
     def reset(self) -> None:
         super().reset()
@@ -112,6 +143,7 @@ class FakeAnthropic(FakeServer):
         with self._lock:
             self._limit = None
             self.refused = 0
+            self._cached = set()
 
     def rate_limit(
         self, *, requests: int | None = None, output_tokens: int | None = None, window: float = 60.0
@@ -199,14 +231,37 @@ class FakeAnthropic(FakeServer):
         else:
             reply = self.next_reply(MESSAGES) or self._over_limit()
         if reply is None:
-            question = body["messages"][-1]["content"]
-            reply = Reply(
-                json=message(f"Answer to: {question}", output_tokens=self.output_tokens),
-                headers={"request-id": "req_fake"},
-                delay=self.default_delay,
-            )
+            question = text_of(body["messages"][-1]["content"])
+            answer = message(f"Answer to: {question}", output_tokens=self.output_tokens)
+            cached = self._cache_usage(body)
+            if cached is not None:
+                answer["usage"].update(cached)
+            reply = Reply(json=answer, headers={"request-id": "req_fake"}, delay=self.default_delay)
         self.record(MESSAGES, request.headers, body, reply)
         return await self.respond(request, reply)
+
+    def _cache_usage(self, body: dict[str, Any]) -> dict[str, int] | None:
+        """Prompt-caching usage for a request with cache_control marks (None without any), and
+        the marked prefixes put in the cache."""
+        blocks = _blocks(body)
+        marks = [index for index, block in enumerate(blocks) if block.get("cache_control")]
+        if not marks:
+            return None
+        digest = hashlib.sha256(str(body.get("model")).encode())
+        prefixes = []
+        for index, block in enumerate(blocks):
+            digest.update(json.dumps({"text": block.get("text")}, sort_keys=True).encode())
+            if index in marks:
+                prefixes.append((index, digest.hexdigest()))
+        with self._lock:
+            hit = max((index for index, key in prefixes if key in self._cached), default=-1)
+            self._cached.update(key for _, key in prefixes)
+        last = marks[-1]
+        return {
+            "cache_read_input_tokens": sum(_tokens(block) for block in blocks[: hit + 1]),
+            "cache_creation_input_tokens": sum(_tokens(block) for block in blocks[hit + 1 : last + 1]),
+            "input_tokens": sum(_tokens(block) for block in blocks[last + 1 :]),
+        }
 
     async def respond(self, request: web.Request, reply: Reply) -> web.StreamResponse:
         if not isinstance(reply, RawReply):
