@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import pairwise
+from typing import Any
 
 import pytest
 import redis
@@ -13,6 +14,7 @@ from arq.connections import ArqRedis
 from app.contract import keys
 from app.contract.settings import Settings
 from tests.support.fakes.slack import POST_MESSAGE, FakeSlack, ratelimited
+from tests.support.jobs import drain, recording
 from tests.support.processes import WorkerProcess
 from tests.support.threads import TEAM, enqueue, in_redis, notice
 from tests.support.waiting import wait_until
@@ -20,6 +22,7 @@ from workers import slack_rate
 from workers.errors import DeliveryFailed
 
 RETRY_AFTER = 2.0
+POST = "chat.postMessage"
 
 
 def test_a_429_holds_every_workers_posts_to_the_workspace_until_retry_after(
@@ -113,3 +116,23 @@ def test_a_pause_longer_than_the_wait_allowed_defers_with_what_is_left(
 
     assert refused.value.retry_after is not None
     assert 4 < refused.value.retry_after <= 5
+
+
+def test_a_job_held_back_by_slacks_posting_limits_waits_without_spending_a_retry(
+    settings: Settings, fake_slack: FakeSlack
+) -> None:
+    held = notice("held back by a pause")
+    # Longer than a job may wait inside its run (JOB_TIMEOUT_SECONDS / 3 = 2 s here).
+    in_redis(settings, lambda client: slack_rate.pause(client, TEAM, 3, max_pause=60, call=POST))
+    enqueue(settings, held)
+    seen: list[str] = []
+
+    async def note(event: str, fields: dict[str, Any]) -> None:
+        seen.append(event)
+
+    [events] = recording(note)
+    drain(settings, events=events)
+
+    assert [post["text"] for post in fake_slack.posts()] == ["held back by a pause"]
+    assert "job.deferred" in seen
+    assert "job.retrying" not in seen

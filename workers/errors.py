@@ -55,6 +55,13 @@ class DeliveryFailed(TransientError):
     default_reason = "I had an answer, but Slack would not accept it. Please try again."
 
 
+class SlackBusy(DeliveryFailed):
+    """Slack's posting limits (a channel's next posting moment, a workspace paused after a 429)
+    leave no room in this run: the message did not fail, it must wait. Waiting uses none of the
+    job's retries (the runner defers it, as for the AI rate limiter), bounded by its age. Where it
+    is not waited out (the failure message) it counts as the delivery failure it subclasses."""
+
+
 class PermanentError(JobError):
     """Trying again cannot help: bad request, auth, refusal, a channel we cannot post to."""
 

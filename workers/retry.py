@@ -15,6 +15,8 @@
 | SlotTooFar       | wait for the rate limiter: deferred, not counted as a failure; fail     |
 |                  | when the wait would pass MAX_JOB_AGE_SECONDS or (for a job refused      |
 |                  | before) AI_BACKPRESSURE_MAX_WAIT_SECONDS                                |
+| SlackBusy        | wait for Slack's posting limits (a channel's next moment, a workspace   |
+|                  | paused by a 429): deferred until then, not counted; fail as SlotTooFar  |
 | Redis error      | whole job again in JOB_RETRY_BASE_SECONDS, uncounted; fail when that    |
 | outside policy   | would pass MAX_JOB_AGE_SECONDS                                          |
 | PermanentError   | fail now                                                                |

@@ -33,6 +33,7 @@ from workers.errors import (
     InvalidPayload,
     JobError,
     PermanentError,
+    SlackBusy,
     TransientError,
 )
 from workers.kinds import JobKind, LeaseLost, Run, Timings, WorkerDeps, record_delivery
@@ -234,6 +235,10 @@ async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: 
         return Abandoned("another run has this job")
     except SlotTooFar as wait:
         return await _wait_for_slot(kind, job, deps, wait.defer, enqueued_at, timings, score)
+    except SlackBusy as busy:
+        # Slack's posting limits, like the AI's: a wait, not a failure.
+        defer = busy.retry_after or settings.job_retry_base_seconds
+        return await _wait_for_slot(kind, job, deps, defer, enqueued_at, timings, score)
     except TimeoutError as error:
         failure: Exception = TransientError("job timed out")
         failure.__cause__ = error
@@ -288,8 +293,9 @@ async def _wait_for_slot(
     timings: Timings,
     score: int,
 ) -> Outcome:
-    """The rate limiter's next slot is too far off: defer, uncharged. Waiting is not a failure
-    and uses no retry; it is bounded all the same, so the user hears in time rather than never."""
+    """The next slot (the AI rate limiter's, or Slack's posting moment) is too far off: defer,
+    uncharged. Waiting is not a failure and uses no retry; it is bounded all the same, so the
+    user hears in time rather than never."""
     settings = deps.settings
     if too_old_to_wait(enqueued_at, defer):
         too_old = PermanentError("rate-limit wait would pass MAX_JOB_AGE_SECONDS", reason=TOO_OLD_REASON)

@@ -8,8 +8,8 @@
   overtaken by a pause set meanwhile waits it out too.
 
 A wait longer than the caller can afford (``max_wait``: part of a job's run) is not waited inside
-the job: :class:`~workers.errors.DeliveryFailed` carries it as ``retry_after``, so the runner
-defers the job until about then and the post is tried again.
+the job: :class:`~workers.errors.SlackBusy` carries it as ``retry_after``, so the runner defers
+the job until about then, spending none of its retries, and the post is tried again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import structlog
 from redis.asyncio import Redis
 
 from app.contract import keys, scripts
-from workers.errors import DeliveryFailed
+from workers.errors import SlackBusy
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +33,7 @@ async def wait_turn(
 ) -> float:
     """Book the channel's next posting moment and sleep until it; returns the seconds waited.
 
-    Raises DeliveryFailed (``retry_after``: the wait) when the moment is more than ``max_wait`` away.
+    Raises SlackBusy (``retry_after``: the wait) when the moment is more than ``max_wait`` away.
     """
     booked, wait_ms = await scripts.slack_post_slot(
         redis,
@@ -42,9 +42,7 @@ async def wait_turn(
     )
     wait = int(wait_ms) / 1000
     if not int(booked):
-        raise DeliveryFailed(
-            f"slack posting limit: next post in {channel_id} in {wait:g} s", retry_after=wait
-        )
+        raise SlackBusy(f"slack posting limit: next post in {channel_id} in {wait:g} s", retry_after=wait)
     if wait > 0:
         log.debug("slack.post_waited", channel=channel_id, wait_s=wait)
         await asyncio.sleep(wait)
@@ -55,13 +53,13 @@ async def wait_turn(
 async def honour_pause(redis: Redis, team_id: str, *, max_wait: float) -> float:
     """Sleep out the workspace's pause, if any; returns the seconds waited.
 
-    Raises DeliveryFailed (``retry_after``: the pause left) when it is longer than ``max_wait``.
+    Raises SlackBusy (``retry_after``: the pause left) when it is longer than ``max_wait``.
     """
     left = await paused_for(redis, team_id)
     if left <= 0:
         return 0.0
     if left > max_wait:
-        raise DeliveryFailed(f"slack paused this workspace for {left:g} s", retry_after=left)
+        raise SlackBusy(f"slack paused this workspace for {left:g} s", retry_after=left)
     await asyncio.sleep(left)
     return left
 
