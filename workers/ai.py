@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import anthropic
 import structlog
@@ -17,9 +16,6 @@ from app.contract.settings import Settings
 from workers.errors import BackPressure, PermanentError, TransientError
 from workers.prompt import Prompt
 from workers.retry_after import retry_after_seconds
-
-if TYPE_CHECKING:
-    from workers.kinds import Timings
 
 log = structlog.get_logger(__name__)
 
@@ -161,30 +157,6 @@ class Claude:
     async def close(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.close()
-
-
-def log_completed(answer: Answer) -> None:
-    """The ``ai.completed`` line of a job's AI call: model, latency, tokens (cache included)."""
-    log.info(
-        "ai.completed",
-        model=answer.model,
-        latency_ms=answer.latency_ms,
-        input_tokens=answer.input_tokens,
-        output_tokens=answer.output_tokens,
-        cache_creation_input_tokens=answer.cache_creation_input_tokens,
-        cache_read_input_tokens=answer.cache_read_input_tokens,
-        stop_reason=answer.stop_reason,
-        request_id=answer.request_id,
-    )
-
-
-def record_usage(timings: Timings, answer: Answer) -> None:
-    """Note what the AI call took in the run's timings, for job.completed and the retention record."""
-    timings.ai_ms = answer.latency_ms
-    timings.input_tokens, timings.output_tokens = answer.input_tokens, answer.output_tokens
-    timings.cache_creation_input_tokens = answer.cache_creation_input_tokens
-    timings.cache_read_input_tokens = answer.cache_read_input_tokens
-    timings.model = answer.model
 
 
 def _tokens(value: object) -> int:

@@ -10,9 +10,8 @@ from app.contract import messages
 from app.contract.jobs import AskQuestion, JobBase
 from app.contract.messages import SlackMessage
 from workers import job_state
-from workers.ai import log_completed, record_usage
 from workers.formatting import answer_message
-from workers.kinds import LeaseLost, Run
+from workers.kinds import Run
 from workers.prompt import single_question
 
 log = structlog.get_logger(__name__)
@@ -26,19 +25,10 @@ class AskKind:
 
     async def perform(self, run: Run) -> str:
         job = _ask(run.job)
-        deps, timings = run.deps, run.timings
+        deps = run.deps
         stored = await job_state.load_answer(deps.redis, job.job_id)
         if stored is None:
-            if run.lease.lost:
-                raise LeaseLost()
-            request = single_question(deps.settings.ai_system_prompt, job.text)
-            await deps.limiter.wait_for_slot()
-            # Nothing else may be awaited between the granted slot and the request.
-            answer = await deps.claude.ask(request)
-            log_completed(answer)
-            record_usage(timings, answer)
-            if answer.slow_down_for:
-                await deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
+            answer = await run.ask_claude(single_question(deps.settings.ai_system_prompt, job.text))
             stored = job_state.StoredAnswer(text=answer.text, cut_short=answer.cut_short)
             await job_state.save_answer(deps.redis, job.job_id, stored)
         else:

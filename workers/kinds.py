@@ -26,8 +26,9 @@ from workers import job_state
 from workers.lease import Lease
 
 if TYPE_CHECKING:
-    from workers.ai import Claude
+    from workers.ai import Answer, Claude
     from workers.delivery import SlackDelivery
+    from workers.prompt import Prompt
     from workers.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
@@ -76,6 +77,37 @@ class Run:
     deps: WorkerDeps
     lease: Lease
     timings: Timings
+
+    async def ask_claude(self, request: Prompt) -> Answer:
+        """Ask Claude under the global rate limit, and note what the call took (``ai.completed``,
+        the run's timings). Raises LeaseLost when another run has the job, and the failure types
+        of workers/errors.py."""
+        if self.lease.lost:
+            raise LeaseLost()
+        deps = self.deps
+        await deps.limiter.wait_for_slot()
+        # Nothing else may be awaited between the granted slot and the request.
+        answer = await deps.claude.ask(request)
+        log.info(
+            "ai.completed",
+            model=answer.model,
+            latency_ms=answer.latency_ms,
+            input_tokens=answer.input_tokens,
+            output_tokens=answer.output_tokens,
+            cache_creation_input_tokens=answer.cache_creation_input_tokens,
+            cache_read_input_tokens=answer.cache_read_input_tokens,
+            stop_reason=answer.stop_reason,
+            request_id=answer.request_id,
+        )
+        timings = self.timings
+        timings.ai_ms = answer.latency_ms
+        timings.input_tokens, timings.output_tokens = answer.input_tokens, answer.output_tokens
+        timings.cache_creation_input_tokens = answer.cache_creation_input_tokens
+        timings.cache_read_input_tokens = answer.cache_read_input_tokens
+        timings.model = answer.model
+        if answer.slow_down_for:
+            await deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
+        return answer
 
     async def deliver(self, message: SlackMessage | Sequence[SlackMessage]) -> str:
         """Post the job's final message (or every part of a long one, in order) to its reply

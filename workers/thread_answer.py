@@ -10,7 +10,6 @@ from app.contract import messages
 from app.contract.jobs import JobBase, ThreadQuestion
 from app.contract.messages import SlackMessage
 from workers import job_state, memory, prompt
-from workers.ai import log_completed, record_usage
 from workers.formatting import thread_answer
 from workers.kinds import LeaseLost, Run
 
@@ -28,7 +27,7 @@ class ThreadKind:
 
     async def perform(self, run: Run) -> str:
         job = _question(run.job)
-        deps, timings = run.deps, run.timings
+        deps = run.deps
         # Best effort and never raises: for a thread, the status Slack shows under it.
         await deps.slack.update_notice(deps.redis, job, SlackMessage(text=THINKING))
         stored = await job_state.load_answer(deps.redis, job.job_id)
@@ -48,13 +47,7 @@ class ThreadKind:
                 turns_left_out=request.turns_left_out,
                 estimated_tokens=request.estimated_tokens,
             )
-            await deps.limiter.wait_for_slot()
-            # Nothing else may be awaited between the granted slot and the request.
-            answer = await deps.claude.ask(request)
-            log_completed(answer)
-            record_usage(timings, answer)
-            if answer.slow_down_for:
-                await deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
+            answer = await run.ask_claude(request)
             generated = job_state.StoredAnswer(text=answer.text, cut_short=answer.cut_short)
             # Kept with the exchange in one step, before it is posted: a re-run reuses it and
             # never remembers the exchange twice.
