@@ -8,7 +8,8 @@ import redis
 
 from app.contract import keys
 from app.contract.settings import Settings
-from tests.support.jobs import thread_question, with_redis
+from tests.support.jobs import in_redis
+from tests.support.threads import question
 from workers import memory
 from workers.job_state import StoredAnswer, load_answer
 
@@ -18,29 +19,27 @@ LIMITS = memory.Limits(ttl_seconds=3600, max_exchanges=20, max_chars=60_000)
 def _answer(
     settings: Settings, number: int, text: str, limits: memory.Limits = LIMITS, **asked: str
 ) -> StoredAnswer:
-    job = thread_question(
+    job = question(
         f"question {number}?", message_ts=f"1700000000.{number:06d}", thread_ts="1700000000.000000", **asked
     )
-    return with_redis(
+    return in_redis(
         settings,
         lambda client: memory.save_answer(client, job, StoredAnswer(text=text, cut_short=False), limits),
     )
 
 
 def _conversation_key() -> str:
-    return thread_question("any", message_ts="1", thread_ts="1700000000.000000").conversation_key
+    return question("any", message_ts="1", thread_ts="1700000000.000000").conversation_key
 
 
 def _stored(settings: Settings) -> list[memory.Exchange]:
-    return with_redis(settings, lambda client: memory.load(client, _conversation_key()))
+    return in_redis(settings, lambda client: memory.load(client, _conversation_key()))
 
 
 def test_an_answered_question_is_stored_with_its_asker_job_and_answer_beside_the_jobs_answer(
     settings: Settings,
 ) -> None:
-    job = thread_question(
-        "question 1?", message_ts="1700000000.000001", thread_ts="1700000000.000000", user_id="U7"
-    )
+    job = question("question 1?", message_ts="1700000000.000001", thread_ts="1700000000.000000", user_id="U7")
 
     posted = _answer(settings, 1, "answer 1.", user_id="U7")
 
@@ -52,7 +51,7 @@ def test_an_answered_question_is_stored_with_its_asker_job_and_answer_beside_the
         "question 1?",
         "answer 1.",
     )
-    assert with_redis(settings, lambda client: load_answer(client, job.job_id)) == posted
+    assert in_redis(settings, lambda client: load_answer(client, job.job_id)) == posted
 
 
 def test_storing_a_jobs_answer_again_appends_nothing_and_returns_the_first_answer(settings: Settings) -> None:
@@ -68,7 +67,7 @@ def test_a_job_whose_exchange_is_stored_and_posted_appends_nothing(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     _answer(settings, 1, "answer 1.")
-    job = thread_question("question 1?", message_ts="1700000000.000001", thread_ts="1700000000.000000")
+    job = question("question 1?", message_ts="1700000000.000001", thread_ts="1700000000.000000")
     redis_client.delete(keys.answer_key(job.job_id))  # as the delivered marker does
 
     _answer(settings, 1, "a late run's answer.")
@@ -139,16 +138,16 @@ def test_each_exchange_restarts_the_conversations_expiry(
 
 def test_conversations_of_different_threads_are_kept_apart(settings: Settings) -> None:
     _answer(settings, 1, "in the first thread.")
-    other = thread_question("elsewhere?", message_ts="1700000099.000001", thread_ts="1700000099.000000")
-    with_redis(
+    other = question("elsewhere?", message_ts="1700000099.000001", thread_ts="1700000099.000000")
+    in_redis(
         settings,
         lambda client: memory.save_answer(client, other, StoredAnswer(text="x", cut_short=False), LIMITS),
     )
 
     assert [item.answer for item in _stored(settings)] == ["in the first thread."]
-    assert [
-        item.answer for item in with_redis(settings, lambda c: memory.load(c, other.conversation_key))
-    ] == ["x"]
+    assert [item.answer for item in in_redis(settings, lambda c: memory.load(c, other.conversation_key))] == [
+        "x"
+    ]
 
 
 def test_an_entry_that_cannot_be_read_is_skipped_and_still_counts_toward_the_caps(

@@ -11,8 +11,8 @@ from app.contract.settings import Settings
 from tests.support.deployment import settings_from
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import POST_MESSAGE, SET_STATUS, SET_SUGGESTED_PROMPTS, FakeSlack
-from tests.support.jobs import drain
-from tests.support.threads import CHANNEL, DM, KINDS, THINKING, enqueue, in_redis, notice, prompts, question
+from tests.support.jobs import drain, enqueue, in_redis
+from tests.support.threads import CHANNEL, DM, KINDS, THINKING, notice, prompts, question
 from workers.delivery import LOADING_MESSAGES, SlackDelivery
 from workers.progress import sweep_once
 

@@ -14,9 +14,9 @@ from arq.connections import ArqRedis
 from app.contract import keys
 from app.contract.settings import Settings
 from tests.support.fakes.slack import POST_MESSAGE, FakeSlack, ratelimited
-from tests.support.jobs import drain, recording
+from tests.support.jobs import drain, enqueue, in_redis, recording
 from tests.support.processes import WorkerProcess
-from tests.support.threads import TEAM, enqueue, in_redis, notice
+from tests.support.threads import TEAM, notice
 from tests.support.waiting import wait_until
 from workers import slack_rate
 from workers.errors import DeliveryFailed

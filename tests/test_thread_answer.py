@@ -21,8 +21,9 @@ from app.contract.jobs import ThreadQuestion
 from app.contract.messages import SlackMessage
 from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, text_of
-from tests.support.jobs import drain, enqueue_jobs, recording, thread_question, with_redis
+from tests.support.jobs import drain, enqueue, in_redis, recording
 from tests.support.processes import WorkerProcess
+from tests.support.threads import question
 from tests.support.waiting import wait_until
 from workers import memory
 from workers.job_state import StoredAnswer
@@ -34,7 +35,7 @@ EPHEMERAL = {"type": "ephemeral"}
 
 
 def _question(number: int, text: str | None = None, user_id: str = "U0ASKER") -> ThreadQuestion:
-    return thread_question(
+    return question(
         text or f"question {number}?",
         message_ts=f"{float(THREAD_TS) + number / 1000:.6f}",
         thread_ts=THREAD_TS,
@@ -43,17 +44,17 @@ def _question(number: int, text: str | None = None, user_id: str = "U0ASKER") ->
 
 
 def _ask(settings: Settings, client: redis.Redis, *questions: ThreadQuestion) -> None:
-    enqueue_jobs(settings, client, questions)
+    enqueue(settings, *questions)
     drain(settings)
 
 
 def _stored(settings: Settings, key: str) -> list[memory.Exchange]:
-    return with_redis(settings, lambda client: memory.load(client, key))
+    return in_redis(settings, lambda client: memory.load(client, key))
 
 
 def _remember(settings: Settings, job: ThreadQuestion, answer: str) -> None:
     stored = StoredAnswer(text=answer, cut_short=False)
-    with_redis(settings, lambda client: memory.save_answer(client, job, stored, memory.Limits.of(settings)))
+    in_redis(settings, lambda client: memory.save_answer(client, job, stored, memory.Limits.of(settings)))
 
 
 def test_the_first_question_of_a_thread_is_sent_alone_under_the_cached_system_prompt(
@@ -147,7 +148,7 @@ def test_a_question_that_cannot_fit_the_context_budget_fails_without_asking_clau
         if event == "job.failed":
             seen.append(fields)
 
-    enqueue_jobs(settings, redis_client, [_question(1)])
+    enqueue(settings, _question(1))
     drain(settings, events=recording(failed)[0])
 
     assert fake_anthropic.calls == []
@@ -172,7 +173,7 @@ def test_prompt_cache_tokens_are_logged_per_job_and_counted_in_metrics(
 ) -> None:
     worker = start_worker()
 
-    enqueue_jobs(settings, redis_client, [_question(1), _question(2)])
+    enqueue(settings, _question(1), _question(2))
     wait_until(lambda: len(worker.events("job.completed")) == 2, timeout=30)
 
     first, second = worker.events("ai.completed")

@@ -9,8 +9,8 @@ from app.contract import keys
 from app.contract.settings import Settings
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import POST_MESSAGE, FakeSlack
-from tests.support.jobs import drain
-from tests.support.threads import CHANNEL, FAIL, FAIL_REASON, KINDS, enqueue, question
+from tests.support.jobs import drain, enqueue
+from tests.support.threads import CHANNEL, FAIL, FAIL_REASON, KINDS, question
 from workers.delivery import NOT_A_MEMBER
 from workers.formatting import MARKDOWN_LIMIT, thread_answer
 

@@ -18,7 +18,8 @@ from app.contract.jobs import ThreadQuestion
 from app.contract.queue import PRIORITY_OFFSET_MS
 from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, text_of
-from tests.support.jobs import drain, drain_together, enqueue_jobs, recording, thread_question, with_redis
+from tests.support.jobs import drain, drain_together, enqueue, in_redis, recording
+from tests.support.threads import question
 from workers import in_order, memory
 from workers.retry import MAX_JOB_AGE_SECONDS
 
@@ -28,7 +29,7 @@ THREAD_TS = "1700000000.000100"
 def _question(number: int, thread_ts: str = THREAD_TS) -> ThreadQuestion:
     # A reply in the thread, number thousandths of a second after its top-level message.
     message_ts = f"{float(thread_ts) + number / 1000:.6f}"
-    return thread_question(f"question {number}?", message_ts=message_ts, thread_ts=thread_ts)
+    return question(f"question {number}?", message_ts=message_ts, thread_ts=thread_ts)
 
 
 def _one_at_a_time(settings: Settings) -> Settings:
@@ -54,7 +55,7 @@ def test_two_questions_in_one_thread_are_answered_in_order_by_two_workers_and_th
     # Slow enough that the free worker picks the other question while the first is answered.
     fake_anthropic.default_delay = 1.0
     first, second = _question(1), _question(2)
-    enqueue_jobs(settings, redis_client, [first, second] if queued_first == 1 else [second, first])
+    enqueue(settings, *([first, second] if queued_first == 1 else [second, first]))
     seen = _Seen()
 
     drain_together(_one_at_a_time(settings), recording(seen, 2))
@@ -72,7 +73,7 @@ def test_two_questions_in_one_thread_are_answered_in_order_by_two_workers_and_th
     # Waiting is not a failure: the second question's one run that did work is its first attempt.
     assert [fields["attempt"] for fields in seen.named("job.started")] == [1, 1]
     assert [fields["job_id"] for fields in seen.named("job.completed")] == [first.job_id, second.job_id]
-    stored = with_redis(settings, lambda client: memory.load(client, first.conversation_key))
+    stored = in_redis(settings, lambda client: memory.load(client, first.conversation_key))
     assert [item.question for item in stored] == ["question 1?", "question 2?"]
     assert not redis_client.exists(first.in_order.key)
 
@@ -81,7 +82,7 @@ def test_questions_in_different_threads_are_answered_at_the_same_time(
     settings: Settings, redis_client: redis.Redis, fake_anthropic: FakeAnthropic
 ) -> None:
     fake_anthropic.default_delay = 1.0
-    enqueue_jobs(settings, redis_client, [_question(1), _question(1, thread_ts="1700000000.000200")])
+    enqueue(settings, _question(1), _question(1, thread_ts="1700000000.000200"))
     seen = _Seen()
 
     drain_together(_one_at_a_time(settings), recording(seen, 2))
@@ -97,7 +98,7 @@ def test_a_question_with_no_live_question_before_it_runs_at_once(
 ) -> None:
     question = _question(2)
     group = question.in_order
-    enqueue_jobs(settings, redis_client, [question])
+    enqueue(settings, question)
     if earlier == "dead":
         # An earlier question arq has finished or failed: its job key is gone.
         redis_client.zadd(group.key, {"thread-long-gone": group.position - 1})
@@ -117,7 +118,7 @@ def test_a_question_waiting_for_its_turn_still_ends_at_the_maximum_age(
 ) -> None:
     question = _question(2)
     group = question.in_order
-    enqueue_jobs(settings, redis_client, [question])
+    enqueue(settings, question)
     # An earlier question arq still holds (its job key lives) but that never ends.
     redis_client.set(keys.job_key("thread-stuck"), b"{}", px=3_600_000)
     redis_client.zadd(group.key, {"thread-stuck": group.position - 1})
@@ -139,16 +140,14 @@ def test_a_question_that_ends_brings_the_deferred_next_one_forward_and_wakes_a_w
     lane: str, settings: Settings, redis_client: redis.Redis
 ) -> None:
     first, second = _question(1), _question(2)
-    enqueue_jobs(settings, redis_client, [first, second])
+    enqueue(settings, first, second)
     later_ms = time.time() * 1000 + 60_000
     redis_client.zadd(keys.QUEUE_KEY, {second.job_id: later_ms})  # deferred, as a waiting job is
     if lane == "interactive":
         redis_client.zadd(keys.RESCORED_INTERACTIVE_KEY, {second.job_id: later_ms})
     redis_client.delete(keys.WAKE_KEY)
 
-    following = with_redis(
-        settings, lambda client: in_order.let_next_run(client, first.in_order, first.job_id)
-    )
+    following = in_redis(settings, lambda client: in_order.let_next_run(client, first.in_order, first.job_id))
 
     assert following == second.job_id
     assert redis_client.zrange(first.in_order.key, 0, -1) == [second.job_id.encode()]

@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import pytest
@@ -18,7 +17,7 @@ from arq.worker import Worker
 from app.contract import keys
 from app.contract.events import ALL, Hook, JobEvents
 from app.contract.job import AskJob
-from app.contract.jobs import JobBase, ThreadQuestion, parse_job, question_from_message
+from app.contract.jobs import JobBase, parse_job
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
 from workers.kinds import JobKind
@@ -30,17 +29,29 @@ DRAIN_TIMEOUT_SECONDS = 90
 T = TypeVar("T")
 
 
-def with_redis(settings: Settings, step: Callable[[ArqRedis], Awaitable[T]]) -> T:
-    """Run ``step`` with the client a process opens (app/contract/queue.py), from sync test code."""
+def in_redis(settings: Settings, work: Callable[[ArqRedis], Awaitable[T]]) -> T:
+    """Run ``work`` with the client a process opens (app/contract/queue.py), from sync test code;
+    returns what it returns."""
 
     async def run() -> T:
         client = open_redis(settings)
         try:
-            return await step(client)
+            return await work(client)
         finally:
             await client.aclose()
 
     return asyncio.run(run())
+
+
+def enqueue(settings: Settings, *jobs: JobBase) -> None:
+    """Queue ``jobs`` in this order as the web process does (the contract's enqueue, which also
+    enters a job in its in-order group)."""
+
+    async def run(redis: ArqRedis) -> None:
+        for job in jobs:
+            assert await enqueue_ask(redis, job)
+
+    in_redis(settings, run)
 
 
 def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, redis_age: float | None) -> None:
@@ -59,52 +70,6 @@ def enqueue_stamped(settings: Settings, client: redis.Redis, job: AskJob, *, red
     else:
         seconds, micros = client.time()
         client.set(key, int(seconds * 1000 + micros // 1000 - redis_age * 1000), px=3_600_000)
-
-
-def thread_question(
-    text: str,
-    *,
-    message_ts: str,
-    thread_ts: str | None = None,
-    user_id: str = "U0ASKER",
-    channel_id: str = "C0THREADS",
-    team_id: str = "T0TEAM",
-) -> ThreadQuestion:
-    """A question asked in a thread (a mention), as the web queues it; top-level when
-    ``thread_ts`` is None."""
-    return question_from_message(
-        team_id=team_id,
-        enterprise_id=None,
-        user_id=user_id,
-        channel_id=channel_id,
-        message_ts=message_ts,
-        thread_ts=thread_ts,
-        text=text,
-        source="mention",
-        enqueued_at=datetime.now(UTC),
-    )
-
-
-def enqueue_jobs(settings: Settings, client: redis.Redis, jobs: Sequence[JobBase]) -> None:
-    """Queue ``jobs`` with the contract's queue, in this order, each also entered in its in-order
-    group (``job.in_order``) as the web's enqueue script does.
-
-    The entry is added here until the web's enqueue writes it itself (then this ZADD NX is a
-    no-op): the same member and score.
-    """
-
-    async def enqueue() -> None:
-        arq_redis = open_redis(settings)
-        try:
-            for job in jobs:
-                assert await enqueue_ask(arq_redis, job)
-                group = job.in_order
-                if group is not None:
-                    client.zadd(group.key, {job.job_id: group.position}, nx=True)
-        finally:
-            await arq_redis.aclose()
-
-    asyncio.run(enqueue())
 
 
 def queued_job_ids(client: redis.Redis) -> list[str]:

@@ -4,12 +4,9 @@ chooses the answer's length and shape without an AI call."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TypeVar
-
-from arq.connections import ArqRedis
 
 from app.contract.jobs import (
     JobBase,
@@ -21,8 +18,6 @@ from app.contract.jobs import (
     question_from_message,
 )
 from app.contract.messages import SlackMessage
-from app.contract.queue import enqueue_ask, open_redis
-from app.contract.settings import Settings
 from workers import job_state
 from workers.errors import PermanentError
 from workers.formatting import thread_answer
@@ -48,14 +43,21 @@ def next_ts() -> str:
     return f"1700000000.{next(_ts):06d}"
 
 
-def question(text: str, *, channel: str = CHANNEL, thread_ts: str | None = None) -> ThreadQuestion:
-    """A mention asked in ``channel`` (a new thread unless ``thread_ts``)."""
+def question(
+    text: str,
+    *,
+    channel: str = CHANNEL,
+    thread_ts: str | None = None,
+    message_ts: str | None = None,
+    user_id: str = USER,
+) -> ThreadQuestion:
+    """A mention asked in ``channel`` (a new thread unless ``thread_ts``), as the web queues it."""
     return question_from_message(
         team_id=TEAM,
         enterprise_id=None,
-        user_id=USER,
+        user_id=user_id,
         channel_id=channel,
-        message_ts=next_ts(),
+        message_ts=message_ts or next_ts(),
         thread_ts=thread_ts,
         text=text,
         source="mention",
@@ -85,16 +87,6 @@ def prompts(*, channel: str = DM) -> SuggestPrompts:
         event_id=f"Ev{next_ts()}",
         enqueued_at=datetime.now(UTC),
     )
-
-
-def enqueue(settings: Settings, *jobs: JobBase) -> None:
-    """Queue ``jobs`` as the web process does (the contract's enqueue)."""
-
-    async def run(redis: ArqRedis) -> None:
-        for job in jobs:
-            assert await enqueue_ask(redis, job)
-
-    in_redis(settings, run)
 
 
 class EchoKind:
@@ -128,16 +120,3 @@ class EchoKind:
 
 
 KINDS: Mapping[str, JobKind] = {"thread": EchoKind(), "notice": NOTICE, "prompts": PROMPTS}
-
-
-def in_redis(settings: Settings, work: Callable[[ArqRedis], Awaitable[T]]) -> T:
-    """Run ``work`` with an async client, as a worker has one; returns what it returns."""
-
-    async def run() -> T:
-        client = open_redis(settings)
-        try:
-            return await work(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
