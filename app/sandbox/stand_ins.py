@@ -10,8 +10,10 @@ exactly as they talk to the real ones, through the same settings, so nothing is 
   thread as Slack threads them (a top-level message starts its own thread), with each thread's
   status (``assistant.threads.setStatus``, cleared by a reply as Slack clears it) and the
   suggested prompts of each DM (``assistant.threads.setSuggestedPrompts``);
-  ``GET /sandbox/threads/<channel>/<thread_ts>?after=N`` and ``GET /sandbox/prompts/<channel>``
-  hand them to ``asklane chat``. ``auth.test`` names the sandbox's workspace and bot.
+  ``GET /sandbox/threads/<channel>/<thread_ts>?after=N`` (a thread's replies and status),
+  ``GET /sandbox/threads/<channel>`` (a channel's threads) and
+  ``GET /sandbox/prompts/<channel>?after=N`` hand them to ``asklane chat`` as they arrive.
+  ``auth.test`` names the sandbox's workspace and bot.
 * Claude, when there is no ANTHROPIC_API_KEY: an offline model at ``/anthropic`` speaking the
   Messages API, whose every answer says it is the stand-in, and how much of the conversation it
   was sent (so a follow-up shows that memory works).
@@ -191,6 +193,15 @@ class Threads:
                 "version": thread.version,
             }
 
+    async def in_channel(self, channel: str) -> list[dict[str, Any]]:
+        """The threads of ``channel`` the app posted in, oldest first, with how many messages."""
+        async with self._changed:
+            return [
+                {"thread_ts": thread_ts, "messages": len(thread.messages), "status": thread.status}
+                for (where, thread_ts), thread in sorted(self._threads.items())
+                if where == channel and thread.messages
+            ]
+
     async def prompts(self, channel: str, seen: int, wait: float) -> list[dict[str, Any]]:
         """The prompt sets offered in ``channel`` after the first ``seen``, waiting up to ``wait`` s."""
         async with self._changed:
@@ -309,6 +320,9 @@ def create_app() -> Starlette:
         )
         return JSONResponse(read)
 
+    async def channel_threads(request: Request) -> Response:
+        return JSONResponse(await threads.in_channel(request.path_params["channel"]))
+
     async def prompts(request: Request) -> Response:
         seen = int(request.query_params.get("after", "0"))
         return JSONResponse(await threads.prompts(request.path_params["channel"], seen, _wait(request)))
@@ -349,6 +363,7 @@ def create_app() -> Starlette:
             Route(RESPONSE_PATH + "{hook}", response_url, methods=["POST"]),
             Route(API_PATH + "{method}", web_api, methods=["POST"]),
             Route(MESSAGES_PATH + "{box}", messages, methods=["GET"]),
+            Route(THREADS_PATH + "{channel}", channel_threads, methods=["GET"]),
             Route(THREADS_PATH + "{channel}/{thread_ts}", thread, methods=["GET"]),
             Route(PROMPTS_PATH + "{channel}", prompts, methods=["GET"]),
             Route(ANTHROPIC_PATH + "/v1/models", models, methods=["GET"]),
