@@ -237,7 +237,7 @@ def _asklane_outside_the_stack(command: str, folder: Path, **env: str) -> subpro
     )
 
 
-@pytest.mark.parametrize("command", ["status", "ask"])
+@pytest.mark.parametrize("command", ["status", "ask", "chat"])
 @pytest.mark.parametrize("dotenv", [False, True], ids=["no-.env", ".env-from-example"])
 def test_without_credentials_or_a_running_sandbox_asklane_says_how_to_start_the_stack(
     tmp_path: Path, command: str, dotenv: bool
