@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -392,3 +393,21 @@ def test_chat_with_the_stack_not_running_says_in_one_line_how_to_start_it(
     [line] = capsys.readouterr().err.splitlines()
     assert status == 2
     assert "the stack is not running" in line and "`make run`" in line
+
+
+@pytest.mark.parametrize(
+    ("piped", "sent"),
+    [
+        ("hi\nmore\n", ["hi", "more"]),
+        ("hi\n\n   \nmore", ["hi", "more"]),
+        ("hi\n:quit\nnot sent\n", ["hi"]),
+        ("  spaced out  \n", ["spaced out"]),
+        ("", []),
+    ],
+    ids=["two-lines", "blank-lines-skipped", "quit-ends", "trimmed", "nothing"],
+)
+def test_piped_lines_are_sent_until_eof_or_quit(
+    piped: str, sent: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert list(chat.lines_from(io.StringIO(piped))) == sent
+    assert capsys.readouterr().out.splitlines() == [f"you> {line}" for line in sent]

@@ -297,20 +297,24 @@ class Chat:
 
 
 def lines_from(stream: IO[str]) -> Iterator[str]:
-    """Lines typed (with a prompt when a person is typing) or piped, without blank ones."""
-    interactive = stream.isatty()
+    """Lines typed at a terminal (after a prompt) or piped (echoed, so the transcript reads as a
+    conversation), without blank ones; EOF or :quit ends them."""
+    typing = stream is sys.stdin and stream.isatty()
     while True:
-        try:
-            line = input("you> ") if interactive and stream is sys.stdin else stream.readline()
-        except EOFError:
-            return
-        if not interactive and not line:
-            return
+        if typing:
+            try:
+                line = input("you> ")
+            except EOFError:
+                return
+        else:
+            line = stream.readline()
+            if not line:
+                return
         line = line.strip()
         if line == QUIT:
             return
         if line:
-            if not interactive:
+            if not typing:
                 print(f"you> {line}", flush=True)
             yield line
 
