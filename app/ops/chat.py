@@ -291,7 +291,10 @@ class Chat:
             for message in read["messages"]:
                 replied = True
                 self.errors += is_error(message)
-                self.say("asklane> " + render(message).replace("\n", "\n         "))
+                first, *rest = render(message).split("\n")
+                self.say(
+                    "\n".join([f"asklane> {first}", *(f"         {line}" if line else "" for line in rest)])
+                )
             if replied and not read["messages"]:
                 return True
 
