@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from app.contract import messages
 from app.contract.keys import FAILED_KEY
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
+from app.ops import chat
 from app.ops.cli import awaits_more, main
 from app.sandbox import stand_ins
 from tests.support.deployment import ROOT, settings_from
@@ -25,7 +28,7 @@ from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain, queued_job_ids
 from tests.support.processes import ASKLANE, WebProcess, WorkerProcess, free_port
-from tests.support.slack_requests import SlashCommands
+from tests.support.slack_requests import SlashCommands, signature_headers
 from tests.support.waiting import wait_until
 
 
@@ -235,7 +238,7 @@ def _asklane_outside_the_stack(command: str, folder: Path, **env: str) -> subpro
     )
 
 
-@pytest.mark.parametrize("command", ["status", "ask"])
+@pytest.mark.parametrize("command", ["status", "ask", "chat"])
 @pytest.mark.parametrize("dotenv", [False, True], ids=["no-.env", ".env-from-example"])
 def test_without_credentials_or_a_running_sandbox_asklane_says_how_to_start_the_stack(
     tmp_path: Path, command: str, dotenv: bool
@@ -266,3 +269,145 @@ def test_a_real_misconfiguration_is_still_reported_as_one(
     [line] = done.stderr.splitlines()
     assert done.returncode == 2
     assert line.startswith("asklane: invalid configuration:") and named in line
+
+
+# --- asklane chat: a DM conversation from the terminal ------------------------------------------
+
+
+PERSON = chat.Person()
+
+
+@pytest.mark.parametrize(
+    ("thread_ts", "threaded"),
+    [(None, {}), ("1700000000.000100", {"thread_ts": "1700000000.000100", "parent_user_id": PERSON.user_id})],
+    ids=["first-line-top-level", "later-line-in-its-thread"],
+)
+def test_a_line_is_a_direct_message_event_top_level_or_in_the_conversations_thread(
+    thread_ts: str | None, threaded: dict[str, str]
+) -> None:
+    payload = chat.dm_event(PERSON, "hello there", "1700000000.000200", thread_ts)
+
+    event = payload["event"]
+    assert (payload["type"], payload["team_id"], payload["api_app_id"]) == (
+        "event_callback",
+        stand_ins.TEAM_ID,
+        stand_ins.APP_ID,
+    )
+    assert payload["authorizations"][0]["user_id"] == stand_ins.BOT_USER_ID
+    assert (event["type"], event["channel_type"], event["channel"], event["user"]) == (
+        "message",
+        "im",
+        stand_ins.DM_CHANNEL,
+        stand_ins.USER_ID,
+    )
+    assert (event["text"], event["ts"]) == ("hello there", "1700000000.000200")
+    assert {key: event[key] for key in ("thread_ts", "parent_user_id") if key in event} == threaded
+    assert "subtype" not in event and "bot_id" not in event
+
+
+def test_every_message_has_a_fresh_ts_and_every_event_its_own_event_id() -> None:
+    clock = chat.Clock()
+    stamps = [clock.ts() for _ in range(1000)]
+    events = [chat.dm_event(PERSON, "same text", ts) for ts in stamps[:2]]
+
+    assert all(re.fullmatch(r"\d{10}\.\d{6}", ts) for ts in stamps)
+    assert [float(ts) for ts in stamps] == sorted({float(ts) for ts in stamps})
+    assert events[0]["event_id"] != events[1]["event_id"]
+
+
+def test_events_are_signed_as_slack_signs_them() -> None:
+    request = chat.signed_event(
+        "http://127.0.0.1:1/slack/events", chat.dm_event(PERSON, "hi", "1.000001"), "s3cret"
+    )
+    headers = {name.lower(): value for name, value in request.header_items()}
+    body = request.data
+    assert isinstance(body, bytes)
+
+    expected = signature_headers(body, secret="s3cret", timestamp=int(headers["x-slack-request-timestamp"]))
+
+    assert headers["x-slack-signature"] == expected["X-Slack-Signature"]
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["event"]["text"] == "hi"
+
+
+def test_opening_the_chat_is_opening_the_apps_messages_tab() -> None:
+    event = chat.home_opened_event(PERSON, "1700000000.000300")["event"]
+
+    assert (event["type"], event["tab"], event["user"], event["channel"]) == (
+        "app_home_opened",
+        "messages",
+        stand_ins.USER_ID,
+        stand_ins.DM_CHANNEL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        (
+            {"text": "fallback", "blocks": [{"type": "markdown", "text": "**bold** answer"}]},
+            "**bold** answer",
+        ),
+        (
+            {
+                "text": "t",
+                "blocks": [{"type": "markdown", "text": "part one"}, {"type": "markdown", "text": "two"}],
+            },
+            "part one\ntwo",
+        ),
+        (
+            {"text": "t", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": ":x: no"}}]},
+            ":x: no",
+        ),
+        (
+            {"text": "t", "blocks": [{"type": "context", "elements": [{"type": "mrkdwn", "text": "> q"}]}]},
+            "> q",
+        ),
+        ({"markdown_text": "# heading"}, "# heading"),
+        ({"text": "plain only"}, "plain only"),
+    ],
+    ids=["markdown-block", "several-blocks", "section", "context", "markdown_text", "text"],
+)
+def test_a_reply_is_shown_as_its_blocks_read(message: dict[str, Any], shown: str) -> None:
+    assert chat.render(message) == shown
+
+
+def test_chat_refuses_outside_the_sandbox(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    # The test deployment's Web API is not the sandbox's stand-in: posts would go to "Slack".
+    status = main(["chat", "--url", "http://127.0.0.1:1"], settings_from(env))
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert "asklane chat works in the sandbox" in line
+
+
+def test_chat_with_the_stack_not_running_says_in_one_line_how_to_start_it(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nothing_there = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("PORT", str(free_port()))
+    sandbox = env | {"SLACK_API_URL": nothing_there + stand_ins.API_PATH}
+
+    status = main(["chat"], settings_from(sandbox))
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert status == 2
+    assert "the stack is not running" in line and "`make run`" in line
+
+
+@pytest.mark.parametrize(
+    ("piped", "sent"),
+    [
+        ("hi\nmore\n", ["hi", "more"]),
+        ("hi\n\n   \nmore", ["hi", "more"]),
+        ("hi\n:quit\nnot sent\n", ["hi"]),
+        ("  spaced out  \n", ["spaced out"]),
+        ("", []),
+    ],
+    ids=["two-lines", "blank-lines-skipped", "quit-ends", "trimmed", "nothing"],
+)
+def test_piped_lines_are_sent_until_eof_or_quit(
+    piped: str, sent: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert list(chat.lines_from(io.StringIO(piped))) == sent
+    assert capsys.readouterr().out.splitlines() == [f"you> {line}" for line in sent]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,7 +13,9 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -44,6 +48,170 @@ def test_the_offline_model_says_what_it_is_in_every_answer() -> None:
     [block] = reply["content"]
     assert block["text"].startswith(stand_ins.OFFLINE_LABEL)
     assert "why?" in block["text"]
+
+
+def _post_message(stand_in: TestClient, **body: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = stand_in.post("/slack/api/chat.postMessage", json=body).json()
+    return reply
+
+
+def _thread(stand_in: TestClient, channel: str, thread_ts: str, after: int = 0) -> dict[str, Any]:
+    read: dict[str, Any] = stand_in.get(f"/sandbox/threads/{channel}/{thread_ts}?after={after}&wait=0").json()
+    return read
+
+
+def test_a_top_level_post_starts_a_thread_of_its_own_and_answers_with_its_ts() -> None:
+    with TestClient(stand_ins.create_app()) as stand_in:
+        reply = _post_message(stand_in, channel="D0DM", text="hello")
+        read = _thread(stand_in, "D0DM", reply["ts"])
+
+    assert reply["ok"] is True and reply["channel"] == "D0DM"
+    assert re.fullmatch(r"\d+\.\d{6}", reply["ts"])
+    [message] = read["messages"]
+    assert message["text"] == "hello" and message["thread_ts"] == reply["ts"]
+
+
+def test_thread_replies_are_kept_in_their_thread_in_order() -> None:
+    with TestClient(stand_ins.create_app()) as stand_in:
+        for text in ("first", "second"):
+            _post_message(stand_in, channel="D0DM", thread_ts="1700000000.000100", text=text)
+        _post_message(stand_in, channel="D0DM", thread_ts="1700000000.000200", text="elsewhere")
+
+        everything = _thread(stand_in, "D0DM", "1700000000.000100")
+        later = _thread(stand_in, "D0DM", "1700000000.000100", after=1)
+        threads = stand_in.get("/sandbox/threads/D0DM").json()
+
+    assert [m["text"] for m in everything["messages"]] == ["first", "second"]
+    assert [m["text"] for m in later["messages"]] == ["second"]
+    assert [(t["thread_ts"], t["messages"]) for t in threads] == [
+        ("1700000000.000100", 2),
+        ("1700000000.000200", 1),
+    ]
+    assert later["version"] == everything["version"] == 2
+
+
+def test_a_thread_shows_its_status_until_the_app_replies_as_slack_does() -> None:
+    thread = {"channel_id": "D0DM", "thread_ts": "1700000000.000100"}
+    with TestClient(stand_ins.create_app()) as stand_in:
+        stand_in.post(
+            "/slack/api/assistant.threads.setStatus",
+            json={**thread, "status": "is thinking…", "loading_messages": ["Reading…"]},
+        )
+        thinking = _thread(stand_in, "D0DM", "1700000000.000100")
+        _post_message(stand_in, channel="D0DM", thread_ts="1700000000.000100", text="the answer")
+        answered = _thread(stand_in, "D0DM", "1700000000.000100")
+
+    assert (thinking["status"], thinking["loading_messages"]) == ("is thinking…", ["Reading…"])
+    assert answered["status"] == "" and answered["version"] > thinking["version"]
+
+
+def test_suggested_prompts_are_recorded_per_dm_each_time_they_are_offered() -> None:
+    prompts = [{"title": "Summarise", "message": "Summarise this text"}]
+    with TestClient(stand_ins.create_app()) as stand_in:
+        for _ in range(2):
+            ok = stand_in.post(
+                "/slack/api/assistant.threads.setSuggestedPrompts",
+                json={"channel_id": "D0DM", "prompts": prompts},
+            ).json()
+        offered = stand_in.get("/sandbox/prompts/D0DM?after=0&wait=0").json()
+        later = stand_in.get("/sandbox/prompts/D0DM?after=1&wait=0").json()
+
+    assert ok == {"ok": True}
+    assert [o["prompts"] for o in offered] == [prompts, prompts] and len(later) == 1
+
+
+@pytest.mark.parametrize("encoding", ["json", "form"])
+def test_web_api_calls_are_read_as_json_and_as_forms_with_blocks_as_json_text(encoding: str) -> None:
+    blocks = [{"type": "markdown", "text": "**bold**"}]
+    with TestClient(stand_ins.create_app()) as stand_in:
+        if encoding == "json":
+            sent = stand_in.post(
+                "/slack/api/chat.postMessage", json={"channel": "D0DM", "text": "t", "blocks": blocks}
+            )
+        else:
+            sent = stand_in.post(
+                "/slack/api/chat.postMessage",
+                data={"channel": "D0DM", "text": "t", "blocks": json.dumps(blocks)},
+            )
+        [message] = _thread(stand_in, "D0DM", sent.json()["ts"])["messages"]
+
+    assert message["blocks"] == blocks
+
+
+def test_ephemeral_posts_sent_as_a_form_reach_the_askers_mailbox() -> None:
+    with TestClient(stand_ins.create_app()) as stand_in:
+        posted = stand_in.post(
+            "/slack/api/chat.postEphemeral", data={"channel": "C0C", "user": "U0U", "text": "only you"}
+        ).json()
+        [message] = stand_in.get("/sandbox/messages/C0C:U0U?after=0&wait=0").json()
+
+    assert posted["ok"] is True
+    assert message["text"] == "only you" and message["via"] == "chat.postEphemeral"
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "error"),
+    [
+        ("chat.postMessage", {"text": "no channel"}, "channel_not_found"),
+        ("chat.postMessage", {"channel": "D0DM"}, "no_text"),
+        ("assistant.threads.setStatus", {"channel_id": "D0DM", "status": "x"}, "invalid_arguments"),
+        ("assistant.threads.setSuggestedPrompts", {"channel_id": "D0DM", "prompts": []}, "invalid_arguments"),
+        ("chat.delete", {"channel": "D0DM", "ts": "1.2"}, "unknown_method"),
+    ],
+)
+def test_the_slack_stand_in_refuses_what_slack_refuses(method: str, body: dict[str, Any], error: str) -> None:
+    with TestClient(stand_ins.create_app()) as stand_in:
+        reply = stand_in.post(f"/slack/api/{method}", json=body)
+
+    assert reply.status_code == 200 and reply.json() == {"ok": False, "error": error}
+
+
+def test_auth_test_names_the_sandbox_workspace_and_its_bot() -> None:
+    with TestClient(stand_ins.create_app()) as stand_in:
+        reply = stand_in.post("/slack/api/auth.test").json()
+
+    assert (reply["team_id"], reply["user_id"], reply["bot_id"]) == (
+        stand_ins.TEAM_ID,
+        stand_ins.BOT_USER_ID,
+        stand_ins.BOT_ID,
+    )
+
+
+@pytest.mark.parametrize(
+    ("turns", "said"),
+    [
+        ([{"role": "user", "content": "why?"}], ["You asked: *why?*"]),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "why?", "cache_control": {"type": "ephemeral"}}],
+                }
+            ],
+            ["You asked: *why?*"],
+        ),
+        (
+            [
+                {"role": "user", "content": "first?"},
+                {"role": "assistant", "content": "an answer"},
+                {"role": "user", "content": [{"type": "text", "text": "second?"}]},
+            ],
+            ["You asked: *second?*", "1 earlier question(s)", "the last one was: *first?*"],
+        ),
+    ],
+    ids=["a-question", "content-blocks", "a-follow-up"],
+)
+def test_the_offline_model_answers_the_last_question_and_says_what_came_before(
+    turns: list[dict[str, Any]], said: list[str]
+) -> None:
+    with TestClient(stand_ins.create_app()) as stand_in:
+        reply = stand_in.post(
+            "/anthropic/v1/messages", json={"model": "m", "max_tokens": 10, "messages": turns}
+        ).json()
+
+    [block] = reply["content"]
+    for text in said:
+        assert text in block["text"]
 
 
 class LocalStack:
@@ -155,6 +323,38 @@ def test_make_run_without_accounts_answers_asklane_ask(
     assert stand_ins.OFFLINE_LABEL in transcript
     assert "You asked: *is the sandbox working?*" in transcript
     assert not (stack.checkout / ".local" / "sandbox.env").exists()
+
+
+def test_make_run_without_accounts_holds_a_dm_conversation_with_asklane_chat(
+    redis_server: RedisServer, start_stack: Callable[..., LocalStack]
+) -> None:
+    stack = start_stack(REDIS_URL=redis_server.url)
+    wait_until(lambda: is_alive(f"http://127.0.0.1:{stack.web_port}"), timeout=30, explain=stack.log)
+
+    # Lines piped in, as a script drives it: a DM, then a follow-up in its thread.
+    chatted = subprocess.run(
+        [str(stack.checkout / ".venv/bin/python"), "-m", "app.ops.cli", "chat"],
+        input="what is a thread?\nand a follow-up?\n",
+        cwd=stack.checkout,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    stand_in = f"http://127.0.0.1:{stack.sandbox_port}"
+    threads = httpx.get(f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}").json()
+    stack.stop()
+
+    transcript = chatted.stdout
+    assert chatted.returncode == 0, transcript + chatted.stderr + stack.log()
+    first, follow_up = transcript.split("you> and a follow-up?")
+    assert "You asked: *what is a thread?*" in first
+    assert "You asked: *and a follow-up?*" in follow_up
+    # The follow-up's answer was written with the conversation so far: memory works.
+    assert "1 earlier question(s)" in follow_up and "what is a thread?" in follow_up
+    # Both answers are replies in one thread of the DM: the one the first message started.
+    [thread] = threads
+    assert thread["messages"] >= 2, threads
 
 
 def test_ctrl_c_while_redis_is_starting_stops_make_run_with_nothing_left_running(

@@ -10,6 +10,9 @@
                                    ``make run`` starts it) and print what the asker sees; exits 0
                                    when the reply is complete, 1 when it is an error or does not
                                    come, 2 when it cannot ask (not the sandbox, stack not running)
+    asklane chat                   in the sandbox: a conversation in the app's DM, each line a
+                                   signed DM event to the web process, replies printed as they
+                                   arrive (app/ops/chat.py); EOF or ``:quit`` ends it
     asklane sandbox                run the sandbox's Slack and Claude stand-ins (app/sandbox/stand_ins.py)
 
 Tables for people by default; ``--json`` for scripts. Reads REDIS_URL and the rest of the
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
 from urllib.parse import urlencode
-from urllib.request import Request, urlopen
+from urllib.request import Request
 
 import uvicorn
 from pydantic import ValidationError
@@ -39,7 +42,8 @@ from pydantic import ValidationError
 from app.contract import messages
 from app.contract.queue import open_redis
 from app.contract.settings import SANDBOX_ENV_FILE, Settings, describe_errors
-from app.ops import operations
+from app.ops import chat, operations
+from app.ops.chat import StackUnreachable, fetch_json
 from app.sandbox import stand_ins
 from app.web.gate import FORM, signature_of
 from workers import retention
@@ -57,6 +61,8 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
         return ask_in_sandbox(
             settings or _load_settings(), args.question, args.url or web_url(), args.timeout
         )
+    if args.command == "chat":
+        return chat_in_sandbox(settings or _load_settings(), args.url or web_url(), args.timeout, args.settle)
     return asyncio.run(_run(args, settings or _load_settings()))
 
 
@@ -122,17 +128,26 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--url", help="the web process (default: http://127.0.0.1:$PORT, $PORT 3000 by default)")
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    chat_command = commands.add_parser(
+        "chat",
+        help="talk to asklane in its DM in the sandbox: each line a message, replies in its thread",
+        epilog="Lines come from the terminal or a pipe (printf 'hi\\nmore\\n' | asklane chat); EOF or "
+        f"{chat.QUIT} ends. exit status: 0 every line answered; 1 an error message, or no reply within "
+        "--timeout; 2 cannot chat (stack down, not the sandbox)",
+    )
+    chat_command.add_argument(
+        "--url", help="the web process (default: http://127.0.0.1:$PORT, $PORT 3000 by default)"
+    )
+    chat_command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
+    chat_command.add_argument(
+        "--settle",
+        type=float,
+        default=1.5,
+        help="seconds to wait for more parts of a reply before reading the next line (default 1.5)",
+    )
     sandbox_command = commands.add_parser("sandbox", help="run the local Slack and Claude stand-ins")
     sandbox_command.add_argument("--port", type=int, default=stand_ins.DEFAULT_PORT)
     return parser
-
-
-class StackUnreachable(Exception):
-    """The web process or the sandbox's stand-in did not answer: the stack is not running."""
-
-    def __init__(self, url: str, error: OSError) -> None:
-        reason = getattr(error, "reason", None) or error
-        super().__init__(f"nothing answers at {url} ({reason})")
 
 
 def awaits_more(ack: dict[str, Any]) -> bool:
@@ -160,6 +175,24 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
         return 1
 
 
+def chat_in_sandbox(settings: Settings, web_url: str, timeout: float, settle: float) -> int:
+    """``asklane chat``: lines from stdin, each a DM event; exit 0 when every line was answered,
+    1 when one was not or got an error message, 2 when it cannot chat."""
+    try:
+        return chat.chat(settings, web_url, sys.stdin, timeout=timeout, settle=settle)
+    except chat.NotTheSandbox:
+        print("asklane chat works in the sandbox: `make run` without Slack credentials", file=sys.stderr)
+        return 2
+    except StackUnreachable as error:
+        print(f"asklane: {error}: the stack is not running; {_START_HINT}", file=sys.stderr)
+        return 2
+    except HTTPError as error:
+        print(f"asklane: {error.url} answered HTTP {error.code} {error.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def _converse(settings: Settings, prefix: str, question: str, web_url: str, timeout: float) -> int:
     base = prefix.removesuffix(stand_ins.RESPONSE_PATH)
     hook = uuid.uuid4().hex
@@ -179,7 +212,7 @@ def _converse(settings: Settings, prefix: str, question: str, web_url: str, time
         "X-Slack-Request-Timestamp": timestamp,
         "X-Slack-Signature": signature_of(body, timestamp, settings.slack_signing_secret.get_secret_value()),
     }
-    ack = _json(Request(web_url + "/slack/events", body, headers), timeout=10)
+    ack = fetch_json(Request(web_url + "/slack/events", body, headers), timeout=10)
     print(_shown({"via": "ack", **ack}))
     if not awaits_more(ack):
         return 0
@@ -188,7 +221,9 @@ def _converse(settings: Settings, prefix: str, question: str, web_url: str, time
     while time.monotonic() < deadline:
         for box in seen:
             wait = 1.0 if box == hook else 0.0
-            arrived = _json(f"{base}{stand_ins.MESSAGES_PATH}{box}?after={seen[box]}&wait={wait}", timeout=15)
+            arrived = fetch_json(
+                f"{base}{stand_ins.MESSAGES_PATH}{box}?after={seen[box]}&wait={wait}", timeout=15
+            )
             seen[box] += len(arrived)
             for message in arrived:
                 print(_shown(message))
@@ -198,28 +233,9 @@ def _converse(settings: Settings, prefix: str, question: str, web_url: str, time
     return 1
 
 
-def _json(request: Request | str, timeout: float) -> Any:
-    url = request.full_url if isinstance(request, Request) else request
-    try:
-        with urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except HTTPError:
-        raise
-    except OSError as error:  # refused, reset, timed out: URLError and socket errors alike
-        raise StackUnreachable(url.split("?")[0], error) from None
-
-
 def _shown(message: dict[str, Any]) -> str:
-    """A message as the asker would read it: its blocks' text when it has blocks."""
-    parts = []
-    for block in message.get("blocks") or []:
-        if block.get("type") == "markdown":
-            parts.append(str(block.get("text", "")))
-        elif isinstance(block.get("text"), dict):
-            parts.append(str(block["text"].get("text", "")))
-        for element in block.get("elements") or []:
-            parts.append(str(element.get("text", "")))
-    return f"--- {message.get('via', 'response_url')}\n" + ("\n".join(parts) or str(message.get("text", "")))
+    """A message as the asker would read it, under the way it came."""
+    return f"--- {message.get('via', 'response_url')}\n" + chat.render(message)
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,20 +4,32 @@ One small HTTP server plays both outside parties; the web process and the worker
 exactly as they talk to the real ones, through the same settings, so nothing is short-circuited:
 
 * Slack: each command's response_url (``/slack/response/<hook>``) and the Web API
-  (``/slack/api/chat.postEphemeral``) record the messages asklane posts;
-  ``GET /sandbox/messages/<hook>?after=N`` hands them to ``asklane ask`` as they arrive.
+  (``/slack/api/<method>``) record what asklane posts. ``chat.postEphemeral`` messages are kept
+  per channel and user, and ``GET /sandbox/messages/<hook>?after=N`` hands them, or a
+  response_url's, to ``asklane ask`` as they arrive. ``chat.postMessage`` messages are kept per
+  thread as Slack threads them (a top-level message starts its own thread), with each thread's
+  status (``assistant.threads.setStatus``, cleared by a reply as Slack clears it) and the
+  suggested prompts of each DM (``assistant.threads.setSuggestedPrompts``);
+  ``GET /sandbox/threads/<channel>/<thread_ts>?after=N`` (a thread's replies and status),
+  ``GET /sandbox/threads/<channel>`` (a channel's threads) and
+  ``GET /sandbox/prompts/<channel>?after=N`` hand them to ``asklane chat`` as they arrive.
+  ``auth.test`` names the sandbox's workspace and bot.
 * Claude, when there is no ANTHROPIC_API_KEY: an offline model at ``/anthropic`` speaking the
-  Messages API, whose every answer says it is the stand-in.
+  Messages API, whose every answer says it is the stand-in, and how much of the conversation it
+  was sent (so a follow-up shows that memory works).
 
-Run by ``make run`` as the Procfile.sandbox's ``sandbox`` process (``asklane sandbox``).
+Run by ``make run`` as its ``sandbox`` process (``asklane sandbox``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +42,8 @@ RESPONSE_PATH = "/slack/response/"
 API_PATH = "/slack/api/"
 ANTHROPIC_PATH = "/anthropic"
 MESSAGES_PATH = "/sandbox/messages/"
+THREADS_PATH = "/sandbox/threads/"
+PROMPTS_PATH = "/sandbox/prompts/"
 
 #: Signing secret and bot token of sandbox mode: not secrets, since nothing outside the
 #: machine accepts them.
@@ -37,9 +51,18 @@ SIGNING_SECRET = "sandbox-signing-secret"
 BOT_TOKEN = "xoxb-sandbox-not-a-real-token"
 ANTHROPIC_KEY = "sandbox-offline-model"
 
+#: The sandbox's workspace as Slack would name it: the team, the app and its bot user, the person
+#: at the terminal and their DM with the app (its Messages tab).
+TEAM_ID = "T0SANDBOX"
+APP_ID = "A0SANDBOX"
+BOT_USER_ID = "U0ASKLANE"
+BOT_ID = "B0ASKLANE"
+USER_ID = "U0YOU"
+DM_CHANNEL = "D0SANDBOX"
+
 OFFLINE_LABEL = "_[offline stand-in model: set ANTHROPIC_API_KEY for real answers from Claude]_"
 
-#: How long ``GET /sandbox/messages`` waits for a new message before answering with none.
+#: How long a ``GET /sandbox/...`` read waits for something new before answering with nothing.
 POLL_SECONDS = 10.0
 
 
@@ -57,9 +80,30 @@ def sandbox_settings(port: int = DEFAULT_PORT, *, offline_model: bool) -> dict[s
     return env
 
 
-def offline_answer(question: str) -> str:
-    """What the offline model says: an echo, labelled so nobody mistakes it for Claude."""
-    return f"{OFFLINE_LABEL}\n\nYou asked: *{question}*\n\nWith a key, Claude would answer here."
+def offline_answer(question: str, earlier: list[str] | None = None) -> str:
+    """What the offline model says: an echo, labelled so nobody mistakes it for Claude. With
+    ``earlier`` questions of the same conversation, it says how many it was sent and the last."""
+    answer = f"{OFFLINE_LABEL}\n\nYou asked: *{question}*\n\nWith a key, Claude would answer here."
+    if earlier:
+        answer += (
+            f"\n\nI was sent this conversation's {len(earlier)} earlier question(s); "
+            f"the last one was: *{earlier[-1]}*"
+        )
+    return answer
+
+
+def text_of(content: Any) -> str:
+    """The text of a Messages API turn: a string, or a list of content blocks (a block marked for
+    prompt caching is one of them)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(block.get("text", ""))
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+    return str(content)
 
 
 class Mailboxes:
@@ -84,27 +128,204 @@ class Mailboxes:
             return self._messages[box][seen:]
 
 
+@dataclass
+class Thread:
+    """One thread as Slack shows it: the app's replies in order and its status line."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    status: str = ""
+    loading_messages: list[str] = field(default_factory=list)
+    #: Bumped by every change (a reply, a status set or cleared), so a reader can wait for one.
+    version: int = 0
+
+
+class Threads:
+    """What the app posted with ``chat.postMessage``, by channel and thread, and the status and
+    suggested prompts it set: the part of Slack ``asklane chat`` reads."""
+
+    def __init__(self) -> None:
+        self._threads: dict[tuple[str, str], Thread] = defaultdict(Thread)
+        self._prompts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._changed = asyncio.Condition()
+        self._last_ts = 0
+
+    def next_ts(self) -> str:
+        """A fresh ts as Slack writes it (seconds.microseconds): unique and increasing."""
+        self._last_ts = max(self._last_ts + 1, time.time_ns() // 1000)
+        return f"{self._last_ts // 1_000_000}.{self._last_ts % 1_000_000:06d}"
+
+    async def post(self, channel: str, thread_ts: str | None, message: dict[str, Any]) -> str:
+        """Record a message; returns its ts. A reply clears the thread's status, as Slack does."""
+        async with self._changed:
+            ts = self.next_ts()
+            thread = self._threads[(channel, thread_ts or ts)]
+            thread.messages.append({**message, "channel": channel, "ts": ts, "thread_ts": thread_ts or ts})
+            thread.status, thread.loading_messages = "", []
+            thread.version += 1
+            self._changed.notify_all()
+            return ts
+
+    async def set_status(self, channel: str, thread_ts: str, status: str, loading: list[str]) -> None:
+        async with self._changed:
+            thread = self._threads[(channel, thread_ts)]
+            thread.status, thread.loading_messages = status, loading
+            thread.version += 1
+            self._changed.notify_all()
+
+    async def set_prompts(self, channel: str, prompts: dict[str, Any]) -> None:
+        async with self._changed:
+            self._prompts[channel].append(prompts)
+            self._changed.notify_all()
+
+    async def read(self, channel: str, thread_ts: str, seen: int, since: int, wait: float) -> dict[str, Any]:
+        """The thread's messages after the first ``seen`` and its status, once it has changed
+        since ``version`` ``since`` (or after ``wait`` s)."""
+        async with self._changed:
+            thread = self._threads[(channel, thread_ts)]
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: thread.version > since), wait)
+            except TimeoutError:
+                pass
+            return {
+                "messages": thread.messages[seen:],
+                "status": thread.status,
+                "loading_messages": thread.loading_messages,
+                "version": thread.version,
+            }
+
+    async def in_channel(self, channel: str) -> list[dict[str, Any]]:
+        """The threads of ``channel`` the app posted in, oldest first, with how many messages."""
+        async with self._changed:
+            return [
+                {"thread_ts": thread_ts, "messages": len(thread.messages), "status": thread.status}
+                for (where, thread_ts), thread in sorted(self._threads.items())
+                if where == channel and thread.messages
+            ]
+
+    async def prompts(self, channel: str, seen: int, wait: float) -> list[dict[str, Any]]:
+        """The prompt sets offered in ``channel`` after the first ``seen``, waiting up to ``wait`` s."""
+        async with self._changed:
+            offered = self._prompts[channel]
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: len(offered) > seen), wait)
+            except TimeoutError:
+                pass
+            return offered[seen:]
+
+
+def _decoded(body: dict[str, Any], *names: str) -> dict[str, Any]:
+    """A form-encoded Web API call carries lists and objects as JSON strings; a JSON one as is."""
+    for name in names:
+        if isinstance(body.get(name), str):
+            try:
+                body[name] = json.loads(body[name])
+            except ValueError:
+                pass
+    return body
+
+
+def _error(error: str) -> Response:
+    return JSONResponse({"ok": False, "error": error})
+
+
 def create_app() -> Starlette:
     """The sandbox's ASGI app."""
     boxes = Mailboxes()
+    threads = Threads()
 
     async def response_url(request: Request) -> Response:
         await boxes.post(request.path_params["hook"], await request.json())
         return PlainTextResponse("ok")  # what Slack answers
 
-    async def web_api(request: Request) -> Response:
-        if request.path_params["method"] != "chat.postEphemeral":
-            return JSONResponse({"ok": False, "error": "unknown_method"})
-        form = await request.form() if "form" in request.headers.get("content-type", "") else None
-        body = dict(form) if form is not None else await request.json()
+    async def chat_post_ephemeral(body: dict[str, Any]) -> Response:
         # An ephemeral message is keyed by where it shows: the asker in the channel.
         await boxes.post(f"{body.get('channel')}:{body.get('user')}", {"via": "chat.postEphemeral", **body})
-        return JSONResponse({"ok": True, "message_ts": "1700000000.000100"})
+        return JSONResponse({"ok": True, "message_ts": threads.next_ts()})
+
+    async def chat_post_message(body: dict[str, Any]) -> Response:
+        channel = body.get("channel")
+        if not channel:
+            return _error("channel_not_found")
+        if not (body.get("text") or body.get("blocks") or body.get("markdown_text")):
+            return _error("no_text")
+        thread_ts = body.get("thread_ts") or None
+        message = {"via": "chat.postMessage", "user": BOT_USER_ID, "bot_id": BOT_ID, **body}
+        ts = await threads.post(str(channel), thread_ts and str(thread_ts), message)
+        shown = {key: body[key] for key in ("text", "blocks", "thread_ts") if key in body}
+        return JSONResponse(
+            {"ok": True, "channel": channel, "ts": ts, "message": {"type": "message", "ts": ts, **shown}}
+        )
+
+    async def set_status(body: dict[str, Any]) -> Response:
+        if not (body.get("channel_id") and body.get("thread_ts")) or "status" not in body:
+            return _error("invalid_arguments")
+        loading = [str(m) for m in body.get("loading_messages") or []]
+        await threads.set_status(
+            str(body["channel_id"]), str(body["thread_ts"]), str(body["status"]), loading
+        )
+        return JSONResponse({"ok": True})
+
+    async def set_suggested_prompts(body: dict[str, Any]) -> Response:
+        prompts = body.get("prompts")
+        if not body.get("channel_id") or not isinstance(prompts, list) or not prompts:
+            return _error("invalid_arguments")
+        await threads.set_prompts(
+            str(body["channel_id"]),
+            {"prompts": prompts, "title": body.get("title"), "thread_ts": body.get("thread_ts")},
+        )
+        return JSONResponse({"ok": True})
+
+    async def auth_test(body: dict[str, Any]) -> Response:
+        return JSONResponse(
+            {
+                "ok": True,
+                "url": "https://sandbox.slack.invalid/",
+                "team": "asklane sandbox",
+                "user": "asklane",
+                "team_id": TEAM_ID,
+                "user_id": BOT_USER_ID,
+                "bot_id": BOT_ID,
+                "is_enterprise_install": False,
+            }
+        )
+
+    methods = {
+        "chat.postEphemeral": chat_post_ephemeral,
+        "chat.postMessage": chat_post_message,
+        "assistant.threads.setStatus": set_status,
+        "assistant.threads.setSuggestedPrompts": set_suggested_prompts,
+        "auth.test": auth_test,
+    }
+
+    async def web_api(request: Request) -> Response:
+        method = methods.get(request.path_params["method"])
+        if method is None:
+            return _error("unknown_method")
+        raw = await request.body()
+        if "form" in request.headers.get("content-type", ""):
+            body = dict(parse_qsl(raw.decode(), keep_blank_values=True))  # no multipart parser needed
+        else:
+            body = json.loads(raw or b"{}")
+        return await method(_decoded(body, "blocks", "prompts", "loading_messages"))
 
     async def messages(request: Request) -> Response:
         seen = int(request.query_params.get("after", "0"))
-        wait = min(float(request.query_params.get("wait", POLL_SECONDS)), POLL_SECONDS)
-        return JSONResponse(await boxes.after(request.path_params["box"], seen, wait))
+        return JSONResponse(await boxes.after(request.path_params["box"], seen, _wait(request)))
+
+    async def thread(request: Request) -> Response:
+        seen = int(request.query_params.get("after", "0"))
+        since = int(request.query_params.get("version", "-1"))
+        read = await threads.read(
+            request.path_params["channel"], request.path_params["thread_ts"], seen, since, _wait(request)
+        )
+        return JSONResponse(read)
+
+    async def channel_threads(request: Request) -> Response:
+        return JSONResponse(await threads.in_channel(request.path_params["channel"]))
+
+    async def prompts(request: Request) -> Response:
+        seen = int(request.query_params.get("after", "0"))
+        return JSONResponse(await threads.prompts(request.path_params["channel"], seen, _wait(request)))
 
     async def models(request: Request) -> Response:
         model = {
@@ -119,8 +340,10 @@ def create_app() -> Starlette:
 
     async def anthropic_messages(request: Request) -> Response:
         body = json.loads(await request.body())
-        question = str(body["messages"][-1]["content"])
-        answer = offline_answer(question)
+        turns = body["messages"]
+        question = text_of(turns[-1]["content"])
+        earlier = [text_of(turn["content"]) for turn in turns[:-1] if turn.get("role") == "user"]
+        answer = offline_answer(question, earlier)
         return JSONResponse(
             {
                 "id": "msg_offline",
@@ -140,7 +363,14 @@ def create_app() -> Starlette:
             Route(RESPONSE_PATH + "{hook}", response_url, methods=["POST"]),
             Route(API_PATH + "{method}", web_api, methods=["POST"]),
             Route(MESSAGES_PATH + "{box}", messages, methods=["GET"]),
+            Route(THREADS_PATH + "{channel}", channel_threads, methods=["GET"]),
+            Route(THREADS_PATH + "{channel}/{thread_ts}", thread, methods=["GET"]),
+            Route(PROMPTS_PATH + "{channel}", prompts, methods=["GET"]),
             Route(ANTHROPIC_PATH + "/v1/models", models, methods=["GET"]),
             Route(ANTHROPIC_PATH + "/v1/messages", anthropic_messages, methods=["POST"]),
         ]
     )
+
+
+def _wait(request: Request) -> float:
+    return max(0.0, min(float(request.query_params.get("wait", POLL_SECONDS)), POLL_SECONDS))
