@@ -42,7 +42,7 @@ from app.contract import keys, scripts
 from app.contract.jobs import JobBase
 from app.contract.messages import SlackMessage
 from app.contract.settings import Settings
-from app.contract.targets import DirectMessage, Ephemeral, Thread
+from app.contract.targets import DirectMessage, Ephemeral, PrivateNote, Thread
 from workers import age, job_state, slack_rate
 from workers.errors import DeliveryFailed, PermanentError
 from workers.retry import too_old_to_wait
@@ -176,6 +176,9 @@ class SlackDelivery:
             case DirectMessage() as target:
                 await self._post_message(redis, job, target.channel_id, message, thread_ts=None)
                 return POST_MESSAGE
+            case PrivateNote() as target:
+                # Beside the message clicked, never over it: the same paths as an ephemeral reply.
+                return await self._send_ephemeral(redis, job, target, message, replace_original=False)
 
     async def update_notice(self, redis: ArqRedis, job: JobBase, message: SlackMessage) -> bool:
         """Show an interim notice; True when Slack took it. Never raises: the answer matters,
@@ -206,14 +209,23 @@ class SlackDelivery:
             return False
 
     async def _send_ephemeral(
-        self, redis: ArqRedis, job: JobBase, target: Ephemeral, message: SlackMessage
+        self,
+        redis: ArqRedis,
+        job: JobBase,
+        target: Ephemeral | PrivateNote,
+        message: SlackMessage,
+        *,
+        replace_original: bool = True,
     ) -> str:
         if not self.allows(target.response_url):
             # A response_url outside Slack's hosts means a forged or poisoned job: never POST there.
             log.warning("security.response_url_refused", host=urlsplit(target.response_url).hostname)
         elif await (budget := ResponseUrlBudget(redis)).take(job, interim=False):
             try:
-                if await self._via_response_url(target.response_url, message):
+                posted = await self._via_response_url(
+                    target.response_url, message, replace_original=replace_original
+                )
+                if posted:
                     return "response_url"
                 await budget.give_up(job, "refused")
             except DeliveryFailed as error:
@@ -276,7 +288,9 @@ class SlackDelivery:
             )
         return failure
 
-    async def _via_response_url(self, url: str, message: SlackMessage) -> bool:
+    async def _via_response_url(
+        self, url: str, message: SlackMessage, *, replace_original: bool = True
+    ) -> bool:
         """True when posted; False when Slack refused the URL and the fallback should be tried."""
         # No retry inside the SDK (its default re-sends on a dropped connection): every POST must
         # be one counted use of Slack's five.
@@ -286,8 +300,9 @@ class SlackDelivery:
                 text=message.text,
                 blocks=message.blocks,
                 response_type="ephemeral",
-                # Replace the "working on it" notice rather than leave it stale above the answer.
-                replace_original=True,
+                # Replace the "working on it" notice rather than leave it stale above the answer
+                # (a private note beside a clicked message replaces nothing).
+                replace_original=replace_original,
             )
         except (aiohttp.ClientError, TimeoutError) as error:
             raise DeliveryFailed(f"response_url {type(error).__name__}") from error
@@ -304,7 +319,7 @@ class SlackDelivery:
         return False
 
     async def _via_post_ephemeral(
-        self, redis: ArqRedis, job: JobBase, target: Ephemeral, message: SlackMessage
+        self, redis: ArqRedis, job: JobBase, target: Ephemeral | PrivateNote, message: SlackMessage
     ) -> None:
         team = job.asker.team_id
         await slack_rate.honour_pause(redis, team, max_wait=self._max_post_wait)

@@ -13,6 +13,11 @@ A kind adds only what is its own:
 * ``notice`` (:class:`ThreadNotice`): a short message the web process could not show in its ack
   (an Events API ack is not shown to anyone): over quota, too long, no question.
 * ``prompts`` (:class:`SuggestPrompts`): suggested prompts for a user who opened the Messages tab.
+* Clicks on an answer's buttons (app/contract/actions.py): ``feedback`` (:class:`Feedback`),
+  ``share`` (:class:`ShareAnswer`), ``dismiss`` (:class:`DismissAnswer`); Regenerate queues the
+  answered kind again (an ``ask`` to the click's response_url, or a ``thread`` question whose
+  source is ``regenerate``). Each names the answer it acts on by its job id; the answer's record
+  (app/contract/answers.py) says who asked what.
  Payloads are JSON
 (app/contract/job.py's serializer) under one arq function, :data:`RUN_JOB`; the worker picks the kind's
 steps by ``kind``.
@@ -35,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.contract import keys
 from app.contract.job import AskJob, reference_for
-from app.contract.targets import DirectMessage, Ephemeral, ReplyTarget, Thread
+from app.contract.targets import DirectMessage, Ephemeral, PrivateNote, ReplyTarget, Thread
 
 #: arq function name every job kind is queued under (v1 jobs were queued as ``answer_question``).
 RUN_JOB = "run_job"
@@ -113,7 +118,7 @@ class ThreadQuestion(JobBase):
 
     kind: Literal["thread"] = "thread"
     reply_to: Thread
-    source: Literal["mention", "dm"]
+    source: Literal["mention", "dm", "regenerate"]
     #: The question as the user wrote it, the app's own mention removed.
     text: str = Field(min_length=1)
     #: The ts of the user's message: its place in the thread.
@@ -135,11 +140,12 @@ class ThreadQuestion(JobBase):
 
 
 class ThreadNotice(JobBase):
-    """A short message posted in a thread for a message that was not queued as a question
-    (over quota, too long, nothing asked). Its dedupe key is the message's, as the question's."""
+    """A short message for a request that was not queued as a question: in a thread for a
+    message (over quota, too long, nothing asked; its dedupe key is the message's, as the
+    question's), or privately to whoever clicked a button (not your answer, record expired)."""
 
     kind: Literal["notice"] = "notice"
-    reply_to: Thread
+    reply_to: Annotated[Union[Thread, PrivateNote], Field(discriminator="type")]  # noqa: UP007
     #: Slack mrkdwn, built by app/contract/messages.py.
     text: str = Field(min_length=1)
 
@@ -151,8 +157,41 @@ class SuggestPrompts(JobBase):
     reply_to: DirectMessage
 
 
+class Feedback(JobBase):
+    """A thumbs up or down on an answer: recorded against the answered job, thanked privately
+    (``reply_to``). One job per click (its trigger_id)."""
+
+    kind: Literal["feedback"] = "feedback"
+    reply_to: PrivateNote
+    answer_job_id: str = Field(min_length=1)
+    value: Literal["good", "bad"]
+
+
+class ShareAnswer(JobBase):
+    """Post an ephemeral ``/ask`` answer in its channel, as the app, attributed to the asker.
+    Its dedupe key is the answer's, so a double click shares once. ``reply_to`` (the clicker)
+    hears when the app cannot post there."""
+
+    kind: Literal["share"] = "share"
+    reply_to: PrivateNote
+    answer_job_id: str = Field(min_length=1)
+    channel_id: str = Field(min_length=1)
+
+
+class DismissAnswer(JobBase):
+    """Remove an ephemeral ``/ask`` answer (``delete_original`` through the click's response_url,
+    ``reply_to``). Its dedupe key is the answer's: a double click dismisses once."""
+
+    kind: Literal["dismiss"] = "dismiss"
+    reply_to: Ephemeral
+    answer_job_id: str = Field(min_length=1)
+
+
 #: Every job kind the product queues, picked by ``kind``.
-Job = Annotated[Union[AskQuestion, ThreadQuestion, ThreadNotice, SuggestPrompts], Field(discriminator="kind")]  # noqa: UP007
+Job = Annotated[
+    Union[AskQuestion, ThreadQuestion, ThreadNotice, SuggestPrompts, Feedback, ShareAnswer, DismissAnswer],  # noqa: UP007
+    Field(discriminator="kind"),
+]
 
 #: The kinds this release can read, by ``kind`` (the union above, as parse_job looks it up).
 KINDS: Mapping[str, type[JobBase]] = {
@@ -160,6 +199,9 @@ KINDS: Mapping[str, type[JobBase]] = {
     "thread": ThreadQuestion,
     "notice": ThreadNotice,
     "prompts": SuggestPrompts,
+    "feedback": Feedback,
+    "share": ShareAnswer,
+    "dismiss": DismissAnswer,
 }
 
 
@@ -224,7 +266,7 @@ def question_from_message(
     message_ts: str,
     thread_ts: str | None,
     text: str,
-    source: Literal["mention", "dm"],
+    source: Literal["mention", "dm", "regenerate"],
     enqueued_at: datetime,
 ) -> ThreadQuestion:
     """The job a mention or DM queues; a top-level message starts its own thread. Raises

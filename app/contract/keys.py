@@ -225,3 +225,33 @@ def slack_post_slot_key(team_id: str, channel_id: str) -> str:
     """The next moment (Redis clock, ms) a message may be posted in a channel of a workspace:
     Slack allows about one message per second per channel, across all workers."""
     return f"asklane:slack:post-slot:{team_id}:{channel_id}"
+
+
+# --- streaming, Stop and buttons ---------------------------------------------------------------
+
+
+def stop_key(job_id: str) -> str:
+    """Set by the web process when someone presses Stop (the button, or Slack's agent Stop) for a
+    job; the worker running it, or the first to pick it up, ends it as stopped. STOP_TTL_SECONDS
+    (app/contract/stops.py)."""
+    return f"asklane:stop:{job_id}"
+
+
+def stream_key(job_id: str) -> str:
+    """The Slack messages a job's streamed answer has been written into (their ts, in order) and
+    how much of the answer reached Slack: a run that finds it after a crash completes those
+    messages instead of posting a second copy. STATE_TTL_SECONDS, as the job's other state."""
+    return f"asklane:stream:{job_id}"
+
+
+def answer_record_key(job_id: str) -> str:
+    """What an answer's buttons need once the job is gone: who asked what, where, and the answer
+    (app/contract/answers.py); ANSWER_RECORD_TTL_SECONDS, after which a click is told it expired."""
+    return f"asklane:answer:{job_id}"
+
+
+def slack_method_bucket_key(team_id: str, tier: str) -> str:
+    """Calls made to one of Slack's rate-limit tiers in a workspace, in a sliding window, shared by
+    every worker (workers/slack_rate.py): chat.appendStream is Tier 4, start/stopStream Tier 2,
+    chat.update Tier 3."""
+    return f"asklane:slack:tier:{team_id}:{tier}"

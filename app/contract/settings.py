@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     conversation_ttl_seconds: PositiveSeconds = 3 * 24 * 3600.0
     conversation_max_turns: Annotated[int, Field(ge=2, le=1000)] = 40
     conversation_max_chars: Annotated[int, Field(ge=1000, le=1_000_000)] = 60_000
+    #: How long an answer's buttons keep working (app/contract/answers.py).
+    answer_record_ttl_seconds: PositiveSeconds = 24 * 3600.0
 
     worker_concurrency: Annotated[int, Field(ge=1, le=1000)] = 5
     jobs_per_second: PositiveSeconds = 10.0

@@ -9,6 +9,8 @@ A target names a place in Slack and nothing about how to post there: delivery ro
   ``thread_ts``), seen by everyone in it.
 * ``direct_message``: a top-level message in the user's DM with the app (the Messages tab),
   for what belongs to no thread.
+* ``private_note``: a message only the person who clicked a button sees, beside (never
+  replacing) the message clicked.
 """
 
 from __future__ import annotations
@@ -25,6 +27,19 @@ class Ephemeral(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     type: Literal["ephemeral"] = "ephemeral"
+    response_url: str = Field(min_length=1)
+    channel_id: str = Field(min_length=1)
+    user_id: str = Field(min_length=1)
+
+
+class PrivateNote(BaseModel):
+    """A message only ``user_id`` sees, added beside the message they clicked a button on (thanks
+    for the feedback, not your answer, …), never replacing it: through the click's response_url
+    (``replace_original`` false), else by ``chat.postEphemeral`` in the channel."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["private_note"] = "private_note"
     response_url: str = Field(min_length=1)
     channel_id: str = Field(min_length=1)
     user_id: str = Field(min_length=1)
@@ -52,4 +67,4 @@ class DirectMessage(BaseModel):
 
 
 #: Every reply target a job may carry; pydantic picks the model by ``type``.
-ReplyTarget = Annotated[Union[Ephemeral, Thread, DirectMessage], Field(discriminator="type")]  # noqa: UP007
+ReplyTarget = Annotated[Union[Ephemeral, Thread, DirectMessage, PrivateNote], Field(discriminator="type")]  # noqa: UP007
