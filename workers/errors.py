@@ -69,3 +69,10 @@ class PermanentError(JobError):
 class InvalidPayload(PermanentError):
     """The job in Redis does not match the contract (app/contract/jobs.py): unknown version or kind,
     or malformed."""
+
+
+class StopRequested(Exception):
+    """Someone pressed Stop for this job (app/contract/stops.py): it ends as stopped, not failed and
+    not retried. Raised by a kind's steps when they see the stop request (the AI stream already
+    closed, the message already ended with its note), and by the runner for a job stopped before it
+    ran."""
