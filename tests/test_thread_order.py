@@ -1,8 +1,7 @@
 """One question at a time per thread, in the order asked, whichever worker holds each; different
 threads in parallel (workers/in_order.py, applied by the runner to any job with ``in_order``).
 
-The web's enqueue script enters each thread question in its thread's order set; until that change
-is merged, tests/support/jobs.py ``enqueue_jobs`` adds the entry beside the contract's enqueue.
+The web's enqueue script enters each thread question in its thread's order set.
 """
 
 from __future__ import annotations
@@ -111,6 +110,25 @@ def test_a_question_with_no_live_question_before_it_runs_at_once(
     assert len(fake_anthropic.calls) == 1
     assert seen.named("job.waiting_turn") == []
     assert not redis_client.exists(group.key)
+
+
+def test_an_earlier_question_queued_after_a_later_one_started_waits_for_it_to_end(
+    settings: Settings,
+) -> None:
+    # The later message's delivery got through first (the earlier one was refused during an
+    # outage and re-delivered by Slack a minute later): the later question is already running.
+    first, second = _question(1), _question(2)
+    group = second.in_order
+    enqueue(settings, second)
+    assert in_redis(settings, lambda client: in_order.ahead(client, group, second.job_id)).count == 0
+    enqueue(settings, first)
+
+    waiting = in_redis(settings, lambda client: in_order.ahead(client, group, first.job_id))
+    in_redis(settings, lambda client: in_order.let_next_run(client, group, second.job_id))
+    after = in_redis(settings, lambda client: in_order.ahead(client, group, first.job_id))
+
+    assert (waiting.count, waiting.first) == (1, second.job_id)
+    assert after.count == 0
 
 
 def test_a_question_waiting_for_its_turn_still_ends_at_the_maximum_age(

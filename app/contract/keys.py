@@ -207,6 +207,12 @@ def thread_order_key(team_id: str, channel_id: str, thread_ts: str) -> str:
     return "asklane:thread-order:" + _thread(team_id, channel_id, thread_ts)
 
 
+def in_order_turn_key(group_key: str) -> str:
+    """Which job of an in-order group (a thread's questions, keyed by thread_order_key) holds the
+    turn now; freed when it ends, and by expiry (workers/in_order.py TURN_SECONDS) at the latest."""
+    return group_key + ":turn"
+
+
 def part_delivered_key(job_id: str, part: int) -> str:
     """Set once Slack accepted part ``part`` of a multi-message answer: a re-run posts only the
     parts not yet marked (STATE_TTL_SECONDS, as the job's other state)."""

@@ -321,38 +321,50 @@ return {1, ''}
 """
 
 # --- used by workers/in_order.py (jobs that run one at a time per group, app/contract/jobs.py InOrder) ---
-# KEYS: the group's sorted set (job ids by position).  ARGV: job id, arq's job key prefix, most
-# earlier members looked at.
-# Returns {earlier members still alive, the first of them ('' if none)}. A member is alive while
-# arq holds its job (its job key: queued, deferred or running); a dead one (failed or finished by
-# arq, expired) is removed here. A job absent from the set (its entry expired, or queued before
-# the set existed) has nothing to wait for: {0, ''}. Job keys are built from the prefix rather
-# than passed, as their ids are only known inside (asklane runs on one Redis, not a cluster).
+# KEYS: the group's sorted set (job ids by position), the group's turn (who runs now).  ARGV: job
+# id, arq's job key prefix, most earlier members looked at, the turn's lifetime ms.
+# Returns {members to wait for, the first of them ('' if none)}. A job waits while an earlier
+# member is alive (arq holds its job: queued, deferred or running), and while another live member
+# holds the group's turn: a later message that was queued and started first (an earlier one's
+# delivery refused during an outage, two web processes) is not overtaken mid-answer. A dead member
+# (failed or finished by arq, expired) is removed here; a dead holder's turn is free. A job with
+# nothing to wait for takes the turn (the hand-over, IN_ORDER_NEXT, frees it). A job absent from the
+# set (its entry expired) waits only for the turn. Job keys are built from the prefix rather than
+# passed, as their ids are only known inside (asklane runs on one Redis, not a cluster).
 IN_ORDER_AHEAD = """
-local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not mine then return {0, ''} end
-local earlier = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine, 'LIMIT', 0, tonumber(ARGV[3]))
 local alive, first = 0, ''
-for _, id in ipairs(earlier) do
-  if redis.call('EXISTS', ARGV[2] .. id) == 1 then
-    alive = alive + 1
-    if first == '' then first = id end
-  else
-    redis.call('ZREM', KEYS[1], id)
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if mine then
+  local earlier = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine, 'LIMIT', 0, tonumber(ARGV[3]))
+  for _, id in ipairs(earlier) do
+    if redis.call('EXISTS', ARGV[2] .. id) == 1 then
+      alive = alive + 1
+      if first == '' then first = id end
+    else
+      redis.call('ZREM', KEYS[1], id)
+    end
   end
 end
-return {alive, first}
+if alive > 0 then return {alive, first} end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. holder) == 1 then
+  return {1, holder}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[4]))
+return {0, ''}
 """
 
-# KEYS: the group's sorted set, arq's queue, re-scored interactive jobs.  ARGV: the finished job
-# id, arq's job key prefix, the worker's now ms, the interactive priority offset ms, most members
-# looked at.
-# Removes the finished job and brings the next live member forward: if it is deferred (scored in
-# the future) it is re-scored to now, in the interactive lane when it was re-scored out of it
-# (app/contract/queue.py), so it runs at once. Dead members met on the way are removed.
+# KEYS: the group's sorted set, arq's queue, re-scored interactive jobs, the group's turn.  ARGV:
+# the finished job id, arq's job key prefix, the worker's now ms, the interactive priority offset
+# ms, most members looked at.
+# Removes the finished job, frees the turn if it held it, and brings the next live member
+# forward: if it is deferred (scored in the future) it is re-scored to now, in the interactive
+# lane when it was re-scored out of it (app/contract/queue.py), so it runs at once. Dead members
+# met on the way are removed.
 # Returns {the next member ('' if none), 1 when it was moved forward else 0}.
 IN_ORDER_NEXT = """
 redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 local now = tonumber(ARGV[3])
 for _ = 1, tonumber(ARGV[5]) do
   local head = redis.call('ZRANGE', KEYS[1], 0, 0)
