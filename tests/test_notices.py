@@ -101,6 +101,26 @@ def test_a_question_waiting_in_the_queue_gets_a_status_not_a_post(
     assert fake_slack.received(POST_MESSAGE) == []
 
 
+def test_a_question_still_waiting_when_slack_clears_its_status_is_shown_again(
+    settings: Settings, fake_slack: FakeSlack, redis_client: redis.Redis
+) -> None:
+    job = question("what is a p99?")
+    enqueue(settings, job)
+
+    def sweep() -> None:
+        redis_client.delete(keys.PROGRESS_SWEEP_LOCK_KEY)  # as if the next period had come
+        in_redis(
+            settings, lambda client: sweep_once(client, SlackDelivery(settings), wait_after=0, kinds=KINDS)
+        )
+
+    sweep()
+    sweep()  # within the refresh period: the status shown is fresh
+    redis_client.delete(keys.status_shown_key(job.job_id))  # STATUS_REFRESH_SECONDS later
+    sweep()
+
+    assert len(fake_slack.statuses(CHANNEL)) == 2
+
+
 def test_a_question_whose_post_is_retried_shows_a_retrying_status(
     env: dict[str, str], fake_slack: FakeSlack
 ) -> None:

@@ -67,8 +67,8 @@ def test_two_questions_in_one_thread_are_answered_in_order_by_two_workers_and_th
     assert text_of(follow_up[1]["content"]) == "Answer to: question 1?"
     [waited, *_] = seen.named("job.waiting_turn")
     assert waited["job_id"] == second.job_id and waited["waiting_for"] == first.job_id
-    # Its queued status was shown (once per job; for a thread, the thread's status).
-    assert redis_client.exists(keys.progress_queued_key(second.job_id))
+    # It showed no status of its own: the thread's one status was the first question's.
+    assert not redis_client.exists(keys.status_shown_key(second.job_id))
     # Waiting is not a failure: the second question's one run that did work is its first attempt.
     assert [fields["attempt"] for fields in seen.named("job.started")] == [1, 1]
     assert [fields["job_id"] for fields in seen.named("job.completed")] == [first.job_id, second.job_id]

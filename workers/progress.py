@@ -6,7 +6,9 @@ retrying in 8 s" (posted by the job as it defers itself). A job gets at most
 MAX_INTERIM_UPDATES, counted in Redis, and each takes a response_url use only when the answer and
 a retry of its post still have theirs (workers/delivery.py, ResponseUrlBudget). For a question
 answered in a thread the update is the thread's status (``assistant.threads.setStatus``, no post):
-the sweep uses each kind's own ``queued_message`` for every kind that calls the AI.
+the sweep uses each kind's own ``queued_message`` for every kind that calls the AI. A status spends
+no budget, and Slack clears it about two minutes after it was set, so a thread job still waiting
+is shown again, at most every STATUS_REFRESH_SECONDS, for as long as it waits.
 
 A notice is never posted for a job that has been answered or has failed: the check is made
 immediately before each post, because a job can stay in arq's queue after its final message went
@@ -29,7 +31,7 @@ from app.contract.job import deserialize
 from app.contract.jobs import AskQuestion, JobBase, parse_job
 from app.contract.messages import SlackMessage
 from app.contract.queue import PRIORITY_OFFSET_MS
-from app.contract.targets import DirectMessage
+from app.contract.targets import DirectMessage, Thread
 from workers import job_state
 from workers.delivery import SlackDelivery
 
@@ -40,12 +42,20 @@ log = structlog.get_logger(__name__)
 
 MAX_INTERIM_UPDATES = 2
 
+#: Slack clears a thread's status about two minutes after it was set; a thread job that still
+#: waits has it set again, at most this often.
+STATUS_REFRESH_SECONDS = 90
+
 #: How often the queue is swept, and how far down it is looked at.
 SWEEP_EVERY_SECONDS = 1.0
 SWEEP_DEPTH = 200
 
 
-async def _claim(redis: ArqRedis, job_id: str) -> bool:
+async def _claim(redis: ArqRedis, job: JobBase) -> bool:
+    if isinstance(job.reply_to, Thread):
+        shown = await redis.set(keys.status_shown_key(job.job_id), 1, nx=True, ex=STATUS_REFRESH_SECONDS)
+        return bool(shown)
+    job_id = job.job_id
     async with redis.pipeline(transaction=True) as pipe:
         pipe.incr(keys.progress_count_key(job_id))
         pipe.expire(keys.progress_count_key(job_id), job_state.STATE_TTL_SECONDS)
@@ -59,7 +69,7 @@ async def post_update(redis: ArqRedis, slack: SlackDelivery, job: JobBase, messa
         # The user has the answer or the error: a notice now would replace it.
         log.info("job.progress_skipped", job_id=job.job_id, reason="finished")
         return False
-    if not await _claim(redis, job.job_id):
+    if not await _claim(redis, job):
         return False
     posted = await slack.update_notice(redis, job, message)
     log.info("job.progress", job_id=job.job_id, posted=posted, text=message.text)
@@ -67,8 +77,11 @@ async def post_update(redis: ArqRedis, slack: SlackDelivery, job: JobBase, messa
 
 
 async def tell_queued(redis: ArqRedis, slack: SlackDelivery, job: JobBase, message: SlackMessage) -> None:
-    """Tell the user their job is queued (``message``, the kind's), once per job."""
-    if await redis.set(keys.progress_queued_key(job.job_id), 1, nx=True, ex=job_state.STATE_TTL_SECONDS):
+    """Tell the user their job is queued (``message``, the kind's): once per job, or in a thread
+    whenever its status may have lapsed."""
+    if isinstance(job.reply_to, Thread):
+        await post_update(redis, slack, job, message)
+    elif await redis.set(keys.progress_queued_key(job.job_id), 1, nx=True, ex=job_state.STATE_TTL_SECONDS):
         await post_update(redis, slack, job, message)
 
 
@@ -100,7 +113,8 @@ async def sweep_once(
         if await redis.exists(keys.in_progress_key(job_id)):
             continue
         waited = (now_ms - _enqueued_ms(score, now_ms)) / 1000
-        if waited >= wait_after and not await redis.exists(keys.progress_queued_key(job_id)):
+        told = await redis.exists(keys.progress_queued_key(job_id), keys.status_shown_key(job_id))
+        if waited >= wait_after and not told:
             job = await _load(redis, job_id)
             notice = _queued_notice(job, ahead, kinds)
             if job is not None and notice is not None:

@@ -206,8 +206,7 @@ async def _wait_for_turn(kind: JobKind, job: JobBase, deps: WorkerDeps, group: I
         waiting_for=before.first,
         delay_s=in_order.WAIT_SECONDS,
     )
-    # Once per job (tell_queued): the user sees it is waiting, not stuck.
-    await progress.tell_queued(deps.redis, deps.slack, job, kind.queued_message(job, before.count))
+    # No status of its own: a thread shows one, and the question before this one is showing it.
     return Deferred(in_order.WAIT_SECONDS)
 
 

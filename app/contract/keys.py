@@ -145,6 +145,12 @@ def progress_count_key(job_id: str) -> str:
     return f"asklane:progress:count:{job_id}"
 
 
+def status_shown_key(job_id: str) -> str:
+    """Set while a thread job's latest status is fresh (workers/progress.py
+    STATUS_REFRESH_SECONDS): Slack clears a status after about two minutes."""
+    return f"asklane:progress:status:{job_id}"
+
+
 def progress_queued_key(job_id: str) -> str:
     """Set once the job's "queued" update was sent; STATE_TTL_SECONDS."""
     return f"asklane:progress:queued:{job_id}"
