@@ -175,8 +175,7 @@ def test_two_questions_in_one_thread_on_two_workers_are_answered_in_the_order_as
     fake_anthropic: FakeAnthropic,
     fake_slack: FakeSlack,
 ) -> None:
-    start_worker()
-    start_worker()
+    workers = [start_worker(), start_worker()]
     fake_anthropic.default_delay = 0.5  # the first answer is still being written when the second is asked
     first = events.mention("first question", channel=CHANNEL)
     thread_ts = first["event"]["ts"]
@@ -189,6 +188,8 @@ def test_two_questions_in_one_thread_on_two_workers_are_answered_in_the_order_as
         "Answer to: second question",
     ]
     assert ("assistant", "Answer to: first question") in _ai_turns(fake_anthropic, 1)
+    # The second question was picked up while the first was answered, and waited for it.
+    assert any(worker.events("job.waiting_turn") for worker in workers)
 
 
 def test_a_worker_killed_mid_answer_leaves_exactly_one_reply_in_the_thread(
