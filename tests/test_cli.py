@@ -305,6 +305,21 @@ def test_a_line_is_a_direct_message_event_top_level_or_in_the_conversations_thre
     assert "subtype" not in event and "bot_id" not in event
 
 
+@pytest.mark.parametrize(
+    "thread_ts", [None, "1700000000.000100"], ids=["first-line-top-level", "later-line-in-its-thread"]
+)
+def test_a_line_in_channel_mode_is_a_mention_of_the_app_top_level_or_in_its_thread(
+    thread_ts: str | None,
+) -> None:
+    person = chat.Person(channel_id="C0GENERAL")
+
+    event = chat.mention_event(person, "what is a p99?", "1700000000.000200", thread_ts)["event"]
+
+    assert (event["type"], event["channel"], event["user"]) == ("app_mention", "C0GENERAL", stand_ins.USER_ID)
+    assert event["text"] == f"<@{stand_ins.BOT_USER_ID}> what is a p99?"
+    assert event.get("thread_ts") == thread_ts
+
+
 def test_every_message_has_a_fresh_ts_and_every_event_its_own_event_id() -> None:
     clock = chat.Clock()
     stamps = [clock.ts() for _ in range(1000)]

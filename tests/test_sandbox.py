@@ -325,7 +325,7 @@ def test_make_run_without_accounts_answers_asklane_ask(
     assert not (stack.checkout / ".local" / "sandbox.env").exists()
 
 
-def test_make_run_without_accounts_holds_a_dm_conversation_with_asklane_chat(
+def test_make_run_without_accounts_holds_a_dm_conversation_and_a_channel_thread_with_asklane_chat(
     redis_server: RedisServer, start_stack: Callable[..., LocalStack]
 ) -> None:
     stack = start_stack(REDIS_URL=redis_server.url)
@@ -341,8 +341,19 @@ def test_make_run_without_accounts_holds_a_dm_conversation_with_asklane_chat(
         text=True,
         timeout=120,
     )
+    # The same as mentions in a channel: the first starts a thread, the follow-up continues it.
+    mentioned = subprocess.run(
+        [str(stack.checkout / ".venv/bin/python"), "-m", "app.ops.cli", "chat", "--channel", "C0GENERAL"],
+        input="what is a p99?\nand a p50?\n",
+        cwd=stack.checkout,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     stand_in = f"http://127.0.0.1:{stack.sandbox_port}"
     threads = httpx.get(f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}").json()
+    channel_threads = httpx.get(f"{stand_in}{stand_ins.THREADS_PATH}C0GENERAL").json()
     stack.stop()
 
     transcript = chatted.stdout
@@ -355,6 +366,11 @@ def test_make_run_without_accounts_holds_a_dm_conversation_with_asklane_chat(
     # Both answers are replies in one thread of the DM: the one the first message started.
     [thread] = threads
     assert thread["messages"] >= 2, threads
+    assert mentioned.returncode == 0, mentioned.stdout + mentioned.stderr + stack.log()
+    in_channel = mentioned.stdout.split("you> and a p50?")[1]
+    assert "You asked: *and a p50?*" in in_channel and "what is a p99?" in in_channel
+    [channel_thread] = channel_threads
+    assert channel_thread["messages"] >= 2, channel_threads
 
 
 def test_ctrl_c_while_redis_is_starting_stops_make_run_with_nothing_left_running(

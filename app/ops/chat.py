@@ -171,6 +171,24 @@ def dm_event(person: Person, text: str, ts: str, thread_ts: str | None = None) -
     return _envelope(person, event, int(float(ts)))
 
 
+def mention_event(person: Person, text: str, ts: str, thread_ts: str | None = None) -> dict[str, Any]:
+    """A message in a channel that mentions the app (``app_mention``): top-level, or a reply in
+    the thread ``thread_ts``; Slack writes the mention first, as ``<@BOTID>``."""
+    event: dict[str, Any] = {
+        "type": "app_mention",
+        "channel": person.channel_id,
+        "user": person.user_id,
+        "text": f"<@{person.bot_user_id}> {text}",
+        "ts": ts,
+        "event_ts": ts,
+        "client_msg_id": str(uuid.uuid4()),
+        "team": person.team_id,
+    }
+    if thread_ts is not None:
+        event["thread_ts"] = thread_ts
+    return _envelope(person, event, int(float(ts)))
+
+
 def home_opened_event(person: Person, ts: str) -> dict[str, Any]:
     """The user opened the app's Messages tab (``app_home_opened``, ``tab: "messages"``)."""
     event = {
@@ -237,6 +255,7 @@ class Chat:
         settle: float,
         out: IO[str],
         person: Person | None = None,
+        in_channel: bool = False,
     ) -> None:
         self.settings = settings
         self.events_url = web_url + "/slack/events"
@@ -246,6 +265,8 @@ class Chat:
         self.clock = Clock()
         self.person = person or Person(app_id=settings.slack_app_id or stand_ins.APP_ID)
         self.conversation = Conversation(stand_in_url(settings), self.person)
+        #: Mentions in a channel rather than messages in the app's DM.
+        self.in_channel = in_channel
         self.errors = 0
 
     def say(self, text: str) -> None:
@@ -268,7 +289,8 @@ class Chat:
     def ask(self, line: str) -> bool:
         """Send ``line`` into the conversation and print the replies; False when none came."""
         ts = self.clock.ts()
-        self.send(dm_event(self.person, line, ts, self.conversation.thread_ts))
+        event = mention_event if self.in_channel else dm_event
+        self.send(event(self.person, line, ts, self.conversation.thread_ts))
         if self.conversation.thread_ts is None:
             self.conversation.thread_ts = ts  # the first message starts the thread
         return self._print_replies()
@@ -322,12 +344,27 @@ def lines_from(stream: IO[str]) -> Iterator[str]:
             yield line
 
 
-def chat(settings: Settings, web_url: str, stream: IO[str], *, timeout: float, settle: float) -> int:
-    """Run a conversation from ``stream``; exit 0 when every line was answered, 1 when one was not
-    (within ``timeout``) or an answer was an error message. Raises NotTheSandbox,
-    StackUnreachable, HTTPError for the caller to report."""
-    session = Chat(settings, web_url, timeout=timeout, settle=settle, out=sys.stdout)
-    session.open()
+def chat(
+    settings: Settings,
+    web_url: str,
+    stream: IO[str],
+    *,
+    timeout: float,
+    settle: float,
+    channel: str | None = None,
+) -> int:
+    """Run a conversation from ``stream``: in the app's DM, or as mentions of the app in
+    ``channel``. Exit 0 when every line was answered, 1 when one was not (within ``timeout``) or
+    an answer was an error message. Raises NotTheSandbox, StackUnreachable, HTTPError for the
+    caller to report."""
+    if channel is None:
+        session = Chat(settings, web_url, timeout=timeout, settle=settle, out=sys.stdout)
+        session.open()
+    else:
+        person = Person(app_id=settings.slack_app_id or stand_ins.APP_ID, channel_id=channel)
+        session = Chat(
+            settings, web_url, timeout=timeout, settle=settle, out=sys.stdout, person=person, in_channel=True
+        )
     for line in lines_from(stream):
         if not session.ask(line):
             print(f"asklane: no reply within {timeout:g} s", file=sys.stderr)

@@ -13,6 +13,8 @@
     asklane chat                   in the sandbox: a conversation in the app's DM, each line a
                                    signed DM event to the web process, replies printed as they
                                    arrive (app/ops/chat.py); EOF or ``:quit`` ends it
+    asklane chat --channel C0GENERAL  the same as mentions of the app in a channel (app_mention),
+                                   the first line top-level, the next ones in its thread
     asklane sandbox                run the sandbox's Slack and Claude stand-ins (app/sandbox/stand_ins.py)
 
 Tables for people by default; ``--json`` for scripts. Reads REDIS_URL and the rest of the
@@ -62,7 +64,9 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
             settings or _load_settings(), args.question, args.url or web_url(), args.timeout
         )
     if args.command == "chat":
-        return chat_in_sandbox(settings or _load_settings(), args.url or web_url(), args.timeout, args.settle)
+        return chat_in_sandbox(
+            settings or _load_settings(), args.url or web_url(), args.timeout, args.settle, args.channel
+        )
     return asyncio.run(_run(args, settings or _load_settings()))
 
 
@@ -140,6 +144,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     chat_command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
     chat_command.add_argument(
+        "--channel",
+        help="mention the app in this channel (e.g. C0GENERAL) instead of talking in its DM",
+    )
+    chat_command.add_argument(
         "--settle",
         type=float,
         default=1.5,
@@ -175,11 +183,13 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
         return 1
 
 
-def chat_in_sandbox(settings: Settings, web_url: str, timeout: float, settle: float) -> int:
-    """``asklane chat``: lines from stdin, each a DM event; exit 0 when every line was answered,
-    1 when one was not or got an error message, 2 when it cannot chat."""
+def chat_in_sandbox(
+    settings: Settings, web_url: str, timeout: float, settle: float, channel: str | None = None
+) -> int:
+    """``asklane chat``: lines from stdin, each a DM event (or a mention in ``channel``); exit 0
+    when every line was answered, 1 when one was not or got an error message, 2 when it cannot chat."""
     try:
-        return chat.chat(settings, web_url, sys.stdin, timeout=timeout, settle=settle)
+        return chat.chat(settings, web_url, sys.stdin, timeout=timeout, settle=settle, channel=channel)
     except chat.NotTheSandbox:
         print("asklane chat works in the sandbox: `make run` without Slack credentials", file=sys.stderr)
         return 2

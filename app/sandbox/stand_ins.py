@@ -338,6 +338,14 @@ def create_app() -> Starlette:
             {"data": [model], "has_more": False, "first_id": model["id"], "last_id": model["id"]}
         )
 
+    async def model(request: Request) -> Response:
+        # The offline model answers as whatever model the worker is configured with, so its
+        # start-up check finds it.
+        model_id = request.path_params["model_id"]
+        return JSONResponse(
+            {"type": "model", "id": model_id, "display_name": model_id, "created_at": "2026-01-01T00:00:00Z"}
+        )
+
     async def anthropic_messages(request: Request) -> Response:
         body = json.loads(await request.body())
         turns = body["messages"]
@@ -367,6 +375,7 @@ def create_app() -> Starlette:
             Route(THREADS_PATH + "{channel}/{thread_ts}", thread, methods=["GET"]),
             Route(PROMPTS_PATH + "{channel}", prompts, methods=["GET"]),
             Route(ANTHROPIC_PATH + "/v1/models", models, methods=["GET"]),
+            Route(ANTHROPIC_PATH + "/v1/models/{model_id}", model, methods=["GET"]),
             Route(ANTHROPIC_PATH + "/v1/messages", anthropic_messages, methods=["POST"]),
         ]
     )
