@@ -38,6 +38,7 @@ WRITE_TIMEOUT_SECONDS = 1.0
 COUNTERS: dict[str, str] = {
     "asklane_commands": "Slash commands answered by the web process, by outcome.",
     "asklane_events": "Events API requests answered by the web process, by outcome.",
+    "asklane_clicks": "Clicks on answers' buttons answered by the web process, by outcome.",
     "asklane_requests_refused": "Requests to /slack/events refused before Bolt, by HTTP status.",
     "asklane_jobs_started": "Job runs started by workers.",
     "asklane_jobs_finished": "Jobs finished, by state (completed, failed, stopped).",

@@ -2,7 +2,8 @@
 
 Nothing of a request is parsed before it passes here; Bolt, which would parse the body before
 checking the signature, gets only verified requests (its own check is turned off). Slash commands
-arrive as forms, Events API requests as JSON; nothing else is served.
+arrive as forms, Events API requests as JSON, clicks on buttons (interactivity) as forms whose
+``payload`` field is JSON; nothing else is served.
 https://docs.slack.dev/authentication/verifying-requests-from-slack/
 """
 
@@ -14,6 +15,7 @@ import hmac
 import json
 import time
 from collections.abc import Mapping, Sequence
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
@@ -112,6 +114,19 @@ def check_body(body: bytes, content_type: str) -> None:
     if content_type == FORM:
         if body.startswith(b"{"):
             raise Refused(400, "form body reads as JSON")
+        # An interactivity request: Bolt parses its payload field as JSON, and would answer one
+        # that is not with a 500.
+        # As Bolt reads it (the last of repeated fields).
+        payload = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)).get(
+            "payload"
+        )
+        if payload is not None:
+            try:
+                parsed_payload = json.loads(payload)
+            except ValueError:
+                raise Refused(400, "interactivity payload is not JSON") from None
+            if not isinstance(parsed_payload, dict):
+                raise Refused(400, "interactivity payload is not an object")
         return
     try:
         parsed = json.loads(body)
