@@ -22,8 +22,12 @@ from starlette.requests import Request
 #: Largest body accepted. A slash command is a few kilobytes of form fields; its text is capped
 #: at 4,000 characters (app/web/ask.py), at most 36 KB percent-encoded. An Events API message
 #: event is its text (Slack cuts messages at 40,000 characters, but a question past 4,000 is only
-#: told it is too long, app/web/conversations.py) plus a few kilobytes of blocks and envelope.
-MAX_BODY_BYTES = 64 * 1024
+#: told it is too long, app/web/conversations.py) plus a few kilobytes of blocks and envelope. A
+#: click (block_actions) carries the clicked message: a thread answer of up to 12,000 characters
+#: of Markdown, as its blocks and as Slack's rendering of them, JSON then percent-encoded (three
+#: bytes for each punctuation character, more for escaped non-ASCII): around 100 KB for a long
+#: answer.
+MAX_BODY_BYTES = 192 * 1024
 
 #: Slack's advice: refuse requests signed more than five minutes ago, so a captured request
 #: cannot be replayed later.
