@@ -24,7 +24,7 @@ from tests.support.deployment import settings_from
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import in_redis, queued_jobs
 from tests.support.processes import free_port
-from tests.support.slack_requests import TEAM_ID, Clicks, signature_headers
+from tests.support.slack_requests import TEAM_ID, Clicks, SlashCommands, ack_text, signature_headers
 
 ANSWER_JOB_ID = "ask-0123456789abcdef0123456789abcdef"
 
@@ -292,3 +292,15 @@ def test_a_feedback_value_that_is_not_good_or_bad_of_a_job_gets_400(
 
     assert response.status_code == 400
     assert queued_jobs(redis_client) == []
+
+
+def test_a_slash_command_asking_about_a_payload_is_still_a_command_not_a_click(
+    web: TestClient, commands: SlashCommands, redis_client: redis.Redis
+) -> None:
+    # Bolt alone reads any form mentioning "payload" as a click.
+    response = commands.send(web, "what is a JSON payload?")
+
+    assert response.status_code == 200
+    assert "Working on it" in ack_text(response)
+    [job] = queued_jobs(redis_client)
+    assert isinstance(job, AskQuestion) and job.text == "what is a JSON payload?"
