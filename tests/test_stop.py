@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import redis
 from starlette.testclient import TestClient
 
 from app.contract import keys, metrics, stops
 from app.contract.settings import Settings
+from app.web.events import Ignored, StopThread, classify
 from tests.support.chores import KINDS, chore
 from tests.support.fakes.anthropic import FakeAnthropic
 from tests.support.fakes.slack import RESPONSE, SET_STATUS, FakeSlack
 from tests.support.jobs import drain, enqueue, in_redis, queued_jobs, recording
-from tests.support.slack_requests import SlackEvents, SlashCommands, send_event
+from tests.support.slack_requests import TEAM_ID, SlackEvents, SlashCommands, send_event
 from workers.outcomes import Stopped
 from workers.runner import to_arq
 
@@ -165,3 +167,26 @@ def test_the_thread_status_is_left_alone_for_a_kind_that_saw_the_stop_itself(
     drain(settings, kinds=KINDS)
 
     assert fake_slack.received(SET_STATUS) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "decision"),
+    [
+        (
+            {"channel": "D0DIRECT", "thread_ts": "1700000000.000100", "streaming_message_ts": ["1.2"]},
+            StopThread(TEAM_ID, "D0DIRECT", "1700000000.000100"),
+        ),
+        (
+            {"channel": "C0CHANNEL", "thread_ts": "1700000000.000100", "streaming_message_ts": []},
+            StopThread(TEAM_ID, "C0CHANNEL", "1700000000.000100"),
+        ),
+        ({"channel": "D0DIRECT"}, Ignored("missing_fields")),
+        ({"thread_ts": "1700000000.000100"}, Ignored("missing_fields")),
+        ({"channel": "D0DIRECT", "thread_ts": 17}, Ignored("missing_fields")),
+    ],
+    ids=["dm thread", "channel thread, no stream", "no thread", "no channel", "thread not text"],
+)
+def test_slacks_stop_names_the_thread_to_stop(fields: dict[str, Any], decision: object) -> None:
+    body = SlackEvents().envelope({"type": "agent_session_stopped", "user": "U0ASKER", **fields})
+
+    assert classify(body) == decision

@@ -1,4 +1,5 @@
-"""What an incoming Events API request asks of asklane: a question, suggested prompts, or nothing.
+"""What an incoming Events API request asks of asklane: a question, suggested prompts, a stop
+(Slack's own Stop in an agent thread), or nothing.
 
 Pure: a JSON body in, a decision out, no Redis and no Slack, so every rule is table-tested
 (tests/test_events.py). The handler (app/web/conversations.py) acts on the decision.
