@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,12 +13,23 @@ import yaml
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from app.contract import actions, keys
+from app.contract.jobs import question_from_message
 from app.contract.settings import Settings
 from app.web.events import HANDLED_TYPES, SUBSCRIBED_EVENTS, Ignored, classify
 from app.web.main import create_app
 from tests.support.deployment import ROOT
-from tests.support.jobs import queued_jobs
-from tests.support.slack_requests import SlackEvents, SlashCommands, ack_text, send_event, signature_headers
+from tests.support.fakes.slack import FakeSlack
+from tests.support.jobs import enqueue, queued_jobs
+from tests.support.slack_requests import (
+    TEAM_ID,
+    Clicks,
+    SlackEvents,
+    SlashCommands,
+    ack_text,
+    send_event,
+    signature_headers,
+)
 
 #: The bot scope each Web API method the code calls needs.
 SCOPE_OF_METHOD = {
@@ -29,7 +41,13 @@ SCOPE_OF_METHOD = {
 }
 
 #: The bot scope each subscribed bot event needs.
-SCOPE_OF_EVENT = {"app_mention": "app_mentions:read", "message.im": "im:history", "app_home_opened": None}
+SCOPE_OF_EVENT = {
+    "app_mention": "app_mentions:read",
+    "message.im": "im:history",
+    "app_home_opened": None,
+    # Sent for agent sessions, which assistant:write sets up.
+    "agent_session_stopped": "assistant:write",
+}
 
 #: An event of each subscribed kind, as Slack sends it, that asklane acts on.
 slack = SlackEvents()
@@ -38,6 +56,9 @@ SAMPLE_OF_EVENT = {
     "message.im": slack.message("what is a p99?"),
     "app_home_opened": slack.home_opened("messages"),
 }
+
+#: Subscribed events that queue no job of their own.
+ACTS_WITHOUT_A_JOB = {"agent_session_stopped"}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +122,7 @@ def test_the_subscribed_events_are_those_the_code_listens_to(manifest: dict[str,
     assert set(SUBSCRIBED_EVENTS.values()) == HANDLED_TYPES
 
 
-@pytest.mark.parametrize("event", sorted(SUBSCRIBED_EVENTS))
+@pytest.mark.parametrize("event", sorted(set(SUBSCRIBED_EVENTS) - ACTS_WITHOUT_A_JOB))
 def test_each_subscribed_event_reaches_a_listener_that_queues_its_job(
     event: str, web: TestClient, redis_client: redis.Redis
 ) -> None:
@@ -138,6 +159,54 @@ def test_the_messages_tab_is_on_with_the_agent_view(manifest: dict[str, Any]) ->
     assert features["agent_view"]["agent_description"]
 
 
-def test_the_app_is_set_up_for_http_requests_without_interactivity(manifest: dict[str, Any]) -> None:
+def test_slacks_stop_in_a_thread_reaches_the_listener_that_stops_its_question(
+    web: TestClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    job = question_from_message(
+        team_id=TEAM_ID,
+        enterprise_id=None,
+        user_id="U0ASKER",
+        channel_id="D0DIRECT",
+        message_ts="1700000000.000100",
+        thread_ts=None,
+        text="what is a p99?",
+        source="dm",
+        enqueued_at=datetime.now(UTC),
+    )
+    enqueue(settings, job)
+    stopped = slack.envelope(
+        {
+            "type": "agent_session_stopped",
+            "user": "U0ASKER",
+            "channel": "D0DIRECT",
+            "thread_ts": "1700000000.000100",
+        }
+    )
+
+    response = send_event(web, stopped)
+
+    assert (response.status_code, response.text) == (200, "")
+    assert redis_client.exists(keys.stop_key(job.job_id))
+
+
+def test_the_app_is_set_up_for_http_requests_with_interactivity(
+    manifest: dict[str, Any], settings: Settings
+) -> None:
+    interactivity = manifest["settings"]["interactivity"]
+    paths = {route.path for route in create_app(settings).routes if isinstance(route, Route)}
+
     assert manifest["settings"]["socket_mode_enabled"] is False
-    assert manifest["settings"]["interactivity"]["is_enabled"] is False
+    assert interactivity["is_enabled"] is True
+    assert urlsplit(interactivity["request_url"]).path in paths
+    assert urlsplit(interactivity["request_url"]).scheme == "https"
+
+
+def test_a_click_sent_as_the_manifest_describes_it_is_acked_at_once(
+    manifest: dict[str, Any], web: TestClient, fake_slack: FakeSlack
+) -> None:
+    path = urlsplit(manifest["settings"]["interactivity"]["request_url"]).path
+    body = Clicks.body(Clicks(fake_slack).payload(actions.STOP, "thread-0123"))
+
+    response = web.post(path, content=body, headers=signature_headers(body))
+
+    assert (response.status_code, response.text) == (200, "")

@@ -63,6 +63,7 @@ def _named(job_ids: list[str], team_id: str, user_id: str) -> set[str]:
     for job_id in job_ids:
         names |= {
             keys.answer_key(job_id),
+            keys.answer_record_key(job_id),
             keys.failure_key(job_id),
             keys.delivered_key(job_id),
             keys.running_key(job_id),

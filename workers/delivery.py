@@ -60,6 +60,9 @@ TRANSIENT_API_ERRORS = frozenset(
 
 UNDELIVERABLE = "I couldn't post the answer here. Try again in a channel or DM where asklane is available."
 
+#: Why a message could not be removed through its response_url.
+GONE = "the message is gone already, or too old to change (Slack allows changes for 30 minutes)."
+
 #: Web API errors meaning the app cannot post in that conversation at all.
 NOT_A_MEMBER_ERRORS = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
 NOT_A_MEMBER = (
@@ -179,6 +182,45 @@ class SlackDelivery:
             case PrivateNote() as target:
                 # Beside the message clicked, never over it: the same paths as an ephemeral reply.
                 return await self._send_ephemeral(redis, job, target, message, replace_original=False)
+
+    async def post_in_channel(
+        self, redis: ArqRedis, job: JobBase, channel_id: str, message: SlackMessage
+    ) -> str:
+        """Post ``message`` top-level in ``channel_id`` as the app, whatever the job's reply target
+        (a shared ``/ask`` answer). Raises as :meth:`send` does; PermanentError with NOT_A_MEMBER
+        when the app cannot post there."""
+        try:
+            await self._post_message(redis, job, channel_id, message, thread_ts=None)
+        except BlocksRejected as rejected:
+            if message.plain is None:
+                raise PermanentError(str(rejected), reason=UNDELIVERABLE) from rejected
+            await self._post_message(redis, job, channel_id, SlackMessage(text=message.plain), thread_ts=None)
+        return POST_MESSAGE
+
+    async def delete_original(self, redis: ArqRedis, job: JobBase) -> str:
+        """Remove the ephemeral message whose response_url is the job's reply target
+        (``delete_original``), within its five uses. Raises DeliveryFailed (429, 5xx, unreachable)
+        or PermanentError (Slack refused: the message is gone already, or the URL expired)."""
+        target = job.reply_to
+        assert isinstance(target, Ephemeral)  # the dismiss kind is queued with the click's response_url
+        if not self.allows(target.response_url):
+            log.warning("security.response_url_refused", host=urlsplit(target.response_url).hostname)
+            raise PermanentError("response_url outside SLACK_RESPONSE_URL_PREFIXES", reason=GONE)
+        if not await ResponseUrlBudget(redis).take(job, interim=False):
+            raise PermanentError("response_url budget spent", reason=GONE)
+        client = AsyncWebhookClient(target.response_url, timeout=SLACK_TIMEOUT_SECONDS, retry_handlers=[])
+        try:
+            response = await client.send_dict({"delete_original": True})
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise DeliveryFailed(f"response_url {type(error).__name__}") from error
+        status = response.status_code
+        if 200 <= status < 300:
+            return "response_url"
+        if status == 429:
+            raise DeliveryFailed("response_url 429", retry_after=retry_after_seconds(response.headers))
+        if status >= 500:
+            raise DeliveryFailed(f"response_url {status}")
+        raise PermanentError(f"response_url {status} {str(response.body)[:100]}", reason=GONE)
 
     async def update_notice(self, redis: ArqRedis, job: JobBase, message: SlackMessage) -> bool:
         """Show an interim notice; True when Slack took it. Never raises: the answer matters,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.contract.messages import SlackMessage, escape_mrkdwn
+from app.contract import actions
+from app.contract.messages import SlackMessage, escape_mrkdwn, quote
 
 #: Slack rejects messages whose markdown blocks add up to more than this (msg_blocks_too_long).
 MARKDOWN_LIMIT = 12_000
@@ -186,3 +187,63 @@ def fit_markdown(text: str, limit: int) -> tuple[str, bool]:
 def _open_fence(text: str) -> bool:
     fences = sum(1 for line in text.splitlines() if _is_fence(line))
     return fences % 2 == 1
+
+
+# --- the ephemeral /ask answer's buttons, and sharing it ----------------------------------------
+
+
+def ask_answer_actions(job_id: str) -> dict[str, Any]:
+    """The actions block under an ephemeral ``/ask`` answer: Share, Regenerate, Dismiss. Each
+    button's value is the answer's job id (app/contract/actions.py); only the asker may use them."""
+    buttons = (
+        (actions.SHARE, ":mega: Share to channel", "primary"),
+        (actions.REGENERATE, ":arrows_counterclockwise: Regenerate", None),
+        (actions.DISMISS, "Dismiss", None),
+    )
+    elements: list[dict[str, Any]] = []
+    for action_id, label, style in buttons:
+        button: dict[str, Any] = {
+            "type": "button",
+            "action_id": action_id,
+            "text": {"type": "plain_text", "text": label, "emoji": True},
+            "value": job_id,
+        }
+        if style is not None:
+            button["style"] = style
+        elements.append(button)
+    return {"type": "actions", "block_id": "asklane_answer_actions", "elements": elements}
+
+
+def ask_answer_message(answer: str, job_id: str, *, cut_short: bool = False) -> SlackMessage:
+    """The ephemeral ``/ask`` answer with its Share / Regenerate / Dismiss buttons (the plain-text
+    resend, used only when Slack rejects the blocks, has none)."""
+    message = answer_message(answer, cut_short=cut_short)
+    return SlackMessage(
+        text=message.text, blocks=[*message.blocks, ask_answer_actions(job_id)], plain=message.plain
+    )
+
+
+#: Room left for the answer in a shared message's markdown block, after the heading.
+SHARED_ANSWER_LIMIT = MARKDOWN_LIMIT - 1_000
+
+
+def shared_answer(asker_id: str, question: str, answer: str, *, cut_short: bool = False) -> SlackMessage:
+    """An ``/ask`` answer posted in its channel by the app, attributed to the asker who shared it:
+    "<@asker> asked: …", then the answer."""
+    heading = f"<@{asker_id}> asked:\n{quote(question)}"
+    body, truncated = fit_markdown(answer, SHARED_ANSWER_LIMIT)
+    notes = [CUT_SHORT_NOTE] if cut_short else []
+    if truncated:
+        notes.append(TRUNCATED_NOTE)
+    notes.append("Shared from a private `/ask` answer.")
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": heading}},
+        {"type": "markdown", "text": body},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": "\n".join(notes)}]},
+    ]
+    plain, _ = fit_markdown(escape_mrkdwn(answer), PLAIN_LIMIT)
+    return SlackMessage(
+        text=f"<@{asker_id}> shared an answer: {fallback_text(answer)}",
+        blocks=blocks,
+        plain="\n\n".join([heading, plain, *notes]),
+    )

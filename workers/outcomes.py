@@ -71,13 +71,20 @@ class Deferred:
 
 
 @dataclass(frozen=True)
+class Stopped:
+    """Someone pressed Stop (app/contract/stops.py): the job ended on purpose, neither failed nor
+    retried, and the user gets no failure message (the stopped message already says so, or the
+    question never ran)."""
+
+
+@dataclass(frozen=True)
 class Failed:
     """The job is over: the user was told (or could not be), and the record kept."""
 
     failure: JobFailure
 
 
-Outcome = Completed | AlreadyDone | Abandoned | Deferred | Failed
+Outcome = Completed | AlreadyDone | Abandoned | Deferred | Stopped | Failed
 
 
 class JobFailed(Exception):

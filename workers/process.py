@@ -31,6 +31,7 @@ from app.contract.settings import Settings
 from workers import progress
 from workers.ai import Claude
 from workers.answer import ASK
+from workers.buttons import DISMISS, FEEDBACK, SHARE
 from workers.delivery import SLACK_TIMEOUT_SECONDS, SlackDelivery
 from workers.errors import InvalidPayload
 from workers.kinds import JobKind, WorkerDeps
@@ -132,7 +133,15 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 #: The job kinds a worker runs unless told otherwise, by ``kind`` (app/contract/jobs.py).
-KINDS: Mapping[str, JobKind] = {"ask": ASK, "thread": THREAD, "notice": NOTICE, "prompts": PROMPTS}
+KINDS: Mapping[str, JobKind] = {
+    "ask": ASK,
+    "thread": THREAD,
+    "notice": NOTICE,
+    "prompts": PROMPTS,
+    "feedback": FEEDBACK,
+    "share": SHARE,
+    "dismiss": DISMISS,
+}
 
 
 def worker_settings(

@@ -1,7 +1,9 @@
 """The recent completed and failed jobs, kept in Redis for inspection.
 
 Two capped lists, newest first; each push and its trim run in one MULTI, so a list never holds
-more than its cap (RETAIN_COMPLETED_JOBS, RETAIN_FAILED_JOBS).
+more than its cap (RETAIN_COMPLETED_JOBS, RETAIN_FAILED_JOBS). A stopped job (someone pressed
+Stop) is no failure: its record, state "stopped", goes in the completed list. Feedback on an
+answer (thumbs up or down) is added to its job's record while the record is still kept.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from datetime import datetime
 from typing import Any, Literal, cast
 
 from arq.connections import ArqRedis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
+from redis.exceptions import WatchError
 
 from app.contract.keys import COMPLETED_KEY, FAILED_KEY
 
-State = Literal["completed", "failed"]
+State = Literal["completed", "failed", "stopped"]
+
+#: Times :func:`add_feedback` re-reads the list when another worker changed it meanwhile.
+FEEDBACK_ATTEMPTS = 5
 
 
 class JobRecord(BaseModel):
@@ -37,10 +43,12 @@ class JobRecord(BaseModel):
     cache_read_input_tokens: int | None = None
     via: str | None = None
     error: str | None = None
+    #: Feedback on the answer, by the user who gave it ("good" or "bad"; the latest click counts).
+    feedback: dict[str, str] = Field(default_factory=dict)
 
 
 def _key(state: State) -> str:
-    return COMPLETED_KEY if state == "completed" else FAILED_KEY
+    return FAILED_KEY if state == "failed" else COMPLETED_KEY
 
 
 async def keep(redis: ArqRedis, record: JobRecord, limit: int) -> None:
@@ -53,6 +61,46 @@ async def keep(redis: ArqRedis, record: JobRecord, limit: int) -> None:
 
 
 async def recent(redis: ArqRedis, state: State, count: int = 100) -> list[JobRecord]:
-    """The newest ``count`` records of ``state``, newest first."""
+    """The newest ``count`` records of ``state``'s list, newest first (the completed list holds the
+    stopped jobs too, each with its own state)."""
     raw = await cast(Awaitable[list[bytes]], redis.lrange(_key(state), 0, count - 1))
     return [JobRecord.model_validate_json(item) for item in raw]
+
+
+async def add_feedback(redis: ArqRedis, job_id: str, user_id: str, value: str) -> bool:
+    """Note ``user_id``'s feedback on the record of ``job_id``; False when no record of it is kept
+    (retention off, or trimmed away): the feedback is still logged and counted by the caller."""
+    for key in (COMPLETED_KEY, FAILED_KEY):
+        for _ in range(FEEDBACK_ATTEMPTS):
+            try:
+                async with redis.pipeline(transaction=True) as pipe:
+                    # Another worker may push (shifting indexes) or trim meanwhile: WATCH makes the
+                    # LSET fail rather than overwrite the wrong record.
+                    await pipe.watch(key)
+                    raw = await cast(Awaitable[list[bytes]], pipe.lrange(key, 0, -1))
+                    found = _find(raw, job_id)
+                    if found is None:
+                        break
+                    index, record = found
+                    record.feedback[user_id] = value
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.lset(key, index, record.model_dump_json())
+                    await pipe.execute()
+                    return True
+            except WatchError:
+                continue
+    return False
+
+
+def _find(raw: list[bytes], job_id: str) -> tuple[int, JobRecord] | None:
+    needle = job_id.encode()
+    for index, item in enumerate(raw):
+        if needle not in item:
+            continue
+        try:
+            record = JobRecord.model_validate_json(item)
+        except ValidationError:
+            continue
+        if record.job_id == job_id:
+            return index, record
+    return None

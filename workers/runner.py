@@ -5,12 +5,15 @@ It parses the payload (the contract's union, app/contract/jobs.py), looks the ki
 (:mod:`workers.lease`), failure counting per phase (:mod:`workers.job_state`), the
 transient/permanent decision and delay table (:mod:`workers.retry`), the age guard on Redis's
 clock (:mod:`workers.age`), back-pressure and rate-limiter waits, retention records, lifecycle
-events (``job.started/deferred/retrying/completed/failed/stalled``) and the failure message to
-the user through the job's reply target. "Finished is final": a job whose final message went out
-posts nothing more. Jobs of a group (``in_order``, a thread's questions) run one at a time, in
-order (:mod:`workers.in_order`): a job waits, uncounted, while an earlier one is alive, and each
-job that ends hands over to the next at once. Every run ends in one
-:data:`workers.outcomes.Outcome`, which :func:`run_job` turns into arq's terms.
+events (``job.started/deferred/retrying/completed/failed/stopped/stalled``) and the failure
+message to the user through the job's reply target. "Finished is final": a job whose final message
+went out posts nothing more, not even a failure message (an interrupted streamed answer already
+shows its note). Stop (app/contract/stops.py): a job whose stop was requested before it ran ends
+without running its steps, and a kind that saw the stop mid-run raises StopRequested; either way it
+ends Stopped (not failed, not retried, no failure message). Jobs of a group (``in_order``, a
+thread's questions) run one at a time, in order (:mod:`workers.in_order`): a job waits, uncounted,
+while an earlier one is alive, and each job that ends hands over to the next at once. Every run
+ends in one :data:`workers.outcomes.Outcome`, which :func:`run_job` turns into arq's terms.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
+from app.contract import stops
 from app.contract.jobs import RUN_JOB, InOrder, JobBase, parse_job
 from app.contract.keys import QUEUE_KEY
+from app.contract.messages import SlackMessage
+from app.contract.targets import Thread
 from workers import age, in_order, job_state, progress, rejected, retention
 from workers.errors import (
     BackPressure,
@@ -34,6 +40,7 @@ from workers.errors import (
     JobError,
     PermanentError,
     SlackBusy,
+    StopRequested,
     TransientError,
 )
 from workers.kinds import JobKind, LeaseLost, Run, Timings, WorkerDeps, record_delivery
@@ -47,6 +54,7 @@ from workers.outcomes import (
     JobFailed,
     JobFailure,
     Outcome,
+    Stopped,
 )
 from workers.ratelimit import SlotTooFar, spread
 from workers.retry import MAX_STALLS, retry_delay, should_retry, too_old_to_wait, waited_too_long
@@ -103,6 +111,8 @@ def to_arq(outcome: Outcome) -> str:
             return "already-delivered"
         case Abandoned():
             return "abandoned"
+        case Stopped():
+            return "stopped"
         case Deferred(delay=delay):
             raise Retry(defer=delay)
         case Failed(failure=failure):
@@ -112,7 +122,7 @@ def to_arq(outcome: Outcome) -> str:
 async def _run_guarded(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int) -> Outcome:
     outcome = await _run_or_defer(kind, job, deps, score)
     group = job.in_order
-    if group is not None and isinstance(outcome, Completed | Failed | AlreadyDone):
+    if group is not None and isinstance(outcome, Completed | Failed | AlreadyDone | Stopped):
         # Not for Abandoned (another run has the job) nor Deferred (it is still to run).
         try:
             following = await in_order.let_next_run(deps.redis, group, job.job_id)
@@ -156,6 +166,10 @@ async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: 
         if await job_state.was_delivered(deps.redis, job.job_id):
             log.info("job.already_delivered")
             return AlreadyDone()
+        if await stops.stop_requested(deps.redis, job.job_id):
+            # Stopped while queued (or waiting its turn, or between retries): it never reaches
+            # the AI.
+            return await _stop(job, deps, Timings(), ran=False)
         if predecessor is not None:
             if await job_state.record_failure(deps.redis, job.job_id, "stalled") > MAX_STALLS:
                 # A job that kills its worker every time would otherwise be re-run until it is too old.
@@ -232,6 +246,8 @@ async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: 
     except LeaseLost:
         log.warning("job.abandoned", reason="another run has this job")
         return Abandoned("another run has this job")
+    except StopRequested:
+        return await _stop(job, deps, timings, ran=True)
     except SlotTooFar as wait:
         return await _wait_for_slot(kind, job, deps, wait.defer, enqueued_at, timings, score)
     except SlackBusy as busy:
@@ -342,6 +358,11 @@ async def _give_up(
     When Slack does not take the message, the job is retried for the message alone, with the
     delivery backoff: a failure must reach the user as surely as an answer.
     """
+    if await job_state.was_delivered(deps.redis, job.job_id):
+        # Finished is final: the user has the job's final message (an interrupted streamed answer
+        # ends with its own note); an error post now would be a second, contradicting message.
+        log.info("job.failure_not_posted", reason="final message already delivered")
+        return await _failed(job, deps, failure, timings)
     # Kept before the first post, so a run cut off while telling the user (SIGTERM, a crash)
     # is re-run to tell them, not to do the work again.
     await job_state.save_failure(deps.redis, job.job_id, failure)
@@ -358,6 +379,10 @@ async def _give_up(
         log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
     else:
         await record_delivery(deps, job, via)
+    return await _failed(job, deps, failure, timings)
+
+
+async def _failed(job: JobBase, deps: WorkerDeps, failure: JobFailure, timings: Timings) -> Outcome:
     await deps.events.emit(
         "job.failed",
         level="error",
@@ -368,6 +393,17 @@ async def _give_up(
     )
     await _retain(deps, job, "failed", timings, error=failure.cause)
     return Failed(failure)
+
+
+async def _stop(job: JobBase, deps: WorkerDeps, timings: Timings, *, ran: bool) -> Outcome:
+    """End a job someone stopped: recorded stopped, never retried, no failure message. ``ran``:
+    its steps had started (they ended the message with its note); else it never ran."""
+    if not ran and isinstance(job.reply_to, Thread):
+        # Best effort (never raises): the thread's "is thinking…" status would linger otherwise.
+        await deps.slack.update_notice(deps.redis, job, SlackMessage(text=""))
+    await deps.events.emit("job.stopped", job_id=job.job_id, kind=job.kind, ran=ran)
+    await _retain(deps, job, "stopped", timings, via="stopped")
+    return Stopped()
 
 
 async def _retrying(
@@ -406,7 +442,8 @@ async def _retain(
     via: str | None = None,
     error: str | None = None,
 ) -> None:
-    limit = deps.settings.retain_completed_jobs if state == "completed" else deps.settings.retain_failed_jobs
+    # A stopped job is no failure: it is kept with the completed ones.
+    limit = deps.settings.retain_failed_jobs if state == "failed" else deps.settings.retain_completed_jobs
     if limit <= 0:
         return
     record = retention.JobRecord(

@@ -4,7 +4,8 @@ The web process emits ``job.enqueued``; workers emit ``job.started``, ``job.defe
 for the rate limiter; not a failure), ``job.retrying`` (attempt, delay, reason),
 ``job.waiting_turn`` (an earlier job of its group, such as a thread's previous question, is
 unfinished; not a failure), ``job.completed`` (queued/AI/delivery durations, tokens, prompt-cache
-tokens), ``job.failed`` and ``job.stalled`` (re-run after its worker died).
+tokens), ``job.failed``, ``job.stopped`` (someone pressed Stop; not a failure), ``job.stalled``
+(re-run after its worker died), and ``feedback.recorded`` (a thumbs up or down on an answer).
 """
 
 from __future__ import annotations

@@ -35,6 +35,11 @@ def _context(text: str) -> dict[str, Any]:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
 
 
+def quote(question: str) -> str:
+    """The question as a Slack quote, escaped and cut at ECHO_CHARS."""
+    return _quote(question)
+
+
 def _quote(question: str) -> str:
     shown = question if len(question) <= ECHO_CHARS else question[:ECHO_CHARS] + "…"
     return "\n".join("> " + line for line in escape_mrkdwn(shown).splitlines() or [""])
@@ -146,3 +151,55 @@ def event_too_long(length: int, limit: int) -> SlackMessage:
         "Please shorten it and ask again."
     )
     return SlackMessage(text=text, blocks=[_section(text)])
+
+
+# --- buttons on answers and Stop -----------------------------------------------------------------
+
+#: What each button does, as a verb the messages below use.
+ACTION_VERBS = {"share": "share", "regenerate": "regenerate", "dismiss": "dismiss", "feedback": "record"}
+
+
+def feedback_thanks(value: str) -> SlackMessage:
+    """Shown only to whoever clicked thumbs up or down on an answer."""
+    text = (
+        ":pray: Thanks, glad it helped."
+        if value == "good"
+        else ":pray: Thanks for telling us. Try Regenerate for another answer, or rephrase the question."
+    )
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def not_your_answer(action: str) -> SlackMessage:
+    """Someone clicked Share, Regenerate or Dismiss on another person's ``/ask`` answer."""
+    verb = ACTION_VERBS.get(action, action)
+    text = f":lock: Only the person who asked can {verb} this answer. Ask your own with `/ask`."
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def answer_expired(action: str) -> SlackMessage:
+    """A click on an answer whose record expired (ANSWER_RECORD_TTL_SECONDS) or never was."""
+    verb = ACTION_VERBS.get(action, action)
+    text = f":hourglass: This answer is too old to {verb} now. Please ask the question again."
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def not_for_thread_answers(action: str) -> SlackMessage:
+    """Share or Dismiss on a thread answer, which everyone in the thread already sees."""
+    verb = ACTION_VERBS.get(action, action)
+    text = f":information_source: Answers in threads cannot be {verb}d; only private `/ask` answers can."
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def action_failed(action: str, reason: str, reference: str) -> SlackMessage:
+    """A button's job (share, dismiss, feedback) could not be done; ``reason`` says why."""
+    verb = ACTION_VERBS.get(action, action)
+    what = "your feedback" if action == "feedback" else "that answer"
+    text = f":x: Sorry, I couldn't {verb} {what}: {reason} (ref {reference})"
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+#: Why a shared answer could not be posted in its channel, and how to fix it.
+SHARE_NOT_A_MEMBER = (
+    "asklane isn't a member of this channel (or it is private or archived), so it cannot post there. "
+    "Invite it with `/invite @asklane`, then press Share again."
+)

@@ -38,9 +38,11 @@ WRITE_TIMEOUT_SECONDS = 1.0
 COUNTERS: dict[str, str] = {
     "asklane_commands": "Slash commands answered by the web process, by outcome.",
     "asklane_events": "Events API requests answered by the web process, by outcome.",
+    "asklane_clicks": "Clicks on answers' buttons answered by the web process, by outcome.",
     "asklane_requests_refused": "Requests to /slack/events refused before Bolt, by HTTP status.",
     "asklane_jobs_started": "Job runs started by workers.",
-    "asklane_jobs_finished": "Jobs finished, by state (completed, failed).",
+    "asklane_jobs_finished": "Jobs finished, by state (completed, failed, stopped).",
+    "asklane_feedback": "Feedback clicks on answers, by value (good, bad).",
     "asklane_job_retries": "Retries scheduled, by phase (ai, delivery, notice).",
     "asklane_delivery_failures": "Posts to Slack that failed and were retried or given up.",
     "asklane_ratelimit_deferrals": "Jobs deferred because the global rate limit had no slot soon.",
@@ -176,6 +178,11 @@ class Recorder:
         elif event == "job.deferred":
             counts["asklane_ratelimit_deferrals", ""] = 1
             observed["asklane_ratelimit_wait_seconds", ""] = float(fields.get("delay_s", 0.0))
+        elif event == "job.stopped":
+            counts["asklane_jobs_finished", _labels({"state": "stopped"})] = 1
+        elif event == "feedback.recorded":
+            # A bounded label: the value is checked by the contract (good or bad).
+            counts["asklane_feedback", _labels({"value": str(fields.get("value"))})] = 1
         elif event == "job.stalled":
             counts["asklane_jobs_stalled", ""] = 1
         if counts or observed:

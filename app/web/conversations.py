@@ -15,15 +15,16 @@ from typing import Any, Literal
 import structlog
 from arq.connections import ArqRedis
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from structlog.stdlib import BoundLogger
 
-from app.contract import messages
+from app.contract import keys, messages, stops
 from app.contract.events import JobEvents
 from app.contract.jobs import JobBase, ThreadNotice, notice_for_message, prompts_for, question_from_message
 from app.contract.queue import QueueUnavailable, enqueue_ask
 from app.web import quota
 from app.web.ask import MAX_QUESTION_CHARS
-from app.web.events import Ignored, Message, Prompts, Question, classify
+from app.web.events import Ignored, Message, Prompts, Question, StopThread, classify
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +32,8 @@ Outcome = Literal[
     "queued",  # a question queued
     "duplicate",  # a re-delivery, or the twin of a message already queued
     "prompts",  # suggested prompts queued
+    "stopped",  # Slack's Stop: the thread's running question asked to stop
+    "nothing_to_stop",  # Slack's Stop in a thread with no question running or queued
     "usage",  # a notice queued: nothing was asked
     "too_long",  # a notice queued: the question is over MAX_QUESTION_CHARS
     "over_quota",  # a notice queued: the asker is over a fair-use limit
@@ -88,13 +91,29 @@ async def handle_event(
                 enqueued_at=now,
             )
             return await _enqueue(job, redis, events, bound.bind(user=decision.user_id), "prompts")
+        if isinstance(decision, StopThread):
+            return await _stop_thread(decision, redis, bound)
         return await _ask(decision, redis, events, limits, bound, now)
     except ValidationError as error:
         bound.warning("event.malformed", fields=[e["loc"] for e in error.errors()])
         return EventAck(200, "malformed")
-    except QueueUnavailable as error:
+    except (QueueUnavailable, RedisError, OSError, TimeoutError) as error:
         bound.error("event.queue_unavailable", error=str(error) or type(error).__name__, status=RETRY_LATER)
         return EventAck(RETRY_LATER, "unavailable")
+
+
+async def _stop_thread(stop: StopThread, redis: ArqRedis, bound: BoundLogger) -> EventAck:
+    """Ask the thread's running question to stop: the head of its in-order set is the one
+    running (or the next to run); later questions of the thread were not stopped and still run."""
+    order = keys.thread_order_key(stop.team_id, stop.channel_id, stop.thread_ts)
+    head = await redis.zrange(order, 0, 0)
+    if not head:
+        bound.info("event.nothing_to_stop", channel=stop.channel_id, thread_ts=stop.thread_ts)
+        return EventAck(200, "nothing_to_stop")
+    job_id = head[0].decode() if isinstance(head[0], bytes) else str(head[0])
+    first = await stops.request_stop(redis, job_id)
+    bound.info("event.stop_requested", job_id=job_id, first=first)
+    return EventAck(200, "stopped")
 
 
 async def _ask(

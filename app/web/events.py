@@ -1,4 +1,5 @@
-"""What an incoming Events API request asks of asklane: a question, suggested prompts, or nothing.
+"""What an incoming Events API request asks of asklane: a question, suggested prompts, a stop
+(Slack's own Stop in an agent thread), or nothing.
 
 Pure: a JSON body in, a decision out, no Redis and no Slack, so every rule is table-tested
 (tests/test_events.py). The handler (app/web/conversations.py) acts on the decision.
@@ -22,6 +23,8 @@ SUBSCRIBED_EVENTS: Mapping[str, str] = {
     "app_mention": "app_mention",
     "message.im": "message",
     "app_home_opened": "app_home_opened",
+    # Slack's native Stop in an agent thread: stop the thread's running question.
+    "agent_session_stopped": "agent_session_stopped",
 }
 
 #: Event types a listener is registered for.
@@ -81,13 +84,23 @@ class Prompts:
 
 
 @dataclass(frozen=True)
+class StopThread:
+    """Someone pressed Slack's native Stop in an agent thread (``agent_session_stopped``): stop
+    the question the thread is answering, if any."""
+
+    team_id: str
+    channel_id: str
+    thread_ts: str
+
+
+@dataclass(frozen=True)
 class Ignored:
     """Nothing to do for this event, and why."""
 
     reason: Reason
 
 
-Decision = Question | Prompts | Ignored
+Decision = Question | Prompts | StopThread | Ignored
 
 
 def question_text(text: str, bot_user_id: str) -> str:
@@ -122,6 +135,13 @@ def classify(body: Mapping[str, Any], app_id: str | None = None) -> Decision:
     enterprise_id = body.get("enterprise_id") if _is_text(body.get("enterprise_id")) else None
     if kind == "app_home_opened":
         return _home_opened(event, team_id, enterprise_id, body.get("event_id"))
+    if kind == "agent_session_stopped":
+        # {"channel", "thread_ts", "user", "streaming_message_ts": [...], "event_ts"}; the streams
+        # Slack already stopped are not needed: the thread names its job.
+        channel_id, thread_ts = event.get("channel"), event.get("thread_ts")
+        if not (_is_text(channel_id) and _is_text(thread_ts)):
+            return Ignored("missing_fields")
+        return StopThread(team_id, channel_id, thread_ts)
     return _message(body, event, team_id, enterprise_id, mention_event=kind == "app_mention")
 
 

@@ -2,7 +2,8 @@
 
 Nothing of a request is parsed before it passes here; Bolt, which would parse the body before
 checking the signature, gets only verified requests (its own check is turned off). Slash commands
-arrive as forms, Events API requests as JSON; nothing else is served.
+arrive as forms, Events API requests as JSON, clicks on buttons (interactivity) as forms whose
+``payload`` field is JSON; nothing else is served.
 https://docs.slack.dev/authentication/verifying-requests-from-slack/
 """
 
@@ -14,14 +15,20 @@ import hmac
 import json
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
 #: Largest body accepted. A slash command is a few kilobytes of form fields; its text is capped
 #: at 4,000 characters (app/web/ask.py), at most 36 KB percent-encoded. An Events API message
 #: event is its text (Slack cuts messages at 40,000 characters, but a question past 4,000 is only
-#: told it is too long, app/web/conversations.py) plus a few kilobytes of blocks and envelope.
-MAX_BODY_BYTES = 64 * 1024
+#: told it is too long, app/web/conversations.py) plus a few kilobytes of blocks and envelope. A
+#: click (block_actions) carries the clicked message: a thread answer of up to 12,000 characters
+#: of Markdown, as its blocks and as Slack's rendering of them, JSON then percent-encoded (three
+#: bytes for each punctuation character, more for escaped non-ASCII): around 100 KB for a long
+#: answer.
+MAX_BODY_BYTES = 192 * 1024
 
 #: Slack's advice: refuse requests signed more than five minutes ago, so a captured request
 #: cannot be replayed later.
@@ -112,6 +119,16 @@ def check_body(body: bytes, content_type: str) -> None:
     if content_type == FORM:
         if body.startswith(b"{"):
             raise Refused(400, "form body reads as JSON")
+        # An interactivity request: its payload field is read as JSON, and Bolt would answer one
+        # that is not with a 500.
+        payload = _form(body).get("payload")
+        if payload is not None:
+            try:
+                parsed_payload = json.loads(payload)
+            except ValueError:
+                raise Refused(400, "interactivity payload is not JSON") from None
+            if not isinstance(parsed_payload, dict):
+                raise Refused(400, "interactivity payload is not an object")
         return
     try:
         parsed = json.loads(body)
@@ -119,6 +136,28 @@ def check_body(body: bytes, content_type: str) -> None:
         raise Refused(400, "malformed JSON body") from None
     if not isinstance(parsed, dict):
         raise Refused(400, "JSON body is not an object")
+
+
+def parsed_body(body: bytes, content_type: str) -> dict[str, Any]:
+    """The body as the listeners read it, for a body :func:`check_body` let through: a JSON
+    object; a click's ``payload`` (JSON) for a form carrying one; any other form's fields.
+
+    Bolt's own parser takes any form whose text contains "payload" for a click, so it would read
+    ``/ask what is a JSON payload?`` as an empty request that no listener matches.
+    """
+    if content_type == JSON:
+        parsed: dict[str, Any] = json.loads(body)
+        return parsed
+    fields = _form(body)
+    if "payload" in fields:
+        payload: dict[str, Any] = json.loads(fields["payload"])
+        return payload
+    return fields
+
+
+def _form(body: bytes) -> dict[str, str]:
+    # The last of repeated fields, as Bolt reads forms.
+    return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
 
 
 def signature_of(body: bytes, timestamp: str, signing_secret: str) -> str:

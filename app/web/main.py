@@ -16,6 +16,8 @@ from redis.exceptions import RedisError
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import to_starlette_response
 from slack_bolt.async_app import AsyncBoltRequest
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.request.async_internals import build_async_context
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -26,7 +28,7 @@ from app.contract.events import JobEvents
 from app.contract.logs import configure_logging
 from app.contract.queue import ENQUEUE_TIMEOUT_SECONDS, open_redis, redis_accepts_writes
 from app.contract.settings import Settings, load_settings
-from app.web.gate import Refused, check_body, check_slack_request, read_body, single_valued
+from app.web.gate import Refused, check_body, check_slack_request, parsed_body, read_body, single_valued
 from app.web.slack_app import build_bolt_app
 
 log = structlog.get_logger(__name__)
@@ -87,6 +89,10 @@ def create_app(settings: Settings | None = None, events: JobEvents | None = None
             query=str(request.url.query),
             headers={key: [value] for key, value in {**headers, "content-type": content_type}.items()},
         )
+        # The body as the gate read it (app/web/gate.py's parsed_body): Bolt's parser takes any
+        # form mentioning "payload" for a click, even a command asking about one.
+        verified.body = parsed_body(body, content_type)
+        verified.context = build_async_context(AsyncBoltContext({}), verified.body)
         return to_starlette_response(await bolt.async_dispatch(verified))
 
     async def healthz(request: Request) -> Response:

@@ -1,5 +1,6 @@
-"""The Bolt app: thin listeners for `/ask` and for the Events API, behind the request gate of
-app/web/gate.py. Each validates and enqueues (app/web/ask.py, app/web/conversations.py) and acks."""
+"""The Bolt app: thin listeners for `/ask`, the Events API and clicks on buttons (interactivity),
+behind the request gate of app/web/gate.py. Each validates and enqueues (app/web/ask.py,
+app/web/conversations.py, app/web/clicks.py) and acks."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from app.contract.jobs import command_reference
 from app.contract.settings import Settings
 from app.web import quota
 from app.web.ask import handle_ask
+from app.web.clicks import ClickAck, handle_click
 from app.web.conversations import EventAck, handle_event
 from app.web.events import HANDLED_TYPES
 from app.web.gate import JSON
@@ -106,6 +108,19 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
     # Any other event (the app subscribed to more than asklane uses) gets 200 too: Bolt's 404 for
     # an unhandled event would have Slack deliver it again, and again.
     app.event(re.compile(r".*"))(on_event)
+
+    # Every block_actions click, whatever its action_id: app/web/clicks.py ignores those that are
+    # not asklane's (with a 200, as Bolt's 404 would show the clicker an error).
+    @app.action(re.compile(r".*"))
+    async def on_click(body: dict[str, Any]) -> BoltResponse:
+        try:
+            clicked = await handle_click(body, redis, events, limits)
+        except Exception:
+            log.exception("click.crashed", team=(body.get("team") or {}).get("id"))
+            clicked = ClickAck(500, "crashed")
+        metrics.count_soon(redis, "asklane_clicks", outcome=clicked.outcome)
+        # Nobody sees a click's ack body; a non-2xx makes Slack show the clicker an error.
+        return BoltResponse(status=clicked.status, body="")
 
     @app.command(settings.slack_command)
     async def ask(ack: AsyncAck, command: dict[str, Any]) -> None:

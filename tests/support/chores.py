@@ -13,10 +13,12 @@ from app.contract.messages import SlackMessage
 from app.contract.targets import Ephemeral
 from tests.support.slack_requests import SlashCommands
 from workers.answer import ASK
-from workers.errors import PermanentError, TransientError
+from workers.errors import PermanentError, StopRequested, TransientError
 from workers.kinds import JobKind, Run
 
-Step = Literal["ok", "transient", "permanent"]
+#: "stop": the run saw a Stop (raises StopRequested); "delivered_then_permanent": the final message
+#: goes out, then the run fails (as a streamed answer Claude broke off mid-way).
+Step = Literal["ok", "transient", "permanent", "stop", "delivered_then_permanent"]
 
 
 class Chore(JobBase):
@@ -43,6 +45,11 @@ class ChoreKind:
             raise TransientError(f"chore run {runs} failed")
         if step == "permanent":
             raise PermanentError("chore refused", reason="the chore cannot be done.")
+        if step == "stop":
+            raise StopRequested()
+        if step == "delivered_then_permanent":
+            await run.deliver(SlackMessage(text=f"chore {run.job.dedupe_key} half done"))
+            raise PermanentError("chore broke off", reason="the chore broke off.")
         return await run.deliver(SlackMessage(text=f"chore {run.job.dedupe_key} done"))
 
     def failure_message(self, job: JobBase, reason: str) -> SlackMessage:

@@ -247,3 +247,77 @@ def flood_headers(port: int, total: int, chunk: int = 256 * 1024) -> int:
         except OSError:  # reset or broken pipe: the server closed it
             pass
     return sent
+
+
+class Clicks:
+    """Builds ``block_actions`` interactivity requests as Slack sends them when someone clicks a
+    button on an answer: a signed form whose ``payload`` field is JSON, with a response_url on
+    the fake Slack (one per click, as Slack gives each click its own)."""
+
+    def __init__(self, fake_slack: FakeSlack, team_id: str = TEAM_ID) -> None:
+        self.fake_slack = fake_slack
+        self.team_id = team_id
+
+    def payload(
+        self,
+        action_id: str,
+        value: str,
+        *,
+        user: str = "U0ASKER",
+        channel: str = "C0CHANNEL",
+        message_ts: str | None = None,
+        thread_ts: str | None = None,
+        ephemeral: bool = False,
+    ) -> dict[str, Any]:
+        """The JSON payload of one click on the button ``action_id`` whose value is ``value``."""
+        action_ts = new_ts()
+        container: dict[str, Any] = {
+            "type": "message",
+            "message_ts": message_ts or action_ts,
+            "channel_id": channel,
+            "is_ephemeral": ephemeral,
+        }
+        if thread_ts is not None:
+            container["thread_ts"] = thread_ts
+        payload: dict[str, Any] = {
+            "type": "block_actions",
+            "user": {"id": user, "username": "someone", "name": "someone", "team_id": self.team_id},
+            "api_app_id": APP_ID,
+            "token": "deprecated-verification-token",
+            "container": container,
+            "trigger_id": f"{time.time_ns()}.{uuid.uuid4().int % 10**9}.{uuid.uuid4().hex}",
+            "team": {"id": self.team_id, "domain": "example"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": "general"},
+            "state": {"values": {}},
+            "response_url": f"{self.fake_slack.response_prefix}{uuid.uuid4().hex}",
+            "actions": [
+                {
+                    "action_id": action_id,
+                    "block_id": "asklane_answer_actions",
+                    "text": {"type": "plain_text", "text": action_id, "emoji": True},
+                    "value": value,
+                    "type": "button",
+                    "action_ts": action_ts,
+                }
+            ],
+        }
+        if not ephemeral:
+            payload["message"] = {"type": "message", "ts": message_ts or action_ts, "thread_ts": thread_ts}
+        return payload
+
+    @staticmethod
+    def body(payload: dict[str, Any]) -> bytes:
+        return urlencode({"payload": json.dumps(payload)}).encode()
+
+    def send(self, client: TestClient | httpx.Client, payload: dict[str, Any]) -> httpx.Response:
+        """POST the click to /slack/events as Slack does."""
+        body = self.body(payload)
+        return client.post("/slack/events", content=body, headers=signature_headers(body))
+
+    def click(
+        self, client: TestClient | httpx.Client, action_id: str, value: str, **fields: Any
+    ) -> httpx.Response:
+        """Build and send one click; see :meth:`payload` for ``fields``."""
+        return self.send(client, self.payload(action_id, value, **fields))
