@@ -246,8 +246,9 @@ def stream_key(job_id: str) -> str:
 
 def answer_record_key(job_id: str) -> str:
     """What an answer's buttons need once the job is gone: who asked what, where, and the answer
-    (app/contract/answers.py); ANSWER_RECORD_TTL_SECONDS, after which a click is told it expired."""
-    return f"asklane:answer:{job_id}"
+    (app/contract/answers.py); ANSWER_RECORD_TTL_SECONDS, after which a click is told it expired.
+    Not ``asklane:answer:``: that is the job's stored answer (:func:`answer_key`), deleted on delivery."""
+    return f"asklane:answer-record:{job_id}"
 
 
 def slack_method_bucket_key(team_id: str, tier: str) -> str:
