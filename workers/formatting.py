@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.contract import actions
 from app.contract.messages import SlackMessage, escape_mrkdwn
 
 #: Slack rejects messages whose markdown blocks add up to more than this (msg_blocks_too_long).
@@ -186,3 +187,54 @@ def fit_markdown(text: str, limit: int) -> tuple[str, bool]:
 def _open_fence(text: str) -> bool:
     fences = sum(1 for line in text.splitlines() if _is_fence(line))
     return fences % 2 == 1
+
+
+# --- Buttons on a streamed thread answer -------------------------------------------------------
+# Slack's icon_button offers only a trash icon, so Regenerate and Retry are plain buttons in an
+# actions block beside the feedback_buttons' context_actions block.
+
+
+def answer_buttons(job_id: str) -> list[dict[str, Any]]:
+    """The blocks ending a thread answer: Slack's feedback buttons (thumbs up / down) and
+    Regenerate, each naming the answer's job (app/contract/actions.py)."""
+    return [
+        {
+            "type": "context_actions",
+            "elements": [
+                {
+                    "type": "feedback_buttons",
+                    "action_id": actions.FEEDBACK,
+                    "positive_button": {
+                        "text": {"type": "plain_text", "text": "Good answer"},
+                        "accessibility_label": "This answer was helpful",
+                        "value": actions.feedback_value("good", job_id),
+                    },
+                    "negative_button": {
+                        "text": {"type": "plain_text", "text": "Bad answer"},
+                        "accessibility_label": "This answer was not helpful",
+                        "value": actions.feedback_value("bad", job_id),
+                    },
+                }
+            ],
+        },
+        _regenerate_block(job_id, "Regenerate"),
+    ]
+
+
+def retry_buttons(job_id: str) -> list[dict[str, Any]]:
+    """The blocks ending an interrupted answer: a Retry button (Regenerate, by another name)."""
+    return [_regenerate_block(job_id, "Retry")]
+
+
+def _regenerate_block(job_id: str, label: str) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": actions.REGENERATE,
+                "text": {"type": "plain_text", "text": label},
+                "value": job_id,
+            }
+        ],
+    }
