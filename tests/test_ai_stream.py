@@ -11,7 +11,6 @@ import pytest
 from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, StreamReply, error
 from tests.support.fakes.server import Reply
-from tests.support.waiting import wait_until
 from workers.ai import Answer, Claude
 from workers.errors import BackPressure, JobError, PermanentError, TransientError
 from workers.prompt import Prompt
@@ -111,34 +110,42 @@ def _stalling(settings: Settings) -> Settings:
     return settings.model_copy(update={"ai_timeout_seconds": 0.5})
 
 
-FAILURES: list[tuple[str, Reply, type[JobError], int]] = [
-    # (case, scripted reply, error type, deltas read before it)
-    ("529 before the stream", error(529, "overloaded_error", retry_after=3), TransientError, 0),
-    ("500 before the stream", error(500, "api_error"), TransientError, 0),
-    ("429 rate limit before the stream", error(429, "rate_limit_error", retry_after=2), BackPressure, 0),
-    ("401 before the stream", error(401, "authentication_error"), PermanentError, 0),
-    ("error event before any text", StreamReply(text=TEXT, fail="error", fail_after=0), TransientError, 0),
+FAILURES: list[tuple[str, Reply, type[JobError], int, str]] = [
+    # (case, scripted reply, error type, deltas read before it, words of its detail)
+    ("529 before the stream", error(529, "overloaded_error", retry_after=3), TransientError, 0, "529"),
+    ("500 before the stream", error(500, "api_error"), TransientError, 0, "500"),
+    ("429 before the stream", error(429, "rate_limit_error", retry_after=2), BackPressure, 0, "429"),
+    ("401 before the stream", error(401, "authentication_error"), PermanentError, 0, "401"),
     (
-        "overloaded error event mid-stream",
-        StreamReply(text=TEXT, fail="error", fail_after=3),
+        "error event before any text",
+        StreamReply(fail="error", fail_after=0),
+        TransientError,
+        0,
+        "overloaded_error",
+    ),
+    (
+        "overloaded event mid-stream",
+        StreamReply(fail="error", fail_after=3),
         TransientError,
         3,
+        "overloaded_error",
     ),
     (
         "api_error event mid-stream",
-        StreamReply(text=TEXT, fail="error", error_type="api_error", fail_after=2),
+        StreamReply(fail="error", error_type="api_error", fail_after=2),
         TransientError,
         2,
+        "api_error",
     ),
-    ("connection dropped mid-stream", StreamReply(text=TEXT, fail="drop", fail_after=4), TransientError, 4),
-    ("stream stalls mid-way", StreamReply(text=TEXT, fail="stall", fail_after=2), TransientError, 2),
-    ("stream stalls before any text", StreamReply(text=TEXT, fail="stall", fail_after=0), TransientError, 0),
-    ("refusal", StreamReply(text="I can't", stop_reason="refusal"), PermanentError, 1),
+    ("connection dropped mid-stream", StreamReply(fail="drop", fail_after=4), TransientError, 4, "broken"),
+    ("stream stalls mid-way", StreamReply(fail="stall", fail_after=2), TransientError, 2, "stalled"),
+    ("stream stalls before any text", StreamReply(fail="stall", fail_after=0), TransientError, 0, "stalled"),
+    ("refusal", StreamReply(text="I can't", stop_reason="refusal"), PermanentError, 1, "refusal"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("reply", "expected", "read_before"),
+    ("reply", "expected", "read_before", "detail"),
     [case[1:] for case in FAILURES],
     ids=[case[0] for case in FAILURES],
 )
@@ -148,12 +155,14 @@ def test_each_failure_is_typed_at_the_edge(
     reply: Reply,
     expected: type[JobError],
     read_before: int,
+    detail: str,
 ) -> None:
     fake_anthropic.script("/v1/messages", reply)
 
     deltas, failure = _failure(_stalling(settings))
 
     assert type(failure) is expected
+    assert detail in failure.detail
     assert len(deltas) == read_before
 
 
@@ -186,9 +195,7 @@ def test_leaving_the_stream_early_closes_it_and_the_server_stops_generating(
     deltas, answer = _read(settings, take=3)
 
     assert deltas == ["word "] * 3 and answer is None
-    log = wait_until(
-        lambda: fake_anthropic.streams[0] if fake_anthropic.streams[0].ended else None, timeout=5
-    )
+    log = fake_anthropic.wait_for_stream_end()
     assert log.client_gone and not log.completed
     assert len(log.sent) < 400 / 2
 

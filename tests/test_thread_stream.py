@@ -10,6 +10,7 @@ stream was given (tests/support/streams.py); Slack's wire calls are workers/stre
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +25,7 @@ from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, StreamReply, error
 from tests.support.fakes.server import Reply
 from tests.support.jobs import drain, enqueue, in_redis
+from tests.support.processes import WorkerProcess
 from tests.support.streams import RecordingSlack, leave_stream_of_dead_run, run_kind
 from tests.support.threads import question
 from tests.support.waiting import wait_until
@@ -192,9 +194,7 @@ def test_stop_while_streaming_closes_the_ai_stream_at_once_and_raises_stop_reque
 
     took = asyncio.run(scenario())
 
-    log = wait_until(
-        lambda: fake_anthropic.streams[0] if fake_anthropic.streams[0].ended else None, timeout=5
-    )
+    log = fake_anthropic.wait_for_stream_end()
     assert log.client_gone and not log.completed
     assert len(log.sent) < 500 / 2
     assert took < 2  # behaviour, not a figure: a stop is not left to the end of the answer
@@ -271,3 +271,79 @@ def test_an_error_before_the_first_text_is_retried_by_the_runner_and_then_answer
     assert len(fake_anthropic.calls) == 2
     assert redis_client.exists(keys.delivered_key(job.job_id))
     assert _remembered(settings, job) == ["Answer to: first try fails?"]
+
+
+def test_a_stop_before_claude_has_written_anything_is_obeyed_without_waiting_for_text(
+    settings: Settings, fake_anthropic: FakeAnthropic
+) -> None:
+    # Claude sends nothing: only the stall deadline (AI_TIMEOUT_SECONDS) would end this stream.
+    fake_anthropic.script("/v1/messages", StreamReply(text=TEXT, fail="stall", fail_after=0))
+    slack, job = RecordingSlack(), question("thinking for long?")
+
+    async def scenario() -> None:
+        running = asyncio.create_task(run_kind(settings, THREAD, job, slack))
+        await asyncio.to_thread(fake_anthropic.wait_for, "/v1/messages")
+        client = open_redis(settings)
+        await stops.request_stop(client, job.job_id)
+        await client.aclose()
+        with pytest.raises(StopRequested):
+            await running
+
+    asyncio.run(scenario())
+
+    log = fake_anthropic.wait_for_stream_end()
+    assert log.client_gone and log.sent == []
+    assert slack.streams[0].note == STOPPED_NOTE
+
+
+def test_a_stop_while_regenerating_after_a_crash_ends_the_earlier_message_stopped(
+    settings: Settings, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script("/v1/messages", StreamReply(text="tick " * 400, chunk=5, event_delay=0.01))
+    slack, job = RecordingSlack(), question("recovering, then stopped?")
+
+    async def scenario() -> None:
+        client = open_redis(settings)
+        await leave_stream_of_dead_run(client, job)
+        running = asyncio.create_task(run_kind(settings, THREAD, job, slack))
+        await asyncio.to_thread(wait_until, lambda: fake_anthropic.streams and fake_anthropic.streams[0].sent)
+        await stops.request_stop(client, job.job_id)
+        await client.aclose()
+        with pytest.raises(StopRequested):
+            await running
+
+    asyncio.run(scenario())
+
+    assert slack.streams == []
+    [completion] = slack.completions
+    assert completion.text.startswith("tick") and completion.text.endswith(STOPPED_NOTE)
+    assert completion.blocks == []
+    assert _delivered(settings, job)
+
+
+def test_a_worker_killed_mid_stream_leaves_one_complete_answer_after_recovery(
+    settings: Settings,
+    redis_client: redis.Redis,
+    fake_anthropic: FakeAnthropic,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    # Slow enough to kill mid-answer, quick enough to end within JOB_TIMEOUT_SECONDS.
+    fake_anthropic.script("/v1/messages", StreamReply(text="slowly " * 80, chunk=7, event_delay=0.05))
+    job = question("what happens if the worker dies?")
+    enqueue(settings, job)
+    doomed = start_worker()
+    wait_until(lambda: fake_anthropic.streams and len(fake_anthropic.streams[0].sent) >= 20, timeout=30)
+
+    doomed.signal_group(signal.SIGKILL)
+    doomed.wait(timeout=5)
+    # What the dead run left in Slack: a message with part of the answer (when a batch went out).
+    partly_shown = bool(redis_client.exists(keys.stream_key(job.job_id)))
+    rescuer = start_worker()
+    wait_until(lambda: redis_client.exists(keys.delivered_key(job.job_id)), timeout=40)
+
+    assert len(fake_anthropic.calls) == 2
+    assert _remembered(settings, job) == ["Answer to: what happens if the worker dies?"]
+    via = (redis_client.get(keys.delivered_key(job.job_id)) or b"").decode()
+    # The recovered run completes the dead run's message rather than posting a second one.
+    assert via == (COMPLETED_AFTER_CRASH if partly_shown else STREAMED)
+    assert rescuer.events("job.stalled")

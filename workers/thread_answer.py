@@ -13,7 +13,7 @@ How a run ends:
 * **Failed after text was shown.** The message ends with an "Interrupted" note and a Retry button,
   the job is marked delivered (the message is its final one: the runner must post no failure
   message) and a PermanentError ends it: a retry would show the text a second time.
-* **Stopped.** Checked between deltas (at most every STOP_CHECK_SECONDS): the Anthropic stream is
+* **Stopped.** Looked at every STOP_CHECK_SECONDS while Claude streams, deltas or not: the Anthropic stream is
   closed at once, the message ends with "Stopped.", and StopRequested tells the runner.
 * **After a crash.** A run that finds the job's answer stored (an earlier run got that far) posts
   no new AI call: it completes the earlier run's stream messages with it
@@ -24,6 +24,7 @@ How a run ends:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
@@ -34,6 +35,7 @@ from app.contract import answers, keys, messages, stops
 from app.contract.jobs import JobBase, ThreadQuestion
 from app.contract.messages import SlackMessage
 from workers import job_state, memory, prompt
+from workers.ai import AnswerStream
 from workers.errors import JobError, PermanentError, StopRequested
 from workers.formatting import CUT_SHORT_NOTE, answer_buttons, retry_buttons
 from workers.kinds import LeaseLost, Run, record_delivery
@@ -131,48 +133,78 @@ class _Stream(Protocol):
     async def end_with_note(self, note: str, blocks: list[dict[str, Any]]) -> None: ...
 
 
-class _StopWatch:
-    """Looks at the job's stop request, at most every STOP_CHECK_SECONDS (it is asked per delta)."""
+class _Stopped(Exception):
+    """The job's stop request was seen while Claude streamed."""
 
-    def __init__(self, run: Run) -> None:
+
+class _Deltas:
+    """Claude's deltas, one at a time, with the job's stop request looked at every
+    STOP_CHECK_SECONDS (one EXISTS) whether deltas come or not: a stop is obeyed at once also
+    while Claude has not written anything yet."""
+
+    def __init__(self, run: Run, answer: AnswerStream) -> None:
         self._run = run
-        self._next = time.monotonic() + STOP_CHECK_SECONDS
+        self._answer = answer
+        self._pending: asyncio.Task[str] | None = None
+        self._next_look = time.monotonic() + STOP_CHECK_SECONDS
 
-    async def stopped(self) -> bool:
-        now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + STOP_CHECK_SECONDS
-        return await stops.stop_requested(self._run.deps.redis, self._run.job.job_id)
+    async def next(self) -> str | None:
+        """The next delta, or None at the end. Raises _Stopped, LeaseLost, and the stream's
+        failures (workers/errors.py)."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._answer.__anext__())
+        pending = self._pending
+        while True:
+            wait = self._next_look - time.monotonic()
+            if wait <= 0:
+                self._next_look = time.monotonic() + STOP_CHECK_SECONDS
+                if await stops.stop_requested(self._run.deps.redis, self._run.job.job_id):
+                    await self.cancel()
+                    raise _Stopped()
+                if self._run.lease.lost:
+                    await self.cancel()
+                    raise LeaseLost()
+                continue
+            done, _ = await asyncio.wait({pending}, timeout=wait)
+            if done:
+                self._pending = None
+                try:
+                    return pending.result()
+                except StopAsyncIteration:
+                    return None
+
+    async def cancel(self) -> None:
+        """Stop waiting for the next delta (the caller then closes the stream)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.wait({pending})
 
 
 async def _stream(run: Run, job: ThreadQuestion, request: prompt.Prompt) -> str:
     """Stream Claude's answer into a new SlackStream, and end it as the run ends."""
     deps = run.deps
     stream = deps.slack.open_stream(deps.redis, job)
-    watch = _StopWatch(run)
     failure: JobError | None = None
-    stopped = lease_lost = False
+    stopped = False
     async with run.stream_claude(request) as answer:
-        deltas = aiter(answer)
-        while True:
-            try:
-                delta = await anext(deltas)
-            except StopAsyncIteration:
-                break
-            except JobError as error:  # Claude's side only: Slack's errors below propagate
-                failure = error
-                break
-            await stream.append(delta)
-            if run.lease.lost:
-                lease_lost = True
-                break
-            if await watch.stopped():
-                stopped = True
-                break
+        deltas = _Deltas(run, answer)
+        try:
+            while True:
+                try:
+                    delta = await deltas.next()
+                except _Stopped:
+                    stopped = True
+                    break
+                except JobError as error:  # Claude's side only: Slack's errors (append) propagate
+                    failure = error
+                    break
+                if delta is None:
+                    break
+                await stream.append(delta)
+        finally:
+            await deltas.cancel()
     # The Anthropic stream is closed here, whatever ended the loop: no more tokens are billed.
-    if lease_lost:
-        raise LeaseLost()
     if stopped:
         log.info("stream.stopped", shown=stream.shown)
         await stream.end_with_note(STOPPED_NOTE, [])
@@ -237,17 +269,17 @@ async def _regenerate_into_earlier_stream(run: Run, job: ThreadQuestion, request
     text meanwhile, under the thread's status). A stop ends the earlier message with the note.
     """
     deps = run.deps
-    watch = _StopWatch(run)
     written: list[str] = []
     stopped = False
     async with run.stream_claude(request) as answer:
-        async for delta in answer:
-            written.append(delta)
-            if run.lease.lost:
-                raise LeaseLost()
-            if await watch.stopped():
-                stopped = True
-                break
+        deltas = _Deltas(run, answer)
+        try:
+            while (delta := await deltas.next()) is not None:
+                written.append(delta)
+        except _Stopped:
+            stopped = True
+        finally:
+            await deltas.cancel()
     if stopped:
         log.info("stream.stopped", shown=True)
         so_far = "".join(written).strip()

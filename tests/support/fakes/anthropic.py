@@ -105,7 +105,7 @@ class StreamReply(Reply):
     and ends the response, "drop" aborts the connection, "stall" sends nothing more (until the
     client goes away)."""
 
-    text: str = "a streamed answer"
+    text: str = "a streamed answer, long enough to come in several deltas"
     chunk: int = 8
     chunks: list[str] | None = None
     event_delay: float = 0.0
@@ -467,9 +467,21 @@ class FakeAnthropic(FakeServer):
             request.transport.abort()
             return response
         # A stall: nothing more is sent; the stream stays open until the client gives up on it.
-        await request.wait_for_disconnection()
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # aiohttp offers no event for a client going away
         log.client_gone = True
         return response
+
+    def wait_for_stream_end(self, index: int = 0, timeout: float = 5.0) -> StreamLog:
+        """Block until stream ``index`` has ended (completed, failed, or left by the client)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                log = self.streams[index] if len(self.streams) > index else None
+            if log is not None and log.ended:
+                return log
+            time.sleep(0.02)
+        raise AssertionError(f"stream {index} did not end in {timeout} s")
 
     @property
     def calls(self) -> list[Any]:
