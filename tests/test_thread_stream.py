@@ -156,6 +156,9 @@ def test_a_failure_after_text_was_shown_ends_the_message_interrupted_with_a_retr
     assert job.reference in stream.note
     assert stream.note_blocks == retry_buttons(job.job_id)
     assert stream.finished_with is None
+    # Retry asks the recorded question again: the record is kept for it.
+    record = in_redis(settings, lambda client: answers.load(client, job.job_id))
+    assert record is not None and record.question == "will it break?"
     # Its final message is the interrupted one: the runner neither retries nor posts another.
     assert _delivered(settings, job)
     assert raised.value.reason == TransientError.default_reason

@@ -185,6 +185,7 @@ async def _stream(run: Run, job: ThreadQuestion, request: prompt.Prompt) -> str:
     """Stream Claude's answer into a new SlackStream, and end it as the run ends."""
     deps = run.deps
     stream = deps.slack.open_stream(deps.redis, job)
+    written: list[str] = []
     failure: JobError | None = None
     stopped = False
     async with run.stream_claude(request) as answer:
@@ -202,6 +203,7 @@ async def _stream(run: Run, job: ThreadQuestion, request: prompt.Prompt) -> str:
                 if delta is None:
                     break
                 await stream.append(delta)
+                written.append(delta)
         finally:
             await deltas.cancel()
     # The Anthropic stream is closed here, whatever ended the loop: no more tokens are billed.
@@ -213,7 +215,7 @@ async def _stream(run: Run, job: ThreadQuestion, request: prompt.Prompt) -> str:
     if failure is not None:
         if not stream.shown:
             raise failure  # nothing visible yet: retried as any AI failure
-        await _interrupted(run, job, stream, failure)
+        await _interrupted(run, job, stream, failure, "".join(written))
     assert answer.answer is not None  # the deltas ended without an error
     generated = job_state.StoredAnswer(text=answer.answer.text, cut_short=answer.answer.cut_short)
     # Stored with the exchange in one step before the message is finished: a re-run reuses it
@@ -229,10 +231,14 @@ async def _stream(run: Run, job: ThreadQuestion, request: prompt.Prompt) -> str:
     return STREAMED
 
 
-async def _interrupted(run: Run, job: ThreadQuestion, stream: _Stream, failure: JobError) -> NoReturn:
+async def _interrupted(
+    run: Run, job: ThreadQuestion, stream: _Stream, failure: JobError, written: str
+) -> NoReturn:
     """End a message that shows part of an answer with the "Interrupted" note and a Retry button,
     mark the job delivered (the note is its final message) and end the job, unretried."""
     log.warning("stream.interrupted", error=type(failure).__name__, detail=failure.detail)
+    # Retry is Regenerate by another name: it asks the recorded question again.
+    await _save_record(run, job, job_state.StoredAnswer(text=written, cut_short=True))
     await stream.end_with_note(interrupted_note(failure.reason, job.reference), retry_buttons(job.job_id))
     await record_delivery(run.deps, job, INTERRUPTED)
     raise PermanentError(f"stream interrupted after text was shown: {failure.detail}", reason=failure.reason)
