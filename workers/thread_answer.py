@@ -59,7 +59,7 @@ STOPPED_NOTE = "_Stopped._"
 
 def interrupted_note(reason: str, reference: str) -> str:
     """The note ending an answer whose stream broke after some of it was shown."""
-    return f"_Interrupted: {reason} Press Retry to ask again. (ref {reference})_"
+    return f"_Interrupted: {reason} (ref {reference})_"
 
 
 class ThreadKind:
