@@ -32,6 +32,7 @@ from tests.support.waiting import wait_until
 from workers import job_state, memory
 from workers.errors import PermanentError, StopRequested, TransientError
 from workers.formatting import answer_buttons, retry_buttons
+from workers.ratelimit import SlotTooFar
 from workers.thread_answer import (
     COMPLETED_AFTER_CRASH,
     STOPPED_NOTE,
@@ -350,3 +351,24 @@ def test_a_worker_killed_mid_stream_leaves_one_complete_answer_after_recovery(
     # The recovered run completes the dead run's message rather than posting a second one.
     assert via == (COMPLETED_AFTER_CRASH if partly_shown else STREAMED)
     assert rescuer.events("job.stalled")
+
+
+def test_the_ai_rate_limit_counts_a_streamed_call_at_its_start(
+    settings: Settings, fake_anthropic: FakeAnthropic
+) -> None:
+    one_per_two_seconds = settings.model_copy(update={"jobs_per_second": 0.5})  # one per 2 s
+    fake_anthropic.script("/v1/messages", StreamReply(text="long " * 100, chunk=5, event_delay=0.02))
+    first, second = question("first?"), question("second?")
+
+    async def scenario() -> None:
+        running = asyncio.create_task(run_kind(one_per_two_seconds, THREAD, first, RecordingSlack()))
+        await asyncio.to_thread(wait_until, lambda: fake_anthropic.streams and fake_anthropic.streams[0].sent)
+        # The first call's slot was taken when its stream opened, not when it ends.
+        with pytest.raises(SlotTooFar):
+            await run_kind(one_per_two_seconds, THREAD, second, RecordingSlack())
+        assert not fake_anthropic.streams[0].ended
+        await running
+
+    asyncio.run(scenario())
+
+    assert len(fake_anthropic.calls) == 1
