@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import anthropic
+import httpx2  # the SDK's HTTP client: a stream read mid-way raises its errors unwrapped
 import structlog
+from anthropic.lib.streaming import AsyncMessageStream
 from anthropic.types import Message, TextBlock
 
 from app.contract.settings import Settings
@@ -121,6 +126,42 @@ class Claude:
             cache_read_input_tokens=_tokens(response.usage.cache_read_input_tokens),
         )
 
+    @asynccontextmanager
+    async def stream(self, prompt: Prompt) -> AsyncIterator[AnswerStream]:
+        """Ask as :meth:`ask` does, with Anthropic's streaming Messages API: the
+        :class:`AnswerStream` yields the answer's text deltas as they arrive, and holds the final
+        :class:`Answer` (usage, stop reason, request id) once they are all in.
+
+        Leaving the block closes the HTTP stream at once, finished or not: Anthropic stops
+        generating (and billing) when the client goes away. Failures are typed as :meth:`ask`
+        types them: the HTTP status before the first event; an ``error`` event or a dropped
+        connection mid-stream, or no event for AI_TIMEOUT_SECONDS, is a TransientError.
+        """
+        started = time.perf_counter()
+        timeout = self._settings.ai_timeout_seconds
+        manager = self._client.messages.stream(
+            model=self._settings.anthropic_model,
+            max_tokens=self._settings.ai_max_tokens,
+            system=prompt.system,
+            messages=prompt.messages,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                sdk_stream = await manager.__aenter__()
+        except TimeoutError as error:
+            raise TransientError(
+                f"anthropic stream did not start within AI_TIMEOUT_SECONDS ({timeout:g} s)"
+            ) from error
+        except anthropic.NotFoundError as error:
+            raise model_not_found(error, self._settings.anthropic_model) from error
+        except anthropic.APIError as error:
+            raise classify(error) from error
+        try:
+            yield AnswerStream(sdk_stream, started=started, stall_seconds=timeout)
+        finally:
+            # At once, whatever ended the block: an unread stream left open keeps Claude writing.
+            await sdk_stream.close()
+
     async def warm_up(self) -> None:
         """Look up the configured model before the first question.
 
@@ -157,6 +198,102 @@ class Claude:
     async def close(self) -> None:
         """Close the HTTP connection pool."""
         await self._client.close()
+
+
+class AnswerStream:
+    """Claude's answer as it is written: ``async for text in stream`` yields the text deltas in
+    order; once they end, :attr:`answer` holds the whole :class:`Answer`.
+
+    Raises TransientError for a stream that breaks (an ``error`` event, a dropped connection, an
+    end without ``message_stop``) or stalls (no event for ``stall_seconds``), and PermanentError
+    for a refusal or an empty answer, as :meth:`Claude.ask` does.
+    """
+
+    def __init__(self, stream: AsyncMessageStream[Any], *, started: float, stall_seconds: float) -> None:
+        self._stream = stream
+        self._started = started
+        self._stall_seconds = stall_seconds
+        self._stopped = False
+        #: The whole answer, once the stream has ended (None until then).
+        self.answer: Answer | None = None
+
+    @property
+    def request_id(self) -> str | None:
+        return self._stream.request_id
+
+    def __aiter__(self) -> AnswerStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while self.answer is None:
+            event = await self._next_event()
+            if event is None:
+                self.answer = self._final()
+                break
+            if event.type == "message_stop":
+                self._stopped = True
+            elif event.type == "text" and event.text:
+                return str(event.text)
+        raise StopAsyncIteration
+
+    async def _next_event(self) -> Any:
+        """The next event of the SDK's stream, or None at its end; typed failures."""
+        try:
+            async with asyncio.timeout(self._stall_seconds):
+                return await self._stream.__anext__()
+        except StopAsyncIteration:
+            return None
+        except TimeoutError as error:
+            raise TransientError(
+                f"anthropic stream stalled: no event for AI_TIMEOUT_SECONDS ({self._stall_seconds:g} s)"
+            ) from error
+        except anthropic.APIStatusError as error:
+            raise mid_stream_error(error) from error
+        except anthropic.APIError as error:
+            raise classify(error) from error
+        except httpx2.HTTPError as error:  # the connection dropped, or the body broke off
+            raise TransientError(f"anthropic stream broken: {type(error).__name__}") from error
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as error:
+            raise unusable_body(f"stream event: {type(error).__name__}: {error}") from error
+
+    def _final(self) -> Answer:
+        if not self._stopped:
+            raise TransientError("anthropic stream ended before message_stop")
+        response = usable_message(self._stream.current_message_snapshot)
+        if response.stop_reason == "refusal":
+            raise PermanentError("stop_reason refusal", reason="Claude declined to answer this question.")
+        text = "".join(block.text for block in response.content if isinstance(block, TextBlock)).strip()
+        if not text:
+            raise PermanentError(
+                f"empty answer, stop_reason {response.stop_reason}",
+                reason="Claude returned an empty answer. Try rephrasing the question.",
+            )
+        headers = self._stream.response.headers
+        return Answer(
+            text=text,
+            stop_reason=response.stop_reason,
+            model=response.model,
+            input_tokens=response.usage.input_tokens,
+            output_tokens=response.usage.output_tokens,
+            latency_ms=round((time.perf_counter() - self._started) * 1000, 1),
+            request_id=self._stream.request_id,
+            slow_down_for=exhausted_limit_reset(headers),
+            cache_creation_input_tokens=_tokens(response.usage.cache_creation_input_tokens),
+            cache_read_input_tokens=_tokens(response.usage.cache_read_input_tokens),
+        )
+
+
+def mid_stream_error(error: anthropic.APIStatusError) -> TransientError | PermanentError:
+    """An ``error`` event after the stream began (its HTTP status was 200): Anthropic overloaded
+    or failing mid-answer, worth another try. A status error raised mid-stream for any other
+    status is classified as usual."""
+    if error.status_code != 200:
+        return classify(error)
+    kind = error.type or "error"
+    return TransientError(
+        f"anthropic error event mid-stream: {kind}",
+        throttled=kind in ("overloaded_error", "rate_limit_error"),
+    )
 
 
 def _tokens(value: object) -> int:

@@ -29,6 +29,7 @@ for when a response_url may be used, in one place (:class:`ResponseUrlBudget`):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -45,6 +46,7 @@ from app.contract.settings import Settings
 from app.contract.targets import DirectMessage, Ephemeral, PrivateNote, Thread
 from workers import age, job_state, slack_rate
 from workers.errors import DeliveryFailed, PermanentError
+from workers.formatting import thread_answer  # replaced by the Slack streaming branch
 from workers.retry import too_old_to_wait
 from workers.retry_after import retry_after_seconds
 
@@ -148,6 +150,17 @@ class SlackDelivery:
             base_url=settings.slack_api_url,
             timeout=SLACK_TIMEOUT_SECONDS,
         )
+
+    # --- replaced by the Slack streaming branch (open_stream, complete_stream) ---
+    def open_stream(self, redis: ArqRedis, job: JobBase) -> SlackStream:
+        return SlackStream(self, redis, job)
+
+    async def complete_stream(
+        self, redis: ArqRedis, job: JobBase, text: str, *, cut_short: bool, blocks: list[dict[str, Any]]
+    ) -> bool:
+        return False  # the stand-in SlackStream never leaves a stream behind
+
+    # --- end of the part replaced by the Slack streaming branch ---
 
     def allows(self, response_url: str) -> bool:
         """True when the URL is under one of SLACK_RESPONSE_URL_PREFIXES."""
@@ -410,3 +423,31 @@ class BlocksRejected(Exception):
 
 def _rejects_blocks(error: str) -> bool:
     return "blocks" in error or "too_long" in error
+
+
+# --- replaced by the Slack streaming branch ------------------------------------------------------
+# A stand-in for workers/streaming.py's SlackStream so the thread kind runs in this branch: it
+# streams nothing, and posts the whole answer (with its note) when the stream ends.
+
+
+class SlackStream:  # replaced by the Slack streaming branch
+    """Buffers the streamed text; posts it as today's thread replies when the stream ends."""
+
+    def __init__(self, delivery: SlackDelivery, redis: ArqRedis, job: JobBase) -> None:
+        self._delivery, self._redis, self._job = delivery, redis, job
+        self._text = ""
+        self.shown = False
+
+    async def append(self, text: str) -> None:
+        self._text += text
+
+    async def finish(self, blocks: list[dict[str, Any]]) -> None:
+        await self._post(self._text)
+
+    async def end_with_note(self, note: str, blocks: list[dict[str, Any]]) -> None:
+        await self._post(f"{self._text}\n\n{note}" if self._text else note)
+
+    async def _post(self, text: str) -> None:
+        for part in thread_answer(text, cut_short=False):
+            await self._delivery.send(self._redis, self._job, part)
+        self.shown = True

@@ -247,3 +247,54 @@ def shared_answer(asker_id: str, question: str, answer: str, *, cut_short: bool 
         blocks=blocks,
         plain="\n\n".join([heading, plain, *notes]),
     )
+
+
+# --- Buttons on a streamed thread answer -------------------------------------------------------
+# Slack's icon_button offers only a trash icon, so Regenerate and Retry are plain buttons in an
+# actions block beside the feedback_buttons' context_actions block.
+
+
+def answer_buttons(job_id: str) -> list[dict[str, Any]]:
+    """The blocks ending a thread answer: Slack's feedback buttons (thumbs up / down) and
+    Regenerate, each naming the answer's job (app/contract/actions.py)."""
+    return [
+        {
+            "type": "context_actions",
+            "elements": [
+                {
+                    "type": "feedback_buttons",
+                    "action_id": actions.FEEDBACK,
+                    "positive_button": {
+                        "text": {"type": "plain_text", "text": "Good answer"},
+                        "accessibility_label": "This answer was helpful",
+                        "value": actions.feedback_value("good", job_id),
+                    },
+                    "negative_button": {
+                        "text": {"type": "plain_text", "text": "Bad answer"},
+                        "accessibility_label": "This answer was not helpful",
+                        "value": actions.feedback_value("bad", job_id),
+                    },
+                }
+            ],
+        },
+        _regenerate_block(job_id, "Regenerate"),
+    ]
+
+
+def retry_buttons(job_id: str) -> list[dict[str, Any]]:
+    """The blocks ending an interrupted answer: a Retry button (Regenerate, by another name)."""
+    return [_regenerate_block(job_id, "Retry")]
+
+
+def _regenerate_block(job_id: str, label: str) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": actions.REGENERATE,
+                "text": {"type": "plain_text", "text": label},
+                "value": job_id,
+            }
+        ],
+    }

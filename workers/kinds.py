@@ -10,7 +10,8 @@ events and the failure message. Worker registration passes the kinds explicitly
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +27,7 @@ from workers import job_state
 from workers.lease import Lease
 
 if TYPE_CHECKING:
-    from workers.ai import Answer, Claude
+    from workers.ai import Answer, AnswerStream, Claude
     from workers.delivery import SlackDelivery
     from workers.prompt import Prompt
     from workers.ratelimit import RateLimiter
@@ -88,6 +89,27 @@ class Run:
         await deps.limiter.wait_for_slot()
         # Nothing else may be awaited between the granted slot and the request.
         answer = await deps.claude.ask(request)
+        await self._note_answer(answer)
+        return answer
+
+    @asynccontextmanager
+    async def stream_claude(self, request: Prompt) -> AsyncIterator[AnswerStream]:
+        """:meth:`ask_claude` as a stream (:meth:`workers.ai.Claude.stream`): the call is counted by
+        the global rate limit at its start, and noted (``ai.completed``, the run's timings) once the
+        whole answer is in. Leaving the block closes the stream. Raises LeaseLost when another run
+        has the job, and the failure types of workers/errors.py."""
+        if self.lease.lost:
+            raise LeaseLost()
+        deps = self.deps
+        await deps.limiter.wait_for_slot()
+        # Nothing else may be awaited between the granted slot and the request.
+        async with deps.claude.stream(request) as stream:
+            yield stream
+        if stream.answer is not None:
+            await self._note_answer(stream.answer)
+
+    async def _note_answer(self, answer: Answer) -> None:
+        deps = self.deps
         log.info(
             "ai.completed",
             model=answer.model,
@@ -107,7 +129,6 @@ class Run:
         timings.model = answer.model
         if answer.slow_down_for:
             await deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
-        return answer
 
     async def deliver(self, message: SlackMessage | Sequence[SlackMessage]) -> str:
         """Post the job's final message (or every part of a long one, in order) to its reply

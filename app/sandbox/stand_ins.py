@@ -27,13 +27,14 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 #: Where the sandbox listens by default, and the paths the settings point at.
@@ -352,6 +353,13 @@ def create_app() -> Starlette:
         question = text_of(turns[-1]["content"])
         earlier = [text_of(turn["content"]) for turn in turns[:-1] if turn.get("role") == "user"]
         answer = offline_answer(question, earlier)
+        if body.get("stream") is True:
+            # Thread answers stream (workers/thread_answer.py): the same answer, as server-sent events.
+            return StreamingResponse(
+                _answer_events(answer, body.get("model", "offline-stand-in"), len(question.split())),
+                media_type="text/event-stream",
+                headers={"request-id": "req_offline"},
+            )
         return JSONResponse(
             {
                 "id": "msg_offline",
@@ -379,6 +387,49 @@ def create_app() -> Starlette:
             Route(ANTHROPIC_PATH + "/v1/messages", anthropic_messages, methods=["POST"]),
         ]
     )
+
+
+#: Characters per streamed delta, and seconds between deltas, of the offline model: slow enough to
+#: watch an answer arrive.
+STREAM_CHUNK = 12
+STREAM_DELAY_SECONDS = 0.03
+
+
+async def _answer_events(answer: str, model: str, input_tokens: int) -> AsyncIterator[bytes]:
+    """``answer`` as the streaming Messages API sends it."""
+
+    def event(name: str, data: dict[str, Any]) -> bytes:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+    message: dict[str, Any] = {
+        "id": "msg_offline",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+    }
+    yield event("message_start", {"type": "message_start", "message": message})
+    yield event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    for at in range(0, len(answer), STREAM_CHUNK):
+        await asyncio.sleep(STREAM_DELAY_SECONDS)
+        delta = {"type": "text_delta", "text": answer[at : at + STREAM_CHUNK]}
+        yield event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+    yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": len(answer.split())},
+        },
+    )
+    yield event("message_stop", {"type": "message_stop"})
 
 
 def _wait(request: Request) -> float:

@@ -10,6 +10,15 @@ It also serves ``GET /v1/models/{id}`` (404 for ids it does not know), can enfor
 the way Anthropic does (a continuously refilled bucket; over it, 429 ``rate_limit_error`` with
 ``retry-after``), and can send a reply's body verbatim or trickle it a byte at a time over a
 chunked response.
+
+A request with ``"stream": true`` is answered as the streaming Messages API answers it: a
+``text/event-stream`` of ``message_start``, ``content_block_start``, ``content_block_delta``
+(``text_delta``) …, ``content_block_stop``, ``message_delta`` (stop_reason, cumulative usage) and
+``message_stop``, the answer cut into ``stream_chunk``-character deltas with ``stream_delay``
+seconds between events. A :class:`StreamReply` scripts one stream (its text, chunks, delay, and a
+failure after some deltas: an ``error`` event, a dropped connection, a stall); any other scripted
+reply (an HTTP error with retry-after, say) is sent as it is, before any stream. Each stream is
+logged in :attr:`FakeAnthropic.streams`: the deltas sent, and whether the client went away first.
 """
 
 from __future__ import annotations
@@ -19,8 +28,8 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -89,6 +98,54 @@ def api_key(headers: Any) -> str | None:
 
 
 @dataclass
+class StreamReply(Reply):
+    """One scripted stream: ``text`` in deltas of ``chunk`` characters (or exactly ``chunks``), with
+    ``event_delay`` seconds before each event. After ``fail_after`` text deltas it fails as
+    ``fail`` says: "error" sends an ``error`` event (``error_type``, overloaded_error by default)
+    and ends the response, "drop" aborts the connection, "stall" sends nothing more (until the
+    client goes away)."""
+
+    text: str = "a streamed answer, long enough to come in several deltas"
+    chunk: int = 8
+    chunks: list[str] | None = None
+    event_delay: float = 0.0
+    stop_reason: str = "end_turn"
+    output_tokens: int = 34
+    usage: dict[str, int] = field(default_factory=dict)
+    fail: Literal["error", "drop", "stall"] | None = None
+    fail_after: int = 0
+    error_type: str = "overloaded_error"
+
+    def deltas(self) -> list[str]:
+        if self.chunks is not None:
+            return list(self.chunks)
+        return [self.text[at : at + self.chunk] for at in range(0, len(self.text), self.chunk)] or [""]
+
+
+@dataclass
+class StreamLog:
+    """What the fake sent on one stream, and how it ended."""
+
+    #: The text deltas sent, in order.
+    sent: list[str] = field(default_factory=list)
+    #: True once message_stop was sent.
+    completed: bool = False
+    #: True when the client closed the connection before the stream ended: generation stopped.
+    client_gone: bool = False
+    #: True once the handler stopped sending (for whatever reason).
+    ended: bool = False
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event as Anthropic writes it."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+class _ClientGone(Exception):
+    """The client closed the stream."""
+
+
+@dataclass
 class _Limit:
     requests: int | None
     output_tokens: int | None
@@ -124,6 +181,9 @@ class FakeAnthropic(FakeServer):
     default_delay = 0.0
     #: Output tokens every unscripted answer reports (and counts against an output-token limit).
     output_tokens = 34
+    #: Characters per text delta, and seconds before each event, of an unscripted stream.
+    stream_chunk = 8
+    stream_delay = 0.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,12 +195,17 @@ class FakeAnthropic(FakeServer):
         self.refused = 0
         #: Hashes of the prompt prefixes in the cache (model + blocks up to a cache_control mark).
         self._cached: set[str] = set()
+        #: One log per stream served, in order.
+        self.streams: list[StreamLog] = []
 
     def reset(self) -> None:
         super().reset()
         self.default_delay = 0.0
         self.output_tokens = 34
+        self.stream_chunk = 8
+        self.stream_delay = 0.0
         with self._lock:
+            self.streams = []
             self._limit = None
             self.refused = 0
             self._cached = set()
@@ -230,6 +295,18 @@ class FakeAnthropic(FakeServer):
             reply = error(404, "not_found_error")
         else:
             reply = self.next_reply(MESSAGES) or self._over_limit()
+        streaming = body.get("stream") is True
+        if reply is None and streaming:
+            question = text_of(body["messages"][-1]["content"])
+            reply = StreamReply(
+                text=f"Answer to: {question}",
+                chunk=self.stream_chunk,
+                event_delay=self.stream_delay,
+                output_tokens=self.output_tokens,
+                usage=self._cache_usage(body) or {},
+                headers={"request-id": "req_fake_stream"},
+                delay=self.default_delay,
+            )
         if reply is None:
             question = text_of(body["messages"][-1]["content"])
             answer = message(f"Answer to: {question}", output_tokens=self.output_tokens)
@@ -264,6 +341,8 @@ class FakeAnthropic(FakeServer):
         }
 
     async def respond(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        if isinstance(reply, StreamReply):
+            return await self._stream(request, reply)
         if not isinstance(reply, RawReply):
             return await super().respond(request, reply)
         if reply.byte_every is None:
@@ -282,6 +361,127 @@ class FakeAnthropic(FakeServer):
         except ConnectionError:
             pass  # the client gave up on it, as it should
         return response
+
+    async def _stream(self, request: web.Request, reply: StreamReply) -> web.StreamResponse:
+        """Send ``reply`` as server-sent events, noting in a StreamLog what went out and whether the
+        client went away first (it closed the stream: no more tokens generated)."""
+        log = StreamLog()
+        with self._lock:
+            self.streams.append(log)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._send_stream(request, reply, log)
+        finally:
+            self.in_flight -= 1
+
+    async def _send_stream(
+        self, request: web.Request, reply: StreamReply, log: StreamLog
+    ) -> web.StreamResponse:
+        if reply.delay:  # before the response starts, as a slow first byte
+            await asyncio.sleep(reply.delay)
+        headers = {"request-id": "req_fake_stream", **reply.headers}
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        usage = {"input_tokens": 12, "output_tokens": 1, **reply.usage}
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": "msg_fake_stream",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-haiku-5-5",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": usage,
+            },
+        }
+
+        async def send(event: str, data: dict[str, Any]) -> None:
+            if reply.event_delay:
+                await asyncio.sleep(reply.event_delay)
+            if request.transport is None or request.transport.is_closing():
+                raise _ClientGone()
+            try:
+                await response.write(sse(event, data))
+            except ConnectionError as error:
+                raise _ClientGone() from error
+
+        try:
+            await send("message_start", start)
+            await send(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
+            await send("ping", {"type": "ping"})
+            for number, delta in enumerate(reply.deltas()):
+                if reply.fail is not None and number == reply.fail_after:
+                    return await self._fail(request, response, reply, log)
+                await send(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": delta},
+                    },
+                )
+                log.sent.append(delta)
+            if reply.fail is not None:
+                return await self._fail(request, response, reply, log)
+            await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+            await send(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": reply.output_tokens},
+                },
+            )
+            await send("message_stop", {"type": "message_stop"})
+            log.completed = True
+            await response.write_eof()
+        except _ClientGone:
+            log.client_gone = True
+        finally:
+            log.ended = True
+        return response
+
+    async def _fail(
+        self, request: web.Request, response: web.StreamResponse, reply: StreamReply, log: StreamLog
+    ) -> web.StreamResponse:
+        if reply.fail == "error":
+            body = {
+                "type": "error",
+                "error": {"type": reply.error_type, "message": f"fake {reply.error_type}"},
+            }
+            try:
+                await response.write(sse("error", body))
+                await response.write_eof()
+            except ConnectionError:
+                log.client_gone = True
+            return response
+        if reply.fail == "drop":
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        # A stall: nothing more is sent; the stream stays open until the client gives up on it.
+        while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # aiohttp offers no event for a client going away
+        log.client_gone = True
+        return response
+
+    def wait_for_stream_end(self, index: int = 0, timeout: float = 5.0) -> StreamLog:
+        """Block until stream ``index`` has ended (completed, failed, or left by the client)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                log = self.streams[index] if len(self.streams) > index else None
+            if log is not None and log.ended:
+                return log
+            time.sleep(0.02)
+        raise AssertionError(f"stream {index} did not end in {timeout} s")
 
     @property
     def calls(self) -> list[Any]:
