@@ -300,7 +300,7 @@ def test_complete_stream_without_an_earlier_stream_does_nothing(
         ("short", 10, False, "short"),
         ("exactly10!", 10, True, "exactly10!"),
         ("one line\nanother line", 12, False, "one line\n"),
-        ("a\nb\nc\nd", 6, True, "a\nb\n"),
+        ("a\nb\nc\nd", 5, True, "a\nb\n"),
         ("no breaks anywhere here", 9, False, "no breaks"),
         ("no breaks anywhere here", 9, True, ""),
         ("\nbreak at the start", 10, True, "\n"),
