@@ -112,6 +112,9 @@ class MethodLimits:
 
     per_window: Mapping[str, int] = field(default_factory=lambda: dict(TIER_PER_MINUTE))
     window_seconds: float = 60.0
+    #: Added to the window when booking: a call reaches Slack some time after its moment, and
+    #: calls booked a window apart must not arrive less than a window apart.
+    margin_seconds: float = 0.5
 
     def tier(self, method: str) -> str:
         return METHOD_TIERS[method]
@@ -139,7 +142,7 @@ async def book_method(
         keys=[keys.slack_method_bucket_key(team_id, f"{tier}:{method}"), keys.slack_pause_key(team_id)],
         args=[
             limits.allowed(method),
-            int(limits.window_seconds * 1000),
+            int((limits.window_seconds + limits.margin_seconds) * 1000),
             int(max_wait * 1000),
             uuid.uuid4().hex,
         ],
