@@ -343,10 +343,10 @@ class SlackStream:
             # Slack will not stream here: post the text, and update that message from now on.
             try:
                 ts = await self._post(SlackMessage(text=fallback_text(piece), blocks=markdown_blocks(piece)))
-            except SlackBusy as busy:
+            except DeliveryFailed as failed:  # SlackBusy too: the channel's posting moment is far
                 if final:
                     raise
-                self._calls.not_before = time.monotonic() + (busy.retry_after or 1.0)
+                self._calls.not_before = time.monotonic() + (failed.retry_after or FAILED_CALL_BACKOFF)
                 return False
         self._record.messages.append(StreamedMessage(ts=ts, chars=len(piece), streaming=streaming))
         self._texts.append(piece)
