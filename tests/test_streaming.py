@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import redis
 from arq.connections import ArqRedis
+from slack_sdk.errors import SlackApiError
 
 from app.contract import keys
 from app.contract.settings import Settings
@@ -128,6 +129,31 @@ def test_a_stream_slack_expired_is_completed_by_chat_update_with_its_full_text(
     assert message.text == "".join(first + second)
     assert message.blocks[1:] == BUTTONS
     assert fake_slack.calls("chat.update") >= 1
+
+
+def test_a_stream_idle_longer_than_slack_keeps_it_falls_back_to_chat_update(
+    settings: Settings, fake_slack: FakeSlack
+) -> None:
+    fake_slack.stream_idle_seconds = 0.0  # every call after the start finds the stream ended
+    job = question("idle")
+    tokens = words(200)
+
+    in_redis(settings, lambda client: stream(SlackDelivery(settings), client, job, tokens))
+
+    [message] = fake_slack.thread(CHANNEL, thread_of(job).thread_ts)
+    assert message.text == "".join(tokens)
+    assert message.blocks[1:] == BUTTONS
+    assert fake_slack.calls("chat.appendStream") == 1  # refused once; chat.update from then on
+
+
+def test_the_fake_refuses_an_append_past_slacks_size_limit(settings: Settings, fake_slack: FakeSlack) -> None:
+    async def run(client: ArqRedis) -> None:
+        web = SlackDelivery(settings)._web
+        started = await web.chat_startStream(channel=CHANNEL, thread_ts="1.000001", markdown_text="x")
+        await web.chat_appendStream(channel=CHANNEL, ts=started["ts"], markdown_text="y" * 12_001)
+
+    with pytest.raises(SlackApiError, match="msg_too_long"):
+        in_redis(settings, run)
 
 
 def test_a_refused_stop_falls_back_to_chat_update(settings: Settings, fake_slack: FakeSlack) -> None:
