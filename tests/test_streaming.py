@@ -12,7 +12,14 @@ from slack_sdk.errors import SlackApiError
 from app.contract import keys
 from app.contract.settings import Settings
 from app.contract.targets import Thread
-from tests.support.fakes.slack import APPEND_STREAM, STOP_STREAM, FakeSlack, ratelimited, refused
+from tests.support.fakes.slack import (
+    APPEND_STREAM,
+    START_STREAM,
+    STOP_STREAM,
+    FakeSlack,
+    ratelimited,
+    refused,
+)
 from tests.support.jobs import in_redis
 from tests.support.streams import BUTTONS, stream, words
 from tests.support.threads import CHANNEL, TEAM, question
@@ -154,6 +161,22 @@ def test_the_fake_refuses_an_append_past_slacks_size_limit(settings: Settings, f
 
     with pytest.raises(SlackApiError, match="msg_too_long"):
         in_redis(settings, run)
+
+
+def test_an_answer_slack_will_not_stream_is_posted_once_complete(
+    settings: Settings, fake_slack: FakeSlack
+) -> None:
+    fake_slack.script(START_STREAM, refused("channel_type_not_supported"))
+    job = question("no streaming here")
+    tokens = words(300)
+
+    in_redis(settings, lambda client: stream(SlackDelivery(settings), client, job, tokens))
+
+    [message] = fake_slack.thread(CHANNEL, thread_of(job).thread_ts)
+    assert message.text == "".join(tokens)
+    assert message.blocks[1:] == BUTTONS
+    assert fake_slack.calls("chat.startStream") == 1
+    assert fake_slack.calls("chat.postMessage") == 1
 
 
 def test_a_refused_stop_falls_back_to_chat_update(settings: Settings, fake_slack: FakeSlack) -> None:
@@ -302,6 +325,26 @@ def test_complete_stream_after_slack_ended_the_stream_still_shows_the_answer(
     assert message.text == "Answer."
     assert message.blocks[-1:] == BUTTONS
     assert "cut short" in str(message.blocks)
+
+
+def test_complete_stream_run_again_after_an_interrupted_recovery_leaves_one_answer(
+    settings: Settings, fake_slack: FakeSlack
+) -> None:
+    job = question("recovered twice")
+    in_redis(settings, lambda client: stream(SlackDelivery(settings), client, job, words(80), finish=False))
+    answer = "\n\n".join(f"Paragraph {n}: " + "x" * 1_000 for n in range(15))
+
+    for _ in range(2):
+        in_redis(
+            settings,
+            lambda client: SlackDelivery(settings).complete_stream(
+                client, job, answer, cut_short=False, blocks=BUTTONS
+            ),
+        )
+
+    messages = fake_slack.thread(CHANNEL, thread_of(job).thread_ts)
+    assert "\n\n".join(message.text for message in messages) == answer
+    assert [bool(message.blocks[1:]) for message in messages] == [False, True]
 
 
 def test_complete_stream_without_an_earlier_stream_does_nothing(

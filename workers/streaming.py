@@ -19,8 +19,9 @@ Within Slack's limits, for every stream at once:
   continues in a new message in the same thread, cut at a line where one is near.
 * A stream Slack ends or refuses (``message_not_in_streaming_state`` after about five idle
   minutes, or any refusal of an append or a stop) falls back to ``chat.update`` of the same
-  message with all its text so far; a refused start falls back to a posted message, updated
-  the same way. The final text is always complete.
+  message with all its text so far. A stream Slack will not start (refused, or a Slack stand-in
+  without streaming) is posted once the answer is complete, as an unstreamed answer is. The final
+  text is always complete.
 
 The messages written, in order, with how much of the answer each holds and whether its stream
 may still be open, are kept in ``keys.stream_key`` (:class:`StreamRecord`) from the moment the
@@ -48,7 +49,7 @@ from app.contract.messages import SlackMessage
 from app.contract.targets import Thread
 from workers import job_state, slack_rate
 from workers.errors import DeliveryFailed, PermanentError, SlackBusy
-from workers.formatting import fallback_text
+from workers.formatting import fallback_text, thread_answer
 from workers.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
@@ -253,6 +254,8 @@ class SlackStream:
         #: Text not yet in Slack.
         self._pending = ""
         self._last_flush = time.monotonic()
+        #: Slack refused to start a stream: what is left is posted by finish.
+        self._posting = False
 
     @property
     def shown(self) -> bool:
@@ -277,8 +280,11 @@ class SlackStream:
         the messages, :func:`complete`), PermanentError when it will not take the answer.
         """
         await self._push(final=True)
-        if not self._record.messages:
+        if not self._record.messages and not self._posting:
             await self._start(final=True)
+        if self._posting:
+            await self._post_rest(blocks)
+            return
         if self._pending or blocks or self._record.messages[-1].streaming:
             await self._end(len(self._record.messages) - 1, self._pending, blocks)
         self._pending = ""
@@ -290,7 +296,7 @@ class SlackStream:
         await self.finish(blocks)
 
     def _due(self) -> bool:
-        if not self._pending or time.monotonic() < self._calls.not_before:
+        if self._posting or not self._pending or time.monotonic() < self._calls.not_before:
             return False
         if not self._record.messages:
             return True  # the asker sees the answer begin as soon as there is some
@@ -301,7 +307,7 @@ class SlackStream:
         """Write the batch into Slack, continuing in new messages as each fills. ``final``: keep
         the tail that fits in the last message for the stop; otherwise return as soon as a call
         must wait (the batch keeps growing meanwhile)."""
-        while self._pending:
+        while self._pending and not self._posting:
             if not self._record.messages:
                 if not await self._start(final=final):
                     return
@@ -336,23 +342,33 @@ class SlackStream:
         )
         if outcome == "later":
             return False
-        streaming = outcome == "ok"
-        if streaming:
-            ts = str(data["ts"])
-        else:
-            # Slack will not stream here: post the text, and update that message from now on.
-            try:
-                ts = await self._post(SlackMessage(text=fallback_text(piece), blocks=markdown_blocks(piece)))
-            except DeliveryFailed as failed:  # SlackBusy too: the channel's posting moment is far
-                if final:
-                    raise
-                self._calls.not_before = time.monotonic() + (failed.retry_after or FAILED_CALL_BACKOFF)
-                return False
-        self._record.messages.append(StreamedMessage(ts=ts, chars=len(piece), streaming=streaming))
+        if outcome == "refused" or not data.get("ts"):
+            # Slack will not stream here: the rest of the answer is posted once it is complete.
+            log.warning("stream.unavailable", error=data.get("error"))
+            self._posting = True
+            return False
+        self._record.messages.append(StreamedMessage(ts=str(data["ts"]), chars=len(piece)))
         self._texts.append(piece)
         self._pending = self._pending[len(piece) :]
         await self._wrote()
         return True
+
+    async def _post_rest(self, blocks: list[dict[str, Any]]) -> None:
+        """Post what is not in Slack yet as the thread's next messages, ``blocks`` under the last
+        (a stream Slack would not start)."""
+        if not self._pending and self._record.messages:
+            await self._end(len(self._record.messages) - 1, "", blocks)
+            return
+        parts = thread_answer(self._pending, cut_short=False)
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            ts = await self._post(
+                SlackMessage(text=part.text, blocks=[*part.blocks, *(blocks if last else [])])
+            )
+            self._record.messages.append(StreamedMessage(ts=ts, chars=_markdown_chars(part), streaming=False))
+            self._texts.append(str(part.blocks[0].get("text", "")))
+            await self._wrote()
+        self._pending = ""
 
     async def _add(self, index: int, piece: str, *, final: bool) -> bool:
         message = self._record.messages[index]
