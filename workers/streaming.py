@@ -9,7 +9,8 @@ Within Slack's limits, for every stream at once:
 * Text is batched: the first text starts the stream at once (``chat.startStream``, so the
   asker sees the answer begin); after that a flush is due when FLUSH_CHARS are waiting or
   FLUSH_SECONDS have passed since the last one (``chat.appendStream``), and the last batch goes
-  with ``chat.stopStream``.
+  with ``chat.stopStream``. Both are checked as text arrives: Claude's tokens come steadily, and
+  a pause in them costs no Slack call.
 * Every call first books its method's moment in the workspace, shared by all workers
   (:func:`workers.slack_rate.book_method`). While that moment has not come, appends only add
   to the batch: with many streams at once each batch grows instead of the calls multiplying.
