@@ -11,6 +11,12 @@ posting moment and honours the workspace's pause after a 429 (:mod:`workers.slac
 from any ``chat.*`` call sets that pause for every worker. Interim notices in a thread are its
 status (``assistant.threads.setStatus``): best effort, never a post.
 
+Streamed thread answers: :meth:`SlackDelivery.open_stream` gives the writer
+(:class:`workers.streaming.SlackStream`: ``chat.startStream`` / ``appendStream`` / ``stopStream``,
+each method within its tier for the workspace, ``chat.update`` when Slack ends or refuses a
+stream); :meth:`SlackDelivery.complete_stream` is a later run's way to finish the messages an
+earlier run's stream left (a crash mid-stream) with the complete answer.
+
 ``ephemeral``: the command's response_url comes first: it works in DMs and in channels the bot has not joined,
 where chat.postEphemeral fails. chat.postEphemeral through SLACK_API_URL is the fallback. The rule
 for when a response_url may be used, in one place (:class:`ResponseUrlBudget`):
@@ -44,9 +50,9 @@ from app.contract.jobs import JobBase
 from app.contract.messages import SlackMessage
 from app.contract.settings import Settings
 from app.contract.targets import DirectMessage, Ephemeral, PrivateNote, Thread
-from workers import age, job_state, slack_rate
+from workers import age, job_state, slack_rate, streaming
 from workers.errors import DeliveryFailed, PermanentError
-from workers.formatting import thread_answer  # replaced by the Slack streaming branch
+from workers.formatting import thread_answer
 from workers.retry import too_old_to_wait
 from workers.retry_after import retry_after_seconds
 
@@ -137,7 +143,11 @@ class ResponseUrlBudget:
 class SlackDelivery:
     """Sends a job's messages to its reply target."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, limits: slack_rate.MethodLimits = slack_rate.SLACK_TIERS
+    ) -> None:
+        #: Slack's per-method tiers (tests shrink the window).
+        self._limits = limits
         self._prefixes = settings.slack_response_url_prefixes
         #: A 429 asking for longer than this is not waited for on the response_url: a retry
         #: never waits longer than a job's run (workers/retry.py).
@@ -151,16 +161,47 @@ class SlackDelivery:
             timeout=SLACK_TIMEOUT_SECONDS,
         )
 
-    # --- replaced by the Slack streaming branch (open_stream, complete_stream) ---
-    def open_stream(self, redis: ArqRedis, job: JobBase) -> SlackStream:
-        return SlackStream(self, redis, job)
+    def open_stream(self, redis: ArqRedis, job: JobBase) -> streaming.SlackStream:
+        """A writer streaming the answer to ``job`` (its reply target is a Thread) into its
+        thread; no Slack call is made until it is given text."""
+        target = job.reply_to
+        assert isinstance(target, Thread)  # Slack cannot stream ephemeral messages
+
+        async def post(message: SlackMessage) -> str:
+            return await self._post_message(
+                redis, job, target.channel_id, message, thread_ts=target.thread_ts
+            )
+
+        return streaming.SlackStream(
+            self._web, redis, job, max_wait=self._max_post_wait, post=post, limits=self._limits
+        )
 
     async def complete_stream(
         self, redis: ArqRedis, job: JobBase, text: str, *, cut_short: bool, blocks: list[dict[str, Any]]
     ) -> bool:
-        return False  # the stand-in SlackStream never leaves a stream behind
+        """After a crash mid-stream: when an earlier run of ``job`` wrote messages by streaming
+        (``keys.stream_key``), make them show exactly ``text`` (its parts, as a posted answer
+        would be split), with ``blocks`` under the last, ending any stream still open; returns
+        False when the job has no such messages (the caller streams or posts as usual).
 
-    # --- end of the part replaced by the Slack streaming branch ---
+        Raises DeliveryFailed (Slack busy or unreachable: the job's retry comes back here) or
+        PermanentError.
+        """
+        target = job.reply_to
+        record = await streaming.load_record(redis, job.job_id)
+        if record is None or not record.messages or not isinstance(target, Thread):
+            return False
+
+        async def post(message: SlackMessage) -> str:
+            return await self._post_message(
+                redis, job, target.channel_id, message, thread_ts=target.thread_ts
+            )
+
+        calls = streaming.SlackCalls(
+            self._web, redis, job.asker.team_id, max_wait=self._max_post_wait, limits=self._limits
+        )
+        await streaming.complete(calls, job, record, thread_answer(text, cut_short=cut_short), blocks, post)
+        return True
 
     def allows(self, response_url: str) -> bool:
         """True when the URL is under one of SLACK_RESPONSE_URL_PREFIXES."""
@@ -291,16 +332,18 @@ class SlackDelivery:
 
     async def _post_message(
         self, redis: ArqRedis, job: JobBase, channel_id: str, message: SlackMessage, *, thread_ts: str | None
-    ) -> None:
+    ) -> str:
+        """Post ``message``; returns its ts."""
         team = job.asker.team_id
         # Booked across all workers: Slack allows about one message per second per channel.
         await slack_rate.wait_turn(redis, team, channel_id, max_wait=self._max_post_wait)
         try:
-            await self._web.chat_postMessage(
+            response = await self._web.chat_postMessage(
                 channel=channel_id, thread_ts=thread_ts, text=message.text, blocks=message.blocks or None
             )
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
             raise await self._failure(redis, team, POST_MESSAGE, error, message) from error
+        return str(response.get("ts", ""))
 
     async def _set_status(self, target: Thread, status: str) -> bool:
         try:
@@ -423,31 +466,3 @@ class BlocksRejected(Exception):
 
 def _rejects_blocks(error: str) -> bool:
     return "blocks" in error or "too_long" in error
-
-
-# --- replaced by the Slack streaming branch ------------------------------------------------------
-# A stand-in for workers/streaming.py's SlackStream so the thread kind runs in this branch: it
-# streams nothing, and posts the whole answer (with its note) when the stream ends.
-
-
-class SlackStream:  # replaced by the Slack streaming branch
-    """Buffers the streamed text; posts it as today's thread replies when the stream ends."""
-
-    def __init__(self, delivery: SlackDelivery, redis: ArqRedis, job: JobBase) -> None:
-        self._delivery, self._redis, self._job = delivery, redis, job
-        self._text = ""
-        self.shown = False
-
-    async def append(self, text: str) -> None:
-        self._text += text
-
-    async def finish(self, blocks: list[dict[str, Any]]) -> None:
-        await self._post(self._text)
-
-    async def end_with_note(self, note: str, blocks: list[dict[str, Any]]) -> None:
-        await self._post(f"{self._text}\n\n{note}" if self._text else note)
-
-    async def _post(self, text: str) -> None:
-        for part in thread_answer(text, cut_short=False):
-            await self._delivery.send(self._redis, self._job, part)
-        self.shown = True

@@ -7,6 +7,14 @@
   (:func:`pause`); a booking never lands inside a pause, and a post whose booked moment was
   overtaken by a pause set meanwhile waits it out too.
 
+* Every other Web API call asklane makes often is limited by its method's tier (Slack's limits
+  are per method, per workspace, per app): ``chat.appendStream`` Tier 4 (100 a minute),
+  ``chat.startStream`` and ``chat.stopStream`` Tier 2 (20), ``chat.update`` and ``chat.delete``
+  Tier 3 (50). :func:`book_method` books the earliest moment in the method's sliding window,
+  shared by every worker in Redis (:data:`app.contract.scripts.SLACK_METHOD_BOOK`), never inside a
+  pause; :func:`method_turn` books and sleeps until it. A stream writer books ahead and keeps
+  batching text until its moment comes (workers/streaming.py).
+
 A wait longer than the caller can afford (``max_wait``: part of a job's run) is not waited inside
 the job: :class:`~workers.errors.SlackBusy` carries it as ``retry_after``, so the runner defers
 the job until about then, spending none of its retries, and the post is tried again.
@@ -15,6 +23,9 @@ the job until about then, spending none of its retries, and the post is tried ag
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import structlog
 from redis.asyncio import Redis
@@ -79,3 +90,76 @@ async def pause(redis: Redis, team_id: str, seconds: float, *, max_pause: float,
         await scripts.slack_pause(redis, keys=[keys.slack_pause_key(team_id)], args=[int(held * 1000)])
     )
     log.warning("slack.paused", team=team_id, call=call, retry_after_s=seconds, paused_s=in_force / 1000)
+
+
+#: Slack's tiers, in calls per minute per method per workspace (its documented floors).
+TIER_PER_MINUTE: Mapping[str, int] = {"tier2": 20, "tier3": 50, "tier4": 100}
+
+#: The tier of each method booked through :func:`book_method`.
+METHOD_TIERS: Mapping[str, str] = {
+    "chat.startStream": "tier2",
+    "chat.stopStream": "tier2",
+    "chat.appendStream": "tier4",
+    "chat.update": "tier3",
+    "chat.delete": "tier3",
+}
+
+
+@dataclass(frozen=True)
+class MethodLimits:
+    """Calls allowed per method in a sliding window: Slack's tiers by default; tests and benches
+    shrink the window to see it work in seconds."""
+
+    per_window: Mapping[str, int] = field(default_factory=lambda: dict(TIER_PER_MINUTE))
+    window_seconds: float = 60.0
+    #: Added to the window when booking: a call reaches Slack some time after its moment, and
+    #: calls booked a window apart must not arrive less than a window apart.
+    margin_seconds: float = 0.5
+
+    def tier(self, method: str) -> str:
+        return METHOD_TIERS[method]
+
+    def allowed(self, method: str) -> int:
+        return self.per_window[self.tier(method)]
+
+
+SLACK_TIERS = MethodLimits()
+
+
+async def book_method(
+    redis: Redis, team_id: str, method: str, *, max_wait: float, limits: MethodLimits = SLACK_TIERS
+) -> float:
+    """Book the earliest moment ``method`` may be called in the workspace, for every worker;
+    returns the seconds until it (the caller waits, or keeps working and calls then).
+
+    Raises SlackBusy (``retry_after``: the wait) when that moment is more than ``max_wait`` away;
+    nothing is booked then.
+    """
+    tier = limits.tier(method)
+    booked, wait_ms = await scripts.slack_method_book(
+        redis,
+        # One bucket per method: a tier's limit applies to each of its methods apart.
+        keys=[keys.slack_method_bucket_key(team_id, f"{tier}:{method}"), keys.slack_pause_key(team_id)],
+        args=[
+            limits.allowed(method),
+            int((limits.window_seconds + limits.margin_seconds) * 1000),
+            int(max_wait * 1000),
+            uuid.uuid4().hex,
+        ],
+    )
+    wait = int(wait_ms) / 1000
+    if not int(booked):
+        raise SlackBusy(f"slack {tier} limit: next {method} in {wait:g} s", retry_after=wait)
+    return wait
+
+
+async def method_turn(
+    redis: Redis, team_id: str, method: str, *, max_wait: float, limits: MethodLimits = SLACK_TIERS
+) -> float:
+    """:func:`book_method`, then sleep until the moment booked (and out of any pause set
+    meanwhile); returns the seconds waited. Raises SlackBusy as it does."""
+    wait = await book_method(redis, team_id, method, max_wait=max_wait, limits=limits)
+    if wait > 0:
+        log.debug("slack.method_waited", method=method, wait_s=wait)
+        await asyncio.sleep(wait)
+    return wait + await honour_pause(redis, team_id, max_wait=max(max_wait - wait, 0.0))
