@@ -8,7 +8,6 @@ order, tests/test_thread_delivery.py for posting); these prove they add up to wh
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -40,17 +39,20 @@ def _ask(web: TestClient, envelope: dict[str, Any], **options: Any) -> None:
 
 
 def _replies(fake_slack: FakeSlack, channel: str, thread_ts: str, count: int) -> list[str]:
-    """What the thread's replies show (their markdown, else their text), once there are ``count``."""
-    wait_until(lambda: len(fake_slack.posts(channel, thread_ts)) >= count, timeout=30)
-    return [_shown(post) for post in fake_slack.posts(channel, thread_ts)]
+    """What the thread's replies show, once there are ``count`` of them and none is still
+    streaming."""
+
+    def shown() -> bool:
+        messages = fake_slack.thread(channel, thread_ts)
+        return len(messages) >= count and not any(message.streaming for message in messages)
+
+    wait_until(shown, timeout=30)
+    return fake_slack.thread_texts(channel, thread_ts)
 
 
-def _shown(post: dict[str, Any]) -> str:
-    blocks = post.get("blocks") or []
-    if isinstance(blocks, str):
-        blocks = json.loads(blocks)
-    markdown = [block["text"] for block in blocks if block.get("type") == "markdown"]
-    return "\n".join(markdown) if markdown else str(post["text"])
+def _messages_shown(fake_slack: FakeSlack) -> int:
+    """Messages anyone can see in the workspace: posted or streamed, not deleted."""
+    return sum(1 for message in fake_slack.messages.values() if not message.deleted)
 
 
 def _settled(worker: WorkerProcess, count: int) -> None:
@@ -81,7 +83,7 @@ def test_a_mention_is_answered_once_in_a_new_thread_under_it_without_the_bot_men
     _settled(worker, 1)
     assert _ai_turns(fake_anthropic, 0) == [("user", "what does <@U0OTHER> mean by p99?")]
     assert BOT_USER_ID not in str(fake_anthropic.received(MESSAGES)[0].body)
-    assert len(fake_slack.posts()) == 1
+    assert _messages_shown(fake_slack) == 1
 
 
 def test_a_mention_inside_a_thread_is_answered_in_that_thread(
@@ -164,7 +166,7 @@ def test_every_delivery_of_one_mention_makes_one_ai_call_and_one_reply(
     _ask(web, mention, retry_num=2)  # a late re-delivery, after the answer
 
     assert len(fake_anthropic.received(MESSAGES)) == 1
-    assert len(fake_slack.posts()) == 1
+    assert _messages_shown(fake_slack) == 1
     assert len(worker.events("job.started")) == 1
 
 
@@ -212,7 +214,7 @@ def test_a_worker_killed_mid_answer_leaves_exactly_one_reply_in_the_thread(
 
     assert _replies(fake_slack, CHANNEL, ts, 1) == ["Answer to: will this survive a crash?"]
     _settled(rescuer, 1)
-    assert len(fake_slack.posts()) == 1
+    assert _messages_shown(fake_slack) == 1
     assert rescuer.events("job.stalled")
 
 
@@ -233,7 +235,7 @@ def test_a_question_shows_that_asklane_is_working_in_its_thread(
     assert status["thread_ts"] == ts
     assert status["status"]
     first_status = fake_slack.received(SET_STATUS)[0].at
-    assert first_status < fake_slack.received("/api/chat.postMessage")[0].at
+    assert first_status < fake_slack.received("/api/chat.startStream")[0].at
 
 
 def test_opening_the_messages_tab_offers_the_suggested_prompts(
@@ -266,7 +268,7 @@ def test_a_question_over_quota_is_told_so_in_its_thread_and_never_reaches_claude
 
     [notice] = _replies(fake_slack, CHANNEL, second["event"]["ts"], 1)
     assert "You can ask again in 1 min" in notice
-    wait_until(lambda: len(fake_slack.posts()) == 2, timeout=30)
+    wait_until(lambda: _messages_shown(fake_slack) == 2, timeout=30)
     assert [
         text_of(request.body["messages"][-1]["content"]) for request in fake_anthropic.received(MESSAGES)
     ] == ["one"]

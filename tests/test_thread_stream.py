@@ -24,6 +24,7 @@ from app.contract.queue import open_redis
 from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, StreamReply, error
 from tests.support.fakes.server import Reply
+from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain, enqueue, in_redis
 from tests.support.processes import WorkerProcess
 from tests.support.streams import RecordingSlack, leave_stream_of_dead_run, run_kind
@@ -329,27 +330,35 @@ def test_a_worker_killed_mid_stream_leaves_one_complete_answer_after_recovery(
     settings: Settings,
     redis_client: redis.Redis,
     fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     # Slow enough to kill mid-answer, quick enough to end within JOB_TIMEOUT_SECONDS.
     fake_anthropic.script("/v1/messages", StreamReply(text="slowly " * 80, chunk=7, event_delay=0.05))
     job = question("what happens if the worker dies?")
+    thread = job.reply_to
     enqueue(settings, job)
     doomed = start_worker()
-    wait_until(lambda: fake_anthropic.streams and len(fake_anthropic.streams[0].sent) >= 20, timeout=30)
+
+    # Part of the answer is in the thread, still streaming, when the worker dies.
+    def partly_shown() -> bool:
+        return any("slowly" in text for text in fake_slack.thread_texts(thread.channel_id, thread.thread_ts))
+
+    wait_until(partly_shown)
 
     doomed.signal_group(signal.SIGKILL)
     doomed.wait(timeout=5)
-    # What the dead run left in Slack: a message with part of the answer (when a batch went out).
-    partly_shown = bool(redis_client.exists(keys.stream_key(job.job_id)))
     rescuer = start_worker()
     wait_until(lambda: redis_client.exists(keys.delivered_key(job.job_id)), timeout=40)
 
     assert len(fake_anthropic.calls) == 2
     assert _remembered(settings, job) == ["Answer to: what happens if the worker dies?"]
-    via = (redis_client.get(keys.delivered_key(job.job_id)) or b"").decode()
-    # The recovered run completes the dead run's message rather than posting a second one.
-    assert via == (COMPLETED_AFTER_CRASH if partly_shown else STREAMED)
+    # The recovered run completed the dead run's message rather than posting a second one: the
+    # thread shows one message, the whole new answer, its stream ended.
+    [shown] = fake_slack.thread(thread.channel_id, thread.thread_ts)
+    assert shown.text == "Answer to: what happens if the worker dies?"
+    assert not shown.streaming
+    assert (redis_client.get(keys.delivered_key(job.job_id)) or b"").decode() == COMPLETED_AFTER_CRASH
     assert rescuer.events("job.stalled")
 
 
