@@ -205,8 +205,9 @@ class JobKind(Protocol):
         """Do the job and deliver its final message (:meth:`Run.deliver`); returns the path used."""
         ...
 
-    def failure_message(self, job: JobBase, reason: str) -> SlackMessage:
-        """What the user is told when the job fails (``reason``: the failure's sentence)."""
+    def failure_message(self, job: JobBase, reason: str) -> SlackMessage | None:
+        """What the user is told when the job fails (``reason``: the failure's sentence); None for
+        work nobody asked for (suggested prompts), whose failure is logged and recorded only."""
         ...
 
     def retrying_message(self, job: JobBase, delay: float) -> SlackMessage:

@@ -72,8 +72,10 @@ class PromptsKind:
         await record_delivery(run.deps, run.job, via)
         return via
 
-    def failure_message(self, job: JobBase, reason: str) -> SlackMessage:
-        return messages.failed(reason, job.reference)
+    def failure_message(self, job: JobBase, reason: str) -> SlackMessage | None:
+        # The user only opened a tab: an error post for prompts they did not ask for, at every
+        # open, would be noise. The failure is logged and recorded.
+        return None
 
     def retrying_message(self, job: JobBase, delay: float) -> SlackMessage:
         return waiting_status(delay)

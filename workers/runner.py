@@ -363,11 +363,15 @@ async def _give_up(
         # ends with its own note); an error post now would be a second, contradicting message.
         log.info("job.failure_not_posted", reason="final message already delivered")
         return await _failed(job, deps, failure, timings)
+    message = kind.failure_message(job, failure.reason)
+    if message is None:
+        log.info("job.failure_not_posted", reason="nobody asked for this job's work")
+        return await _failed(job, deps, failure, timings)
     # Kept before the first post, so a run cut off while telling the user (SIGTERM, a crash)
     # is re-run to tell them, not to do the work again.
     await job_state.save_failure(deps.redis, job.job_id, failure)
     try:
-        via = await deps.slack.send(deps.redis, job, kind.failure_message(job, failure.reason))
+        via = await deps.slack.send(deps.redis, job, message)
     except DeliveryFailed as error:
         failures = await job_state.record_failure(deps.redis, job.job_id, "notice")
         if should_retry(error, failures, deps.settings):
