@@ -207,8 +207,8 @@ def test_prompt_cache_tokens_are_logged_per_job_and_counted_in_metrics(
     [
         (lambda job: THREAD.retrying_message(job, 3.6), "is retrying in 4 s…"),
         (lambda job: THREAD.queued_message(job, 0), "is queued, next in line…"),
-        (lambda job: THREAD.queued_message(job, 1), "is waiting for the question before…"),
-        (lambda job: THREAD.queued_message(job, 3), "is waiting for the 3 questions before…"),
+        (lambda job: THREAD.queued_message(job, 1), "is queued behind 1 other question…"),
+        (lambda job: THREAD.queued_message(job, 3), "is queued behind 3 other questions…"),
     ],
     ids=["retrying", "next in line", "one before", "several before"],
 )

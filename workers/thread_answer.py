@@ -95,11 +95,12 @@ class ThreadKind:
         return SlackMessage(text=f"is retrying in {max(1, round(delay))} s…")
 
     def queued_message(self, job: JobBase, ahead: int) -> SlackMessage:
+        # ``ahead`` counts every queued question, from any thread or workspace.
         if ahead == 0:
             return SlackMessage(text="is queued, next in line…")
         if ahead == 1:
-            return SlackMessage(text="is waiting for the question before…")
-        return SlackMessage(text=f"is waiting for the {ahead} questions before…")
+            return SlackMessage(text="is queued behind 1 other question…")
+        return SlackMessage(text=f"is queued behind {ahead} other questions…")
 
 
 async def _prompt(run: Run, job: ThreadQuestion) -> prompt.Prompt:
