@@ -36,6 +36,11 @@ SCOPE_OF_METHOD = {
     "chat_postEphemeral": "chat:write",
     "chat_postMessage": "chat:write",
     "chat_update": "chat:write",
+    "chat_delete": "chat:write",
+    # Slack's streaming methods post messages: chat:write.
+    "chat_startStream": "chat:write",
+    "chat_appendStream": "chat:write",
+    "chat_stopStream": "chat:write",
     "assistant_threads_setStatus": "assistant:write",
     "assistant_threads_setSuggestedPrompts": "assistant:write",
 }
