@@ -156,7 +156,10 @@ def test_ephemeral_posts_sent_as_a_form_reach_the_askers_mailbox() -> None:
         ("chat.postMessage", {"channel": "D0DM"}, "no_text"),
         ("assistant.threads.setStatus", {"channel_id": "D0DM", "status": "x"}, "invalid_arguments"),
         ("assistant.threads.setSuggestedPrompts", {"channel_id": "D0DM", "prompts": []}, "invalid_arguments"),
-        ("chat.delete", {"channel": "D0DM", "ts": "1.2"}, "unknown_method"),
+        ("chat.delete", {"channel": "D0DM", "ts": "1.2"}, "message_not_found"),
+        ("chat.appendStream", {"channel": "D0DM", "ts": "1.2", "markdown_text": "x"}, "message_not_found"),
+        ("chat.startStream", {"channel": "D0DM", "markdown_text": "x"}, "invalid_arguments"),
+        ("chat.unknownMethod", {"channel": "D0DM"}, "unknown_method"),
     ],
 )
 def test_the_slack_stand_in_refuses_what_slack_refuses(method: str, body: dict[str, Any], error: str) -> None:
@@ -164,6 +167,125 @@ def test_the_slack_stand_in_refuses_what_slack_refuses(method: str, body: dict[s
         reply = stand_in.post(f"/slack/api/{method}", json=body)
 
     assert reply.status_code == 200 and reply.json() == {"ok": False, "error": error}
+
+
+def _call(stand_in: TestClient, method: str, **body: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = stand_in.post(f"/slack/api/{method}", json=body).json()
+    return reply
+
+
+FEEDBACK_AND_REGENERATE = [
+    {
+        "type": "context_actions",
+        "elements": [
+            {
+                "type": "feedback_buttons",
+                "action_id": "asklane_feedback",
+                "positive_button": {"text": {"type": "plain_text", "text": "Good"}, "value": "good:J1"},
+                "negative_button": {"text": {"type": "plain_text", "text": "Bad"}, "value": "bad:J1"},
+            }
+        ],
+    },
+    {
+        "type": "actions",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": "asklane_regenerate",
+                "text": {"type": "plain_text", "text": "Regenerate"},
+                "value": "J1",
+            }
+        ],
+    },
+]
+
+
+def test_a_streamed_message_shows_each_append_as_it_comes_then_its_buttons_when_stopped() -> None:
+    where = {"channel": "D0DM", "thread_ts": "1700000000.000100"}
+    with TestClient(stand_ins.create_app()) as stand_in:
+        started = _call(
+            stand_in,
+            "chat.startStream",
+            **where,
+            recipient_user_id="U0U",
+            recipient_team_id="T0T",
+            markdown_text="Hel",
+        )
+        first = _thread(stand_in, **where)
+        assert _call(stand_in, "chat.appendStream", channel="D0DM", ts=started["ts"], markdown_text="lo") == {
+            "ok": True,
+            "channel": "D0DM",
+            "ts": started["ts"],
+        }
+        second = _thread(stand_in, **where)
+        _call(
+            stand_in,
+            "chat.stopStream",
+            channel="D0DM",
+            ts=started["ts"],
+            markdown_text="!",
+            blocks=FEEDBACK_AND_REGENERATE,
+        )
+        stopped = _thread(stand_in, **where)
+        late = _call(stand_in, "chat.appendStream", channel="D0DM", ts=started["ts"], markdown_text="more")
+
+    [streaming] = first["messages"]
+    assert (streaming["shown"], streaming["streaming"], streaming["buttons"]) == ("Hel", True, [])
+    [appended] = second["messages"]
+    assert appended["shown"] == "Hello" and appended["streaming"] is True
+    assert appended["version"] > streaming["version"] and second["version"] > first["version"]
+    [done] = stopped["messages"]
+    assert (done["shown"], done["streaming"]) == ("Hello!", False)
+    assert [(b["action_id"], b["value"], b["label"]) for b in done["buttons"]] == [
+        ("asklane_feedback", "good:J1", "good"),
+        ("asklane_feedback", "bad:J1", "bad"),
+        ("asklane_regenerate", "J1", "Regenerate"),
+    ]
+    assert late == {"ok": False, "error": "message_not_in_streaming_state"}
+
+
+def test_chat_update_replaces_a_messages_text_and_chat_delete_removes_it() -> None:
+    where = {"channel": "D0DM", "thread_ts": "1700000000.000100"}
+    with TestClient(stand_ins.create_app()) as stand_in:
+        ts = _call(stand_in, "chat.startStream", **where, markdown_text="partial")["ts"]
+        other = _post_message(stand_in, **where, text="second part")["ts"]
+        _call(
+            stand_in,
+            "chat.update",
+            channel="D0DM",
+            ts=ts,
+            text="whole",
+            blocks=[{"type": "markdown", "text": "the whole answer"}],
+        )
+        # slack_sdk sends chat.delete's arguments in the query string.
+        deleted = stand_in.post(f"/slack/api/chat.delete?channel=D0DM&ts={other}").json()
+        read = _thread(stand_in, **where)
+        threads = stand_in.get("/sandbox/threads/D0DM").json()
+
+    assert deleted["ok"] is True
+    updated, gone = read["messages"]
+    assert (updated["shown"], updated["streaming"]) == ("the whole answer", False)
+    assert gone["deleted"] is True
+    assert [t["messages"] for t in threads] == [1]
+
+
+def test_the_offline_model_streams_its_answer_in_pieces_at_the_configured_pace() -> None:
+    request = {
+        "model": "m",
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": "why?"}],
+    }
+    with TestClient(stand_ins.create_app(stream_delay=0)) as stand_in:
+        events = stand_in.post("/anthropic/v1/messages", json=request).text
+
+    deltas = [
+        json.loads(line.removeprefix("data: "))["delta"]["text"]
+        for line in events.splitlines()
+        if line.startswith("data: ") and '"text_delta"' in line
+    ]
+    assert len(deltas) > 10
+    assert "".join(deltas) == stand_ins.offline_answer("why?")
 
 
 def test_auth_test_names_the_sandbox_workspace_and_its_bot() -> None:

@@ -57,7 +57,10 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     if args.command == "retry" and (args.job_id is None) == (not args.all_failed):
         _parser().error("retry takes a JOB_ID or --all-failed")
     if args.command == "sandbox":
-        uvicorn.run(stand_ins.create_app(), host="127.0.0.1", port=args.port, log_level="warning")
+        delay = args.stream_delay
+        if delay is None:
+            delay = float(os.environ.get(stand_ins.STREAM_DELAY_ENV) or stand_ins.STREAM_DELAY_SECONDS)
+        uvicorn.run(stand_ins.create_app(delay), host="127.0.0.1", port=args.port, log_level="warning")
         return 0
     if args.command == "ask":
         return ask_in_sandbox(
@@ -155,6 +158,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox_command = commands.add_parser("sandbox", help="run the local Slack and Claude stand-ins")
     sandbox_command.add_argument("--port", type=int, default=stand_ins.DEFAULT_PORT)
+    sandbox_command.add_argument(
+        "--stream-delay",
+        type=float,
+        help=f"seconds between the offline model's streamed pieces (default ${stand_ins.STREAM_DELAY_ENV} "
+        f"or {stand_ins.STREAM_DELAY_SECONDS:g})",
+    )
     return parser
 
 
