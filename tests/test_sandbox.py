@@ -495,6 +495,69 @@ def test_make_run_without_accounts_holds_a_dm_conversation_and_a_channel_thread_
     assert channel_thread["messages"] >= 2, channel_threads
 
 
+def _asklane(stack: LocalStack, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(stack.checkout / ".venv/bin/python"), "-m", "app.ops.cli", *argv],
+        input=stdin,
+        cwd=stack.checkout,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_asklane_chat_streams_an_answer_then_presses_its_feedback_and_regenerate_buttons(
+    redis_server: RedisServer, start_stack: Callable[..., LocalStack]
+) -> None:
+    stack = start_stack(REDIS_URL=redis_server.url)
+    wait_until(lambda: is_alive(f"http://127.0.0.1:{stack.web_port}"), timeout=30, explain=stack.log)
+
+    chatted = _asklane(stack, "chat", stdin="what is a thread?\n:good\n:regenerate\n")
+    stand_in = f"http://127.0.0.1:{stack.sandbox_port}"
+    [thread] = httpx.get(f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}").json()
+    messages = httpx.get(
+        f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}/{thread['thread_ts']}?wait=0"
+    ).json()["messages"]
+    stack.stop()
+
+    transcript = chatted.stdout
+    assert chatted.returncode == 0, transcript + chatted.stderr + stack.log()
+    asked, thanked = transcript.split("you> :good")
+    thanked, regenerated = thanked.split("you> :regenerate")
+    # The answer was streamed: the stand-in saw it start, grow and stop, with its buttons.
+    assert "You asked: *what is a thread?*" in asked
+    assert "buttons: :good  :bad  :regenerate" in asked
+    assert "(only you) :pray: Thanks, glad it helped." in thanked
+    assert "You asked: *what is a thread?*" in regenerated and "buttons:" in regenerated
+    assert [m["via"] for m in messages] == ["chat.startStream", "chat.startStream"]
+    assert all(not m["streaming"] and m["buttons"] for m in messages)
+
+
+def test_asklane_chat_stop_ends_a_streaming_answer_with_the_stopped_note(
+    redis_server: RedisServer, start_stack: Callable[..., LocalStack]
+) -> None:
+    # Slow enough that the answer is still streaming when the chat sees it begin.
+    stack = start_stack(REDIS_URL=redis_server.url, SANDBOX_STREAM_DELAY_SECONDS="0.3")
+    wait_until(lambda: is_alive(f"http://127.0.0.1:{stack.web_port}"), timeout=30, explain=stack.log)
+
+    chatted = _asklane(stack, "chat", stdin="tell me a long story\n:stop\n")
+    stand_in = f"http://127.0.0.1:{stack.sandbox_port}"
+    [thread] = httpx.get(f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}").json()
+    [message] = httpx.get(
+        f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}/{thread['thread_ts']}?wait=0"
+    ).json()["messages"]
+    stack.stop()
+
+    transcript = chatted.stdout
+    assert chatted.returncode == 0, transcript + chatted.stderr + stack.log()
+    assert "you> :stop" in transcript
+    assert "Stopped" in transcript.split("you> :stop")[1], transcript
+    # Cut short: the offline answer's last sentence never came.
+    assert message["shown"].endswith("_Stopped._") and "once it is done" not in message["shown"]
+    assert not message["streaming"]
+
+
 def test_ctrl_c_while_redis_is_starting_stops_make_run_with_nothing_left_running(
     start_stack: Callable[..., LocalStack],
 ) -> None:
