@@ -23,8 +23,8 @@ from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
 from app.ops import chat
 from app.ops.cli import awaits_more, main
-from app.web.clicks import read_click
 from app.sandbox import stand_ins
+from app.web.clicks import read_click
 from tests.support.deployment import ROOT, settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.slack import FakeSlack
