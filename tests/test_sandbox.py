@@ -558,6 +558,32 @@ def test_asklane_chat_stop_ends_a_streaming_answer_with_the_stopped_note(
     assert not message["streaming"]
 
 
+def test_asklane_ask_presses_the_answers_regenerate_share_and_dismiss_buttons(
+    redis_server: RedisServer, start_stack: Callable[..., LocalStack]
+) -> None:
+    stack = start_stack(REDIS_URL=redis_server.url)
+    wait_until(lambda: is_alive(f"http://127.0.0.1:{stack.web_port}"), timeout=30, explain=stack.log)
+
+    asked = _asklane(
+        stack, "ask", "what is a p99?", "--then", "regenerate", "--then", "share", "--then", "dismiss"
+    )
+    stand_in = f"http://127.0.0.1:{stack.sandbox_port}"
+    [shared] = httpx.get(f"{stand_in}{stand_ins.THREADS_PATH}C0SANDBOX").json()
+    stack.stop()
+
+    transcript = asked.stdout
+    assert asked.returncode == 0, transcript + asked.stderr + stack.log()
+    answered, regenerated = transcript.split("--- you press :arrows_counterclockwise: Regenerate")
+    regenerated, shared_text = regenerated.split("--- you press :mega: Share to channel")
+    shared_text, dismissed = shared_text.split("--- you press Dismiss")
+    assert "You asked: *what is a p99?*" in answered and "[Dismiss]" in answered
+    # The regenerated answer replaces the one clicked, through the click's response_url.
+    assert "--- response_url\n" in regenerated and "You asked: *what is a p99?*" in regenerated
+    assert "--- chat.postMessage in C0SANDBOX" in shared_text and "<@U0YOU>" in shared_text
+    assert "delete_original\n(the answer is removed)" in dismissed
+    assert shared["messages"] == 1
+
+
 def test_ctrl_c_while_redis_is_starting_stops_make_run_with_nothing_left_running(
     start_stack: Callable[..., LocalStack],
 ) -> None:
