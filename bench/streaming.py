@@ -68,9 +68,10 @@ class Run:
     crowd_calls: Counter[str] = field(default_factory=Counter)
 
 
-def question(n: int, words: int) -> str:
-    """A question long enough that its fake answer ("Answer to: …") streams in many deltas."""
-    return f"q{n} " + " ".join(f"word{i}" for i in range(words))
+def question(n: int, words: int, phase: str = "timed") -> str:
+    """A question long enough that its fake answer ("Answer to: …") streams in many deltas, and
+    unique (the phase and number come first): its stream is found by its text."""
+    return f"{phase} q{n} " + " ".join(f"word{i}" for i in range(words))
 
 
 class Sender:
@@ -197,7 +198,7 @@ def crowd(
     sender = Sender(port, "T0CROWD", errors)
     asked = {}
     for n in range(args.streams):
-        text = question(n, args.words)
+        text = question(n, args.words, "crowd")
         channel = sender.dm(n, text)
         if channel is not None:
             asked[channel] = f"Answer to: {text}"
