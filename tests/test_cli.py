@@ -22,7 +22,7 @@ from app.contract.keys import FAILED_KEY
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
 from app.ops import chat
-from app.ops.cli import awaits_more, main
+from app.ops.cli import awaits_more, main, shown_to_asker
 from app.sandbox import stand_ins
 from app.web.clicks import read_click
 from tests.support.deployment import ROOT, settings_from
@@ -382,11 +382,75 @@ def test_opening_the_chat_is_opening_the_apps_messages_tab() -> None:
         ),
         ({"markdown_text": "# heading"}, "# heading"),
         ({"text": "plain only"}, "plain only"),
+        (
+            {
+                "markdown_text": "streamed answer",
+                "blocks": [
+                    {
+                        "type": "actions",
+                        "elements": [
+                            {"type": "button", "text": {"type": "plain_text", "text": "Regenerate"}}
+                        ],
+                    }
+                ],
+            },
+            "streamed answer",
+        ),
     ],
-    ids=["markdown-block", "several-blocks", "section", "context", "markdown_text", "text"],
+    ids=[
+        "markdown-block",
+        "several-blocks",
+        "section",
+        "context",
+        "markdown_text",
+        "text",
+        "buttons-are-not-text",
+    ],
 )
 def test_a_reply_is_shown_as_its_blocks_read(message: dict[str, Any], shown: str) -> None:
     assert chat.render(message) == shown
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ({"via": "response_url", "text": "the answer"}, "--- response_url\nthe answer"),
+        (
+            {"via": "response_url", "text": "thanks", "replace_original": False},
+            "--- response_url (a new message beside the answer)\nthanks",
+        ),
+        (
+            {"via": "response_url", "delete_original": True},
+            "--- response_url: delete_original\n(the answer is removed)",
+        ),
+        ({"via": "chat.postEphemeral", "text": "fallback"}, "--- chat.postEphemeral\nfallback"),
+        (
+            {
+                "text": "answer",
+                "blocks": [
+                    {"type": "markdown", "text": "answer"},
+                    {
+                        "type": "actions",
+                        "elements": [
+                            {
+                                "type": "button",
+                                "action_id": "asklane_dismiss",
+                                "value": "J",
+                                "text": {"text": "Dismiss"},
+                            }
+                        ],
+                    },
+                ],
+            },
+            "--- response_url\nanswer\n[Dismiss]",
+        ),
+    ],
+    ids=["replaces", "beside", "removes", "fallback", "with-buttons"],
+)
+def test_ask_shows_what_each_private_message_does_to_the_answer_shown(
+    message: dict[str, Any], shown: str
+) -> None:
+    assert shown_to_asker(message) == shown
 
 
 def test_chat_refuses_outside_the_sandbox(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

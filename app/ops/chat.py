@@ -587,9 +587,14 @@ class Chat:
                 continue
             shown.finished, changed = True, True
             self.errors += is_error(message) or text.startswith(":x:")
-            if message.get("buttons"):
-                conversation.last_ts, conversation.buttons = str(message["ts"]), list(message["buttons"])
-                self.say("  buttons: " + "  ".join(f"{command_of(b)}" for b in message["buttons"]))
+            # The newest finished message's buttons are the ones a command presses (none after a
+            # stopped answer: its earlier answer's buttons are not the last answer's).
+            conversation.last_ts, conversation.buttons = (
+                str(message["ts"]),
+                list(message.get("buttons") or []),
+            )
+            if conversation.buttons:
+                self.say("  buttons: " + "  ".join(command_of(b) for b in conversation.buttons))
         # Every message up to the first one still open is final: later reads start after them.
         while (done := conversation.shown.get(conversation.seen)) is not None and done.finished:
             conversation.seen += 1

@@ -253,7 +253,7 @@ def _converse(
         "X-Slack-Signature": signature_of(body, timestamp, secret),
     }
     ack = fetch_json(Request(web_url + "/slack/events", body, headers), timeout=10)
-    print(_shown({"via": "ack", **ack}))
+    print(shown_to_asker({"via": "ack", **ack}))
     if not awaits_more(ack):
         return 0
     replies = _Replies(base, f"{person.channel_id}:{person.user_id}", hook)
@@ -325,7 +325,7 @@ class _Replies:
             self.seen[box] += len(messages)
             for message in messages:
                 message.setdefault("via", "response_url")
-                print(_shown(message))
+                print(shown_to_asker(message))
                 came.append(message)
         return came
 
@@ -366,7 +366,7 @@ def _failed(message: dict[str, Any]) -> bool:
     return str(message.get("text", "")).startswith(":x:")
 
 
-def _shown(message: dict[str, Any]) -> str:
+def shown_to_asker(message: dict[str, Any]) -> str:
     """A message as the asker would read it, under the way it came (and what it did to the answer
     shown: a response_url post replaces it unless ``replace_original`` is false, or removes it
     with ``delete_original``)."""
