@@ -10,13 +10,19 @@ exactly as they talk to the real ones, through the same settings, so nothing is 
   thread as Slack threads them (a top-level message starts its own thread), with each thread's
   status (``assistant.threads.setStatus``, cleared by a reply as Slack clears it) and the
   suggested prompts of each DM (``assistant.threads.setSuggestedPrompts``);
-  ``GET /sandbox/threads/<channel>/<thread_ts>?after=N`` (a thread's replies and status),
+  ``chat.startStream`` / ``appendStream`` / ``stopStream`` stream a message into its thread as
+  Slack does (an append after the stop is ``message_not_in_streaming_state``), ``chat.update``
+  rewrites one and ``chat.delete`` removes it;
+  ``GET /sandbox/threads/<channel>/<thread_ts>?after=N&version=V`` (a thread's messages, each with
+  its text now as ``shown``, ``streaming``, its ``buttons`` and a ``version`` bumped by every
+  change, and the thread's status; it waits for the thread's version to pass V),
   ``GET /sandbox/threads/<channel>`` (a channel's threads) and
   ``GET /sandbox/prompts/<channel>?after=N`` hand them to ``asklane chat`` as they arrive.
   ``auth.test`` names the sandbox's workspace and bot.
 * Claude, when there is no ANTHROPIC_API_KEY: an offline model at ``/anthropic`` speaking the
   Messages API, whose every answer says it is the stand-in, and how much of the conversation it
-  was sent (so a follow-up shows that memory works).
+  was sent (so a follow-up shows that memory works); streamed a few characters at a time, slowly
+  enough to watch and to stop (``create_app(stream_delay)``).
 
 Run by ``make run`` as its ``sandbox`` process (``asklane sandbox``).
 """
