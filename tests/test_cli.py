@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import redis
@@ -21,8 +22,9 @@ from app.contract.keys import FAILED_KEY
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
 from app.ops import chat
-from app.ops.cli import awaits_more, main
+from app.ops.cli import awaits_more, main, shown_to_asker
 from app.sandbox import stand_ins
+from app.web.clicks import read_click
 from tests.support.deployment import ROOT, settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.slack import FakeSlack
@@ -380,11 +382,75 @@ def test_opening_the_chat_is_opening_the_apps_messages_tab() -> None:
         ),
         ({"markdown_text": "# heading"}, "# heading"),
         ({"text": "plain only"}, "plain only"),
+        (
+            {
+                "markdown_text": "streamed answer",
+                "blocks": [
+                    {
+                        "type": "actions",
+                        "elements": [
+                            {"type": "button", "text": {"type": "plain_text", "text": "Regenerate"}}
+                        ],
+                    }
+                ],
+            },
+            "streamed answer",
+        ),
     ],
-    ids=["markdown-block", "several-blocks", "section", "context", "markdown_text", "text"],
+    ids=[
+        "markdown-block",
+        "several-blocks",
+        "section",
+        "context",
+        "markdown_text",
+        "text",
+        "buttons-are-not-text",
+    ],
 )
 def test_a_reply_is_shown_as_its_blocks_read(message: dict[str, Any], shown: str) -> None:
     assert chat.render(message) == shown
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ({"via": "response_url", "text": "the answer"}, "--- response_url\nthe answer"),
+        (
+            {"via": "response_url", "text": "thanks", "replace_original": False},
+            "--- response_url (a new message beside the answer)\nthanks",
+        ),
+        (
+            {"via": "response_url", "delete_original": True},
+            "--- response_url: delete_original\n(the answer is removed)",
+        ),
+        ({"via": "chat.postEphemeral", "text": "fallback"}, "--- chat.postEphemeral\nfallback"),
+        (
+            {
+                "text": "answer",
+                "blocks": [
+                    {"type": "markdown", "text": "answer"},
+                    {
+                        "type": "actions",
+                        "elements": [
+                            {
+                                "type": "button",
+                                "action_id": "asklane_dismiss",
+                                "value": "J",
+                                "text": {"text": "Dismiss"},
+                            }
+                        ],
+                    },
+                ],
+            },
+            "--- response_url\nanswer\n[Dismiss]",
+        ),
+    ],
+    ids=["replaces", "beside", "removes", "fallback", "with-buttons"],
+)
+def test_ask_shows_what_each_private_message_does_to_the_answer_shown(
+    message: dict[str, Any], shown: str
+) -> None:
+    assert shown_to_asker(message) == shown
 
 
 def test_chat_refuses_outside_the_sandbox(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -421,8 +487,69 @@ def test_chat_with_the_stack_not_running_says_in_one_line_how_to_start_it(
     ],
     ids=["two-lines", "blank-lines-skipped", "quit-ends", "trimmed", "nothing"],
 )
-def test_piped_lines_are_sent_until_eof_or_quit(
-    piped: str, sent: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_piped_lines_are_sent_until_eof_or_quit(piped: str, sent: list[str]) -> None:
     assert list(chat.lines_from(io.StringIO(piped))) == sent
-    assert capsys.readouterr().out.splitlines() == [f"you> {line}" for line in sent]
+
+
+def test_piped_lines_are_read_while_an_answer_streams_so_a_stop_waits_ready() -> None:
+    lines = chat.Lines(io.StringIO("tell me more\n:stop\n"))
+
+    assert lines.next() == "tell me more"
+    wait_until(lambda: lines.peek() == chat.STOP_COMMAND, timeout=5)
+    assert lines.next() == chat.STOP_COMMAND
+    assert lines.next() is None and lines.peek() is None
+
+
+@pytest.mark.parametrize(
+    ("button", "command"),
+    [
+        ({"action_id": "asklane_feedback", "value": "good:J1", "label": "good"}, ":good"),
+        ({"action_id": "asklane_feedback", "value": "bad:J1", "label": "bad"}, ":bad"),
+        ({"action_id": "asklane_regenerate", "value": "J1", "label": "Retry"}, ":regenerate"),
+        ({"action_id": "asklane_stop", "value": "J1", "label": "Stop"}, ":stop"),
+        ({"action_id": "asklane_share", "value": "J1", "label": "Share"}, ":share"),
+        ({"action_id": "asklane_dismiss", "value": "J1", "label": "Dismiss"}, ":dismiss"),
+    ],
+)
+def test_each_button_is_pressed_by_the_command_named_after_it(button: dict[str, str], command: str) -> None:
+    assert chat.command_of(button) == command
+
+
+def test_a_press_is_a_signed_block_actions_request_that_the_web_process_reads() -> None:
+    button = {"action_id": "asklane_feedback", "value": "good:J1", "label": "good"}
+    payload = chat.click_payload(
+        PERSON,
+        button,
+        response_url="http://127.0.0.1:1/slack/response/h1",
+        action_ts="1700000000.000400",
+        message_ts="1700000000.000300",
+        thread_ts="1700000000.000200",
+    )
+    request = chat.signed_click("http://127.0.0.1:1/slack/events", payload, "s3cret")
+    headers = {name.lower(): value for name, value in request.header_items()}
+    body = request.data
+    assert isinstance(body, bytes)
+
+    click = read_click(json.loads(parse_qs(body.decode())["payload"][0]))
+
+    expected = signature_headers(body, secret="s3cret", timestamp=int(headers["x-slack-request-timestamp"]))
+    assert headers["x-slack-signature"] == expected["X-Slack-Signature"]
+    assert headers["content-type"] == "application/x-www-form-urlencoded"
+    assert (click.team_id, click.user_id, click.channel_id) == (
+        stand_ins.TEAM_ID,
+        stand_ins.USER_ID,
+        stand_ins.DM_CHANNEL,
+    )
+    assert (click.action_id, click.value, click.action_ts) == (
+        "asklane_feedback",
+        "good:J1",
+        "1700000000.000400",
+    )
+    assert click.response_url == "http://127.0.0.1:1/slack/response/h1"
+    assert payload["container"] == {
+        "type": "message",
+        "message_ts": "1700000000.000300",
+        "channel_id": stand_ins.DM_CHANNEL,
+        "is_ephemeral": False,
+        "thread_ts": "1700000000.000200",
+    }

@@ -156,7 +156,10 @@ def test_ephemeral_posts_sent_as_a_form_reach_the_askers_mailbox() -> None:
         ("chat.postMessage", {"channel": "D0DM"}, "no_text"),
         ("assistant.threads.setStatus", {"channel_id": "D0DM", "status": "x"}, "invalid_arguments"),
         ("assistant.threads.setSuggestedPrompts", {"channel_id": "D0DM", "prompts": []}, "invalid_arguments"),
-        ("chat.delete", {"channel": "D0DM", "ts": "1.2"}, "unknown_method"),
+        ("chat.delete", {"channel": "D0DM", "ts": "1.2"}, "message_not_found"),
+        ("chat.appendStream", {"channel": "D0DM", "ts": "1.2", "markdown_text": "x"}, "message_not_found"),
+        ("chat.startStream", {"channel": "D0DM", "markdown_text": "x"}, "invalid_arguments"),
+        ("chat.unknownMethod", {"channel": "D0DM"}, "unknown_method"),
     ],
 )
 def test_the_slack_stand_in_refuses_what_slack_refuses(method: str, body: dict[str, Any], error: str) -> None:
@@ -164,6 +167,125 @@ def test_the_slack_stand_in_refuses_what_slack_refuses(method: str, body: dict[s
         reply = stand_in.post(f"/slack/api/{method}", json=body)
 
     assert reply.status_code == 200 and reply.json() == {"ok": False, "error": error}
+
+
+def _call(stand_in: TestClient, method: str, **body: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = stand_in.post(f"/slack/api/{method}", json=body).json()
+    return reply
+
+
+FEEDBACK_AND_REGENERATE = [
+    {
+        "type": "context_actions",
+        "elements": [
+            {
+                "type": "feedback_buttons",
+                "action_id": "asklane_feedback",
+                "positive_button": {"text": {"type": "plain_text", "text": "Good"}, "value": "good:J1"},
+                "negative_button": {"text": {"type": "plain_text", "text": "Bad"}, "value": "bad:J1"},
+            }
+        ],
+    },
+    {
+        "type": "actions",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": "asklane_regenerate",
+                "text": {"type": "plain_text", "text": "Regenerate"},
+                "value": "J1",
+            }
+        ],
+    },
+]
+
+
+def test_a_streamed_message_shows_each_append_as_it_comes_then_its_buttons_when_stopped() -> None:
+    where = {"channel": "D0DM", "thread_ts": "1700000000.000100"}
+    with TestClient(stand_ins.create_app()) as stand_in:
+        started = _call(
+            stand_in,
+            "chat.startStream",
+            **where,
+            recipient_user_id="U0U",
+            recipient_team_id="T0T",
+            markdown_text="Hel",
+        )
+        first = _thread(stand_in, **where)
+        assert _call(stand_in, "chat.appendStream", channel="D0DM", ts=started["ts"], markdown_text="lo") == {
+            "ok": True,
+            "channel": "D0DM",
+            "ts": started["ts"],
+        }
+        second = _thread(stand_in, **where)
+        _call(
+            stand_in,
+            "chat.stopStream",
+            channel="D0DM",
+            ts=started["ts"],
+            markdown_text="!",
+            blocks=FEEDBACK_AND_REGENERATE,
+        )
+        stopped = _thread(stand_in, **where)
+        late = _call(stand_in, "chat.appendStream", channel="D0DM", ts=started["ts"], markdown_text="more")
+
+    [streaming] = first["messages"]
+    assert (streaming["shown"], streaming["streaming"], streaming["buttons"]) == ("Hel", True, [])
+    [appended] = second["messages"]
+    assert appended["shown"] == "Hello" and appended["streaming"] is True
+    assert appended["version"] > streaming["version"] and second["version"] > first["version"]
+    [done] = stopped["messages"]
+    assert (done["shown"], done["streaming"]) == ("Hello!", False)
+    assert [(b["action_id"], b["value"], b["label"]) for b in done["buttons"]] == [
+        ("asklane_feedback", "good:J1", "good"),
+        ("asklane_feedback", "bad:J1", "bad"),
+        ("asklane_regenerate", "J1", "Regenerate"),
+    ]
+    assert late == {"ok": False, "error": "message_not_in_streaming_state"}
+
+
+def test_chat_update_replaces_a_messages_text_and_chat_delete_removes_it() -> None:
+    where = {"channel": "D0DM", "thread_ts": "1700000000.000100"}
+    with TestClient(stand_ins.create_app()) as stand_in:
+        ts = _call(stand_in, "chat.startStream", **where, markdown_text="partial")["ts"]
+        other = _post_message(stand_in, **where, text="second part")["ts"]
+        _call(
+            stand_in,
+            "chat.update",
+            channel="D0DM",
+            ts=ts,
+            text="whole",
+            blocks=[{"type": "markdown", "text": "the whole answer"}],
+        )
+        # slack_sdk sends chat.delete's arguments in the query string.
+        deleted = stand_in.post(f"/slack/api/chat.delete?channel=D0DM&ts={other}").json()
+        read = _thread(stand_in, **where)
+        threads = stand_in.get("/sandbox/threads/D0DM").json()
+
+    assert deleted["ok"] is True
+    updated, gone = read["messages"]
+    assert (updated["shown"], updated["streaming"]) == ("the whole answer", False)
+    assert gone["deleted"] is True
+    assert [t["messages"] for t in threads] == [1]
+
+
+def test_the_offline_model_streams_its_answer_in_pieces_at_the_configured_pace() -> None:
+    request = {
+        "model": "m",
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": "why?"}],
+    }
+    with TestClient(stand_ins.create_app(stream_delay=0)) as stand_in:
+        events = stand_in.post("/anthropic/v1/messages", json=request).text
+
+    deltas = [
+        json.loads(line.removeprefix("data: "))["delta"]["text"]
+        for line in events.splitlines()
+        if line.startswith("data: ") and '"text_delta"' in line
+    ]
+    assert len(deltas) > 10
+    assert "".join(deltas) == stand_ins.offline_answer("why?")
 
 
 def test_auth_test_names_the_sandbox_workspace_and_its_bot() -> None:
@@ -371,6 +493,95 @@ def test_make_run_without_accounts_holds_a_dm_conversation_and_a_channel_thread_
     assert "You asked: *and a p50?*" in in_channel and "what is a p99?" in in_channel
     [channel_thread] = channel_threads
     assert channel_thread["messages"] >= 2, channel_threads
+
+
+def _asklane(stack: LocalStack, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(stack.checkout / ".venv/bin/python"), "-m", "app.ops.cli", *argv],
+        input=stdin,
+        cwd=stack.checkout,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_asklane_chat_streams_an_answer_then_presses_its_feedback_and_regenerate_buttons(
+    redis_server: RedisServer, start_stack: Callable[..., LocalStack]
+) -> None:
+    stack = start_stack(REDIS_URL=redis_server.url)
+    wait_until(lambda: is_alive(f"http://127.0.0.1:{stack.web_port}"), timeout=30, explain=stack.log)
+
+    chatted = _asklane(stack, "chat", stdin="what is a thread?\n:good\n:regenerate\n")
+    stand_in = f"http://127.0.0.1:{stack.sandbox_port}"
+    [thread] = httpx.get(f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}").json()
+    messages = httpx.get(
+        f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}/{thread['thread_ts']}?wait=0"
+    ).json()["messages"]
+    stack.stop()
+
+    transcript = chatted.stdout
+    assert chatted.returncode == 0, transcript + chatted.stderr + stack.log()
+    asked, thanked = transcript.split("you> :good")
+    thanked, regenerated = thanked.split("you> :regenerate")
+    # The answer was streamed: the stand-in saw it start, grow and stop, with its buttons.
+    assert "You asked: *what is a thread?*" in asked
+    assert "buttons: :good  :bad  :regenerate" in asked
+    assert "(only you) :pray: Thanks, glad it helped." in thanked
+    assert "You asked: *what is a thread?*" in regenerated and "buttons:" in regenerated
+    assert [m["via"] for m in messages] == ["chat.startStream", "chat.startStream"]
+    assert all(not m["streaming"] and m["buttons"] for m in messages)
+
+
+def test_asklane_chat_stop_ends_a_streaming_answer_with_the_stopped_note(
+    redis_server: RedisServer, start_stack: Callable[..., LocalStack]
+) -> None:
+    # Slow enough that the answer is still streaming when the chat sees it begin.
+    stack = start_stack(REDIS_URL=redis_server.url, SANDBOX_STREAM_DELAY_SECONDS="0.3")
+    wait_until(lambda: is_alive(f"http://127.0.0.1:{stack.web_port}"), timeout=30, explain=stack.log)
+
+    chatted = _asklane(stack, "chat", stdin="tell me a long story\n:stop\n")
+    stand_in = f"http://127.0.0.1:{stack.sandbox_port}"
+    [thread] = httpx.get(f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}").json()
+    [message] = httpx.get(
+        f"{stand_in}{stand_ins.THREADS_PATH}{stand_ins.DM_CHANNEL}/{thread['thread_ts']}?wait=0"
+    ).json()["messages"]
+    stack.stop()
+
+    transcript = chatted.stdout
+    assert chatted.returncode == 0, transcript + chatted.stderr + stack.log()
+    assert "you> :stop" in transcript
+    assert "Stopped" in transcript.split("you> :stop")[1], transcript
+    # Cut short: the offline answer's last sentence never came.
+    assert message["shown"].endswith("_Stopped._") and "once it is done" not in message["shown"]
+    assert not message["streaming"]
+
+
+def test_asklane_ask_presses_the_answers_regenerate_share_and_dismiss_buttons(
+    redis_server: RedisServer, start_stack: Callable[..., LocalStack]
+) -> None:
+    stack = start_stack(REDIS_URL=redis_server.url)
+    wait_until(lambda: is_alive(f"http://127.0.0.1:{stack.web_port}"), timeout=30, explain=stack.log)
+
+    asked = _asklane(
+        stack, "ask", "what is a p99?", "--then", "regenerate", "--then", "share", "--then", "dismiss"
+    )
+    stand_in = f"http://127.0.0.1:{stack.sandbox_port}"
+    [shared] = httpx.get(f"{stand_in}{stand_ins.THREADS_PATH}C0SANDBOX").json()
+    stack.stop()
+
+    transcript = asked.stdout
+    assert asked.returncode == 0, transcript + asked.stderr + stack.log()
+    answered, regenerated = transcript.split("--- you press :arrows_counterclockwise: Regenerate")
+    regenerated, shared_text = regenerated.split("--- you press :mega: Share to channel")
+    shared_text, dismissed = shared_text.split("--- you press Dismiss")
+    assert "You asked: *what is a p99?*" in answered and "[Dismiss]" in answered
+    # The regenerated answer replaces the one clicked, through the click's response_url.
+    assert "--- response_url\n" in regenerated and "You asked: *what is a p99?*" in regenerated
+    assert "--- chat.postMessage in C0SANDBOX" in shared_text and "<@U0YOU>" in shared_text
+    assert "delete_original\n(the answer is removed)" in dismissed
+    assert shared["messages"] == 1
 
 
 def test_ctrl_c_while_redis_is_starting_stops_make_run_with_nothing_left_running(

@@ -10,6 +10,8 @@
                                    ``make run`` starts it) and print what the asker sees; exits 0
                                    when the reply is complete, 1 when it is an error or does not
                                    come, 2 when it cannot ask (not the sandbox, stack not running)
+    asklane ask "q" --then share   the same, then press a button of the answer (share, regenerate,
+                                   dismiss; repeatable) and print what follows
     asklane chat                   in the sandbox: a conversation in the app's DM, each line a
                                    signed DM event to the web process, replies printed as they
                                    arrive (app/ops/chat.py); EOF or ``:quit`` ends it
@@ -57,11 +59,14 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     if args.command == "retry" and (args.job_id is None) == (not args.all_failed):
         _parser().error("retry takes a JOB_ID or --all-failed")
     if args.command == "sandbox":
-        uvicorn.run(stand_ins.create_app(), host="127.0.0.1", port=args.port, log_level="warning")
+        delay = args.stream_delay
+        if delay is None:
+            delay = float(os.environ.get(stand_ins.STREAM_DELAY_ENV) or stand_ins.STREAM_DELAY_SECONDS)
+        uvicorn.run(stand_ins.create_app(delay), host="127.0.0.1", port=args.port, log_level="warning")
         return 0
     if args.command == "ask":
         return ask_in_sandbox(
-            settings or _load_settings(), args.question, args.url or web_url(), args.timeout
+            settings or _load_settings(), args.question, args.url or web_url(), args.timeout, args.then
         )
     if args.command == "chat":
         return chat_in_sandbox(
@@ -132,6 +137,14 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--url", help="the web process (default: http://127.0.0.1:$PORT, $PORT 3000 by default)")
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    ask.add_argument(
+        "--then",
+        action="append",
+        choices=THEN,
+        default=[],
+        help="press this button of the answer and print what follows (repeatable: --then regenerate "
+        "--then dismiss)",
+    )
     chat_command = commands.add_parser(
         "chat",
         help="talk to asklane in its DM in the sandbox: each line a message, replies in its thread",
@@ -155,6 +168,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox_command = commands.add_parser("sandbox", help="run the local Slack and Claude stand-ins")
     sandbox_command.add_argument("--port", type=int, default=stand_ins.DEFAULT_PORT)
+    sandbox_command.add_argument(
+        "--stream-delay",
+        type=float,
+        help=f"seconds between the offline model's streamed pieces (default ${stand_ins.STREAM_DELAY_ENV} "
+        f"or {stand_ins.STREAM_DELAY_SECONDS:g})",
+    )
     return parser
 
 
@@ -165,7 +184,9 @@ def awaits_more(ack: dict[str, Any]) -> bool:
     return ack.get("text") == messages.working_on_it("").text
 
 
-def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: float) -> int:
+def ask_in_sandbox(
+    settings: Settings, question: str, web_url: str, timeout: float, then: Sequence[str] = ()
+) -> int:
     """Send ``question`` as a signed slash command and print each message its asker would see,
     until the reply is complete (exit 0: the answer, or an ack that is the whole reply) or failed
     (exit 1: an error message, or nothing within ``timeout``); exit 2 when it cannot ask."""
@@ -174,7 +195,7 @@ def ask_in_sandbox(settings: Settings, question: str, web_url: str, timeout: flo
         print("asklane ask works in the sandbox: `make run` without Slack credentials", file=sys.stderr)
         return 2
     try:
-        return _converse(settings, prefix, question, web_url, timeout)
+        return _converse(settings, prefix, question, web_url, timeout, then)
     except StackUnreachable as error:
         print(f"asklane: {error}: the stack is not running; {_START_HINT}", file=sys.stderr)
         return 2
@@ -203,49 +224,162 @@ def chat_in_sandbox(
         return 130
 
 
-def _converse(settings: Settings, prefix: str, question: str, web_url: str, timeout: float) -> int:
+#: The /ask answer's buttons ``--then`` presses.
+THEN = ("share", "regenerate", "dismiss")
+
+
+def _converse(
+    settings: Settings, prefix: str, question: str, web_url: str, timeout: float, then: Sequence[str] = ()
+) -> int:
     base = prefix.removesuffix(stand_ins.RESPONSE_PATH)
+    person = chat.Person(channel_id="C0SANDBOX")
     hook = uuid.uuid4().hex
     form = {
-        "team_id": "T0SANDBOX",
-        "channel_id": "C0SANDBOX",
-        "user_id": "U0YOU",
+        "team_id": person.team_id,
+        "channel_id": person.channel_id,
+        "user_id": person.user_id,
         "command": settings.slack_command,
         "text": question,
         "response_url": prefix + hook,
         "trigger_id": f"{time.time_ns()}.{hook}",
+        "api_app_id": person.app_id,
     }
     body = urlencode(form).encode()
     timestamp = str(int(time.time()))
+    secret = settings.slack_signing_secret.get_secret_value()
     headers = {
         "Content-Type": FORM,
         "X-Slack-Request-Timestamp": timestamp,
-        "X-Slack-Signature": signature_of(body, timestamp, settings.slack_signing_secret.get_secret_value()),
+        "X-Slack-Signature": signature_of(body, timestamp, secret),
     }
     ack = fetch_json(Request(web_url + "/slack/events", body, headers), timeout=10)
-    print(_shown({"via": "ack", **ack}))
+    print(shown_to_asker({"via": "ack", **ack}))
     if not awaits_more(ack):
         return 0
-    deadline = time.monotonic() + timeout
-    seen = {hook: 0, f"{form['channel_id']}:{form['user_id']}": 0}
-    while time.monotonic() < deadline:
-        for box in seen:
-            wait = 1.0 if box == hook else 0.0
-            arrived = fetch_json(
-                f"{base}{stand_ins.MESSAGES_PATH}{box}?after={seen[box]}&wait={wait}", timeout=15
+    replies = _Replies(base, f"{person.channel_id}:{person.user_id}", hook)
+    answer = replies.final(time.monotonic() + timeout)
+    if answer is None:
+        print(f"no answer within {timeout:g} s", file=sys.stderr)
+        return 1
+    if _failed(answer):
+        return 1
+    for action in then:
+        button = next(
+            (b for b in stand_ins.buttons_of(answer) if b["action_id"] == f"asklane_{action}"), None
+        )
+        if button is None:
+            print(f"asklane: the answer has no {action} button", file=sys.stderr)
+            return 1
+        print(f"--- you press {button['label'] or action}")
+        click_hook = uuid.uuid4().hex
+        # Slack gives each click its own response_url, acting on the same ephemeral message.
+        payload = chat.click_payload(
+            person,
+            button,
+            response_url=prefix + click_hook,
+            action_ts=chat.Clock().ts(),
+            message_ts=chat.Clock().ts(),
+            thread_ts=None,
+            ephemeral=True,
+        )
+        shared_before = len(_channel_threads(base, person.channel_id))
+        chat.deliver(chat.signed_click(web_url + "/slack/events", payload, secret), timeout=10)
+        replies.watch(click_hook)
+        deadline = time.monotonic() + timeout
+        if action == "share":
+            outcome = _shared(base, person.channel_id, shared_before, replies, deadline)
+        else:
+            outcome = replies.final(deadline)
+        if outcome is None:
+            print(f"no reply to {action} within {timeout:g} s", file=sys.stderr)
+            return 1
+        if _failed(outcome):
+            return 1
+        answer = (
+            outcome if outcome.get("via") == "response_url" and not outcome.get("delete_original") else answer
+        )
+    return 0
+
+
+class _Replies:
+    """What reaches the asker privately: posts to response_urls (the command's, each click's) and
+    chat.postEphemeral in the channel, printed as they arrive."""
+
+    def __init__(self, base: str, ephemeral_box: str, hook: str) -> None:
+        self.base = base
+        self.seen = {hook: 0, ephemeral_box: 0}
+        self.hooks = [hook]
+
+    def watch(self, hook: str) -> None:
+        self.seen[hook] = 0
+        self.hooks.append(hook)
+
+    def arrived(self, wait: float) -> list[dict[str, Any]]:
+        """Messages come since the last call, printed; waits up to ``wait`` s on the newest hook."""
+        came = []
+        for box in list(self.seen):
+            pause = wait if box == self.hooks[-1] else 0.0
+            messages = fetch_json(
+                f"{self.base}{stand_ins.MESSAGES_PATH}{box}?after={self.seen[box]}&wait={pause:g}", timeout=15
             )
-            seen[box] += len(arrived)
-            for message in arrived:
-                print(_shown(message))
+            self.seen[box] += len(messages)
+            for message in messages:
+                message.setdefault("via", "response_url")
+                print(shown_to_asker(message))
+                came.append(message)
+        return came
+
+    def final(self, deadline: float) -> dict[str, Any] | None:
+        """The first message that is not an interim notice, or None by ``deadline``."""
+        while time.monotonic() < deadline:
+            for message in self.arrived(1.0):
                 if not str(message.get("text", "")).startswith(":hourglass"):
-                    return 1 if str(message.get("text", "")).startswith(":x:") else 0
-    print(f"no answer within {timeout:g} s", file=sys.stderr)
-    return 1
+                    return message
+        return None
 
 
-def _shown(message: dict[str, Any]) -> str:
-    """A message as the asker would read it, under the way it came."""
-    return f"--- {message.get('via', 'response_url')}\n" + chat.render(message)
+def _channel_threads(base: str, channel: str) -> list[dict[str, Any]]:
+    threads: list[dict[str, Any]] = fetch_json(f"{base}{stand_ins.THREADS_PATH}{channel}", timeout=10)
+    return threads
+
+
+def _shared(
+    base: str, channel: str, before: int, replies: _Replies, deadline: float
+) -> dict[str, Any] | None:
+    """The answer shared in ``channel`` (a new top-level message), printed; or a private note
+    saying why it was not."""
+    while time.monotonic() < deadline:
+        threads = _channel_threads(base, channel)
+        if len(threads) > before:
+            read = fetch_json(
+                f"{base}{stand_ins.THREADS_PATH}{channel}/{threads[-1]['thread_ts']}?wait=0", timeout=10
+            )
+            message: dict[str, Any] = read["messages"][0]
+            print(f"--- chat.postMessage in {channel} (everyone there sees it)\n{chat.render(message)}")
+            return message
+        for note in replies.arrived(0.5):
+            return note
+    return None
+
+
+def _failed(message: dict[str, Any]) -> bool:
+    return str(message.get("text", "")).startswith(":x:")
+
+
+def shown_to_asker(message: dict[str, Any]) -> str:
+    """A message as the asker would read it, under the way it came (and what it did to the answer
+    shown: a response_url post replaces it unless ``replace_original`` is false, or removes it
+    with ``delete_original``)."""
+    via = message.get("via", "response_url")
+    if message.get("delete_original"):
+        return f"--- {via}: delete_original\n(the answer is removed)"
+    if via == "response_url" and message.get("replace_original") is False:
+        via += " (a new message beside the answer)"
+    shown = chat.render(message)
+    buttons = stand_ins.buttons_of(message)
+    if buttons:
+        shown += "\n[" + "] [".join(b["label"] for b in buttons) + "]"
+    return f"--- {via}\n{shown}"
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:

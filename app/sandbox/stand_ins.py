@@ -10,13 +10,19 @@ exactly as they talk to the real ones, through the same settings, so nothing is 
   thread as Slack threads them (a top-level message starts its own thread), with each thread's
   status (``assistant.threads.setStatus``, cleared by a reply as Slack clears it) and the
   suggested prompts of each DM (``assistant.threads.setSuggestedPrompts``);
-  ``GET /sandbox/threads/<channel>/<thread_ts>?after=N`` (a thread's replies and status),
+  ``chat.startStream`` / ``appendStream`` / ``stopStream`` stream a message into its thread as
+  Slack does (an append after the stop is ``message_not_in_streaming_state``), ``chat.update``
+  rewrites one and ``chat.delete`` removes it;
+  ``GET /sandbox/threads/<channel>/<thread_ts>?after=N&version=V`` (a thread's messages, each with
+  its text now as ``shown``, ``streaming``, its ``buttons`` and a ``version`` bumped by every
+  change, and the thread's status; it waits for the thread's version to pass V),
   ``GET /sandbox/threads/<channel>`` (a channel's threads) and
   ``GET /sandbox/prompts/<channel>?after=N`` hand them to ``asklane chat`` as they arrive.
   ``auth.test`` names the sandbox's workspace and bot.
 * Claude, when there is no ANTHROPIC_API_KEY: an offline model at ``/anthropic`` speaking the
   Messages API, whose every answer says it is the stand-in, and how much of the conversation it
-  was sent (so a follow-up shows that memory works).
+  was sent (so a follow-up shows that memory works); streamed a few characters at a time, slowly
+  enough to watch and to stop (``create_app(stream_delay)``).
 
 Run by ``make run`` as its ``sandbox`` process (``asklane sandbox``).
 """
@@ -27,7 +33,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -63,6 +69,12 @@ DM_CHANNEL = "D0SANDBOX"
 
 OFFLINE_LABEL = "_[offline stand-in model: set ANTHROPIC_API_KEY for real answers from Claude]_"
 
+#: Characters per streamed delta, and seconds between deltas, of the offline model by default:
+#: slow enough to watch an answer arrive, and to stop it (SANDBOX_STREAM_DELAY_SECONDS).
+STREAM_CHUNK = 12
+STREAM_DELAY_SECONDS = 0.05
+STREAM_DELAY_ENV = "SANDBOX_STREAM_DELAY_SECONDS"
+
 #: How long a ``GET /sandbox/...`` read waits for something new before answering with nothing.
 POLL_SECONDS = 10.0
 
@@ -84,7 +96,11 @@ def sandbox_settings(port: int = DEFAULT_PORT, *, offline_model: bool) -> dict[s
 def offline_answer(question: str, earlier: list[str] | None = None) -> str:
     """What the offline model says: an echo, labelled so nobody mistakes it for Claude. With
     ``earlier`` questions of the same conversation, it says how many it was sent and the last."""
-    answer = f"{OFFLINE_LABEL}\n\nYou asked: *{question}*\n\nWith a key, Claude would answer here."
+    answer = (
+        f"{OFFLINE_LABEL}\n\nYou asked: *{question}*\n\nWith a key, Claude would answer here. "
+        "In a thread this stand-in writes its answer a few characters at a time, as Claude streams, "
+        "so you can watch it arrive. Stop it while it does; rate it or regenerate it once it is done."
+    )
     if earlier:
         answer += (
             f"\n\nI was sent this conversation's {len(earlier)} earlier question(s); "
@@ -105,6 +121,59 @@ def text_of(content: Any) -> str:
             if isinstance(block, dict) and block.get("type") == "text"
         )
     return str(content)
+
+
+#: Slack's limit on one message's markdown (and one appendStream call's).
+APPEND_LIMIT = 12_000
+
+#: Blocks that hold buttons rather than text.
+_BUTTON_BLOCKS = frozenset({"actions", "context_actions"})
+
+
+def shown_text(message: dict[str, Any]) -> str:
+    """What a message shows as a person reads it in Slack: its blocks' text (a ``markdown``
+    block's Markdown as written, a section's or context's text), else its streamed
+    ``markdown_text``, else its ``text``. Buttons are not text (:func:`buttons_of`)."""
+    parts = []
+    for block in message.get("blocks") or []:
+        if not isinstance(block, dict) or block.get("type") in _BUTTON_BLOCKS:
+            continue
+        if block.get("type") == "markdown":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block.get("text"), dict):
+            parts.append(str(block["text"].get("text", "")))
+        for element in block.get("elements") or []:
+            if isinstance(element, dict) and isinstance(element.get("text"), str):
+                parts.append(element["text"])
+    return "\n".join(parts) or str(message.get("markdown_text") or message.get("text", ""))
+
+
+def buttons_of(message: dict[str, Any]) -> list[dict[str, str]]:
+    """The buttons under a message, each as ``action_id``, ``value`` and ``label``: buttons and
+    icon buttons of ``actions`` and ``context_actions`` blocks, and both halves of Slack's
+    ``feedback_buttons`` (labelled ``good`` and ``bad``)."""
+    found = []
+    for block in message.get("blocks") or []:
+        if not isinstance(block, dict) or block.get("type") not in _BUTTON_BLOCKS:
+            continue
+        for element in block.get("elements") or []:
+            if not isinstance(element, dict):
+                continue
+            action_id = str(element.get("action_id", ""))
+            if element.get("type") == "feedback_buttons":
+                for label, half in (("good", "positive_button"), ("bad", "negative_button")):
+                    value = (element.get(half) or {}).get("value", "")
+                    found.append({"action_id": action_id, "value": str(value), "label": label})
+            elif element.get("type") in ("button", "icon_button"):
+                text = element.get("text")
+                label = text.get("text", "") if isinstance(text, dict) else str(text or "")
+                found.append({"action_id": action_id, "value": str(element.get("value", "")), "label": label})
+    return found
+
+
+def _as_shown(message: dict[str, Any]) -> dict[str, Any]:
+    """A kept message with what a reader needs: its text now (``shown``) and its buttons."""
+    return {**message, "shown": shown_text(message), "buttons": buttons_of(message)}
 
 
 class Mailboxes:
@@ -149,22 +218,73 @@ class Threads:
         self._prompts: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._changed = asyncio.Condition()
         self._last_ts = 0
+        #: Each message's thread and place in it, by channel and ts (the calls that change it).
+        self._where: dict[tuple[str, str], tuple[Thread, int]] = {}
 
     def next_ts(self) -> str:
         """A fresh ts as Slack writes it (seconds.microseconds): unique and increasing."""
         self._last_ts = max(self._last_ts + 1, time.time_ns() // 1000)
         return f"{self._last_ts // 1_000_000}.{self._last_ts % 1_000_000:06d}"
 
-    async def post(self, channel: str, thread_ts: str | None, message: dict[str, Any]) -> str:
-        """Record a message; returns its ts. A reply clears the thread's status, as Slack does."""
+    async def post(
+        self, channel: str, thread_ts: str | None, message: dict[str, Any], *, streaming: bool = False
+    ) -> str:
+        """Record a message (one whose stream starts, with ``streaming``); returns its ts. A reply
+        clears the thread's status, as Slack does."""
         async with self._changed:
             ts = self.next_ts()
             thread = self._threads[(channel, thread_ts or ts)]
-            thread.messages.append({**message, "channel": channel, "ts": ts, "thread_ts": thread_ts or ts})
+            thread.messages.append(
+                {
+                    **message,
+                    "channel": channel,
+                    "ts": ts,
+                    "thread_ts": thread_ts or ts,
+                    "streaming": streaming,
+                    "deleted": False,
+                    "version": 0,
+                }
+            )
+            self._where[(channel, ts)] = (thread, len(thread.messages) - 1)
             thread.status, thread.loading_messages = "", []
             thread.version += 1
             self._changed.notify_all()
             return ts
+
+    async def change(self, channel: str, ts: str, method: str, body: dict[str, Any]) -> str | None:
+        """Apply ``chat.appendStream`` / ``stopStream`` / ``update`` / ``delete`` to the message
+        ``ts`` in ``channel`` as Slack does; None when done, else Slack's error code."""
+        async with self._changed:
+            found = self._where.get((channel, ts))
+            if found is None or found[0].messages[found[1]]["deleted"]:
+                return "message_not_found"
+            thread, index = found
+            message = thread.messages[index]
+            if method == "chat.delete":
+                message["deleted"] = True
+            elif method == "chat.update":
+                for key in ("text", "blocks", "markdown_text"):
+                    message.pop(key, None)
+                message.update({key: body[key] for key in ("text", "blocks") if key in body})
+                message["streaming"] = False
+            else:
+                if not message["streaming"]:
+                    return "message_not_in_streaming_state"
+                piece = str(body.get("markdown_text") or "")
+                if (
+                    len(piece) > APPEND_LIMIT
+                    or len(str(message.get("markdown_text", ""))) + len(piece) > APPEND_LIMIT
+                ):
+                    return "msg_too_long"
+                message["markdown_text"] = str(message.get("markdown_text", "")) + piece
+                if method == "chat.stopStream":
+                    message["streaming"] = False
+                    if body.get("blocks"):
+                        message["blocks"] = body["blocks"]
+            message["version"] += 1
+            thread.version += 1
+            self._changed.notify_all()
+            return None
 
     async def set_status(self, channel: str, thread_ts: str, status: str, loading: list[str]) -> None:
         async with self._changed:
@@ -188,7 +308,7 @@ class Threads:
             except TimeoutError:
                 pass
             return {
-                "messages": thread.messages[seen:],
+                "messages": [_as_shown(message) for message in thread.messages[seen:]],
                 "status": thread.status,
                 "loading_messages": thread.loading_messages,
                 "version": thread.version,
@@ -198,7 +318,11 @@ class Threads:
         """The threads of ``channel`` the app posted in, oldest first, with how many messages."""
         async with self._changed:
             return [
-                {"thread_ts": thread_ts, "messages": len(thread.messages), "status": thread.status}
+                {
+                    "thread_ts": thread_ts,
+                    "messages": sum(not message["deleted"] for message in thread.messages),
+                    "status": thread.status,
+                }
                 for (where, thread_ts), thread in sorted(self._threads.items())
                 if where == channel and thread.messages
             ]
@@ -229,8 +353,8 @@ def _error(error: str) -> Response:
     return JSONResponse({"ok": False, "error": error})
 
 
-def create_app() -> Starlette:
-    """The sandbox's ASGI app."""
+def create_app(stream_delay: float = STREAM_DELAY_SECONDS) -> Starlette:
+    """The sandbox's ASGI app; the offline model streams a delta every ``stream_delay`` s."""
     boxes = Mailboxes()
     threads = Threads()
 
@@ -256,6 +380,33 @@ def create_app() -> Starlette:
         return JSONResponse(
             {"ok": True, "channel": channel, "ts": ts, "message": {"type": "message", "ts": ts, **shown}}
         )
+
+    async def start_stream(body: dict[str, Any]) -> Response:
+        channel, thread_ts = body.get("channel"), body.get("thread_ts")
+        if not channel or not thread_ts:
+            return _error("invalid_arguments")
+        if len(str(body.get("markdown_text") or "")) > APPEND_LIMIT:
+            return _error("msg_too_long")
+        message = {
+            "via": "chat.startStream",
+            "user": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "markdown_text": str(body.get("markdown_text") or ""),
+        }
+        ts = await threads.post(str(channel), str(thread_ts), message, streaming=True)
+        return JSONResponse({"ok": True, "channel": channel, "ts": ts})
+
+    def changing(method: str) -> Callable[[dict[str, Any]], Awaitable[Response]]:
+        async def change(body: dict[str, Any]) -> Response:
+            channel, ts = body.get("channel"), body.get("ts")
+            if not channel or not ts:
+                return _error("invalid_arguments")
+            error = await threads.change(str(channel), str(ts), method, body)
+            if error is not None:
+                return _error(error)
+            return JSONResponse({"ok": True, "channel": channel, "ts": ts})
+
+        return change
 
     async def set_status(body: dict[str, Any]) -> Response:
         if not (body.get("channel_id") and body.get("thread_ts")) or "status" not in body:
@@ -293,6 +444,11 @@ def create_app() -> Starlette:
     methods = {
         "chat.postEphemeral": chat_post_ephemeral,
         "chat.postMessage": chat_post_message,
+        "chat.startStream": start_stream,
+        "chat.appendStream": changing("chat.appendStream"),
+        "chat.stopStream": changing("chat.stopStream"),
+        "chat.update": changing("chat.update"),
+        "chat.delete": changing("chat.delete"),
         "assistant.threads.setStatus": set_status,
         "assistant.threads.setSuggestedPrompts": set_suggested_prompts,
         "auth.test": auth_test,
@@ -307,6 +463,8 @@ def create_app() -> Starlette:
             body = dict(parse_qsl(raw.decode(), keep_blank_values=True))  # no multipart parser needed
         else:
             body = json.loads(raw or b"{}")
+        # chat.delete's arguments come in the query string (slack_sdk sends them as params).
+        body = {**request.query_params, **body}
         return await method(_decoded(body, "blocks", "prompts", "loading_messages"))
 
     async def messages(request: Request) -> Response:
@@ -356,7 +514,9 @@ def create_app() -> Starlette:
         if body.get("stream") is True:
             # Thread answers stream (workers/thread_answer.py): the same answer, as server-sent events.
             return StreamingResponse(
-                _answer_events(answer, body.get("model", "offline-stand-in"), len(question.split())),
+                _answer_events(
+                    answer, body.get("model", "offline-stand-in"), len(question.split()), stream_delay
+                ),
                 media_type="text/event-stream",
                 headers={"request-id": "req_offline"},
             )
@@ -389,13 +549,7 @@ def create_app() -> Starlette:
     )
 
 
-#: Characters per streamed delta, and seconds between deltas, of the offline model: slow enough to
-#: watch an answer arrive.
-STREAM_CHUNK = 12
-STREAM_DELAY_SECONDS = 0.03
-
-
-async def _answer_events(answer: str, model: str, input_tokens: int) -> AsyncIterator[bytes]:
+async def _answer_events(answer: str, model: str, input_tokens: int, delay: float) -> AsyncIterator[bytes]:
     """``answer`` as the streaming Messages API sends it."""
 
     def event(name: str, data: dict[str, Any]) -> bytes:
@@ -417,7 +571,7 @@ async def _answer_events(answer: str, model: str, input_tokens: int) -> AsyncIte
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
     )
     for at in range(0, len(answer), STREAM_CHUNK):
-        await asyncio.sleep(STREAM_DELAY_SECONDS)
+        await asyncio.sleep(delay)
         delta = {"type": "text_delta", "text": answer[at : at + STREAM_CHUNK]}
         yield event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
     yield event("content_block_stop", {"type": "content_block_stop", "index": 0})

@@ -126,8 +126,9 @@ class StreamReply(Reply):
 class StreamLog:
     """What the fake sent on one stream, and how it ended."""
 
-    #: The text deltas sent, in order.
+    #: The text deltas sent, in order, and when each was (monotonic, in the fake's clock).
     sent: list[str] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
     #: True once message_stop was sent.
     completed: bool = False
     #: True when the client closed the connection before the stream ended: generation stopped.
@@ -428,6 +429,7 @@ class FakeAnthropic(FakeServer):
                     },
                 )
                 log.sent.append(delta)
+                log.sent_at.append(time.monotonic())
             if reply.fail is not None:
                 return await self._fail(request, response, reply, log)
             await send("content_block_stop", {"type": "content_block_stop", "index": 0})
