@@ -114,6 +114,7 @@ class RateLimiter:
                     int(MAX_INLINE_WAIT_SECONDS * 1_000_000),
                     member := uuid.uuid4().hex,
                     unused,
+                    1000,  # microseconds
                 ],
             )
             wait = int(wait_us) / 1_000_000

@@ -11,9 +11,9 @@
   are per method, per workspace, per app): ``chat.appendStream`` Tier 4 (100 a minute),
   ``chat.startStream`` and ``chat.stopStream`` Tier 2 (20), ``chat.update`` and ``chat.delete``
   Tier 3 (50). :func:`book_method` books the earliest moment in the method's sliding window,
-  shared by every worker in Redis (:data:`app.contract.scripts.SLACK_METHOD_BOOK`), never inside a
-  pause; :func:`method_turn` books and sleeps until it. A stream writer books ahead and keeps
-  batching text until its moment comes (workers/streaming.py).
+  shared by every worker in Redis (the AI limiter's script, :data:`app.contract.scripts.RATE_BOOK`,
+  in milliseconds), never inside a pause; :func:`method_turn` books and sleeps until it. A stream
+  writer books ahead and keeps batching text until its moment comes (workers/streaming.py).
 
 A wait longer than the caller can afford (``max_wait``: part of a job's run) is not waited inside
 the job: :class:`~workers.errors.SlackBusy` carries it as ``retry_after``, so the runner defers
@@ -136,7 +136,7 @@ async def book_method(
     nothing is booked then.
     """
     tier = limits.tier(method)
-    booked, wait_ms = await scripts.slack_method_book(
+    booked, wait_ms = await scripts.rate_book(
         redis,
         # One bucket per method: a tier's limit applies to each of its methods apart.
         keys=[keys.slack_method_bucket_key(team_id, f"{tier}:{method}"), keys.slack_pause_key(team_id)],
@@ -145,6 +145,8 @@ async def book_method(
             int((limits.window_seconds + limits.margin_seconds) * 1000),
             int(max_wait * 1000),
             uuid.uuid4().hex,
+            "",  # no earlier booking to give back: every booking is used
+            1,  # milliseconds, as the workspace's Slack pause is kept
         ],
     )
     wait = int(wait_ms) / 1000

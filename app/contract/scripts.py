@@ -144,15 +144,20 @@ if marker and cjson.decode(marker)['token'] == ARGV[1] then return redis.call('D
 return 0
 """
 
-# --- used by workers/ratelimit.py ---
-# KEYS: bookings zset, pause key.  ARGV: limit, window_us, max_wait_us, member, unused member.
-# Returns {booked (0/1), wait_us}. Scores are absolute microseconds on Redis's clock. The unused
-# member (or '') is this job's previous booking, passed its moment unused: no call was made at
-# it, so it no longer holds a slot.
+# --- used by workers/ratelimit.py (AI calls) and workers/slack_rate.py (Slack methods) ---
+# KEYS: bookings zset, pause key.  ARGV: limit, window, max_wait, member, unused member, clock
+# units per millisecond (1000: microseconds, the AI limiter's; 1: milliseconds, Slack's).
+# Returns {booked (0/1), wait}, in the caller's units. Scores are absolute moments on Redis's
+# clock; the pause key holds a moment in the same units. Books the earliest moment, no sooner than
+# the last booking nor the end of a pause, at which the window ending there holds fewer than the
+# allowed calls; a moment farther off than the longest wait is not booked. The unused member (or
+# '') is this caller's previous booking, passed its moment unused: no call was made at it, so it
+# no longer holds a slot.
 RATE_BOOK = """
 if ARGV[5] ~= '' then redis.call('ZREM', KEYS[1], ARGV[5]) end
+local per_ms = tonumber(ARGV[6])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = tonumber(t[1]) * 1000 * per_ms + math.floor(tonumber(t[2]) * per_ms / 1000)
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
@@ -172,7 +177,7 @@ if at - now > max_wait then
   return {0, at - now}
 end
 redis.call('ZADD', KEYS[1], at, ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], math.floor((at + window) / 1000) + 1000)
+redis.call('PEXPIREAT', KEYS[1], math.floor((at + window) / per_ms) + 1000)
 return {1, at - now}
 """
 
@@ -389,34 +394,3 @@ remember_answer = Script(REMEMBER_ANSWER)
 in_order_ahead = Script(IN_ORDER_AHEAD)
 in_order_next = Script(IN_ORDER_NEXT)
 
-# --- used by workers/slack_rate.py (per-method limits of Slack's tiers) ---
-# KEYS: the method's bucket (sorted set of booked moments), the workspace's Slack pause.
-# ARGV: calls allowed per window, window ms, longest wait ms, a unique member.
-# Returns {booked (0/1), wait_ms} on Redis's clock. Books the earliest moment, no sooner than the
-# last booking nor the end of a pause after a 429, at which the window ending there holds fewer
-# than the allowed calls; a moment farther off than the longest wait is not booked. Bookings are
-# in order, so every worker's calls to one method in one workspace stay within its tier.
-SLACK_METHOD_BOOK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local at = now
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused > at then at = paused end
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if newest[2] and tonumber(newest[2]) > at then at = tonumber(newest[2]) end
-local count = redis.call('ZCARD', KEYS[1])
-if count >= limit then
-  local nth = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
-  local free = tonumber(nth[2]) + window
-  if free > at then at = free end
-end
-if at - now > tonumber(ARGV[3]) then return {0, at - now} end
-redis.call('ZADD', KEYS[1], at, ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], at + window + 1000)
-return {1, at - now}
-"""
-
-slack_method_book = Script(SLACK_METHOD_BOOK)
