@@ -163,10 +163,14 @@ async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: 
                 dead_worker=predecessor.get("worker"),
                 recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
             )
-        if await job_state.was_delivered(deps.redis, job.job_id):
+        # Independent reads, awaited together: every job pays them on its way to the AI call.
+        delivered, stopped = await asyncio.gather(
+            job_state.was_delivered(deps.redis, job.job_id), stops.stop_requested(deps.redis, job.job_id)
+        )
+        if delivered:
             log.info("job.already_delivered")
             return AlreadyDone()
-        if await stops.stop_requested(deps.redis, job.job_id):
+        if stopped:
             # Stopped while queued (or waiting its turn, or between retries): it never reaches
             # the AI.
             return await _stop(job, deps, Timings(), ran=False)

@@ -393,4 +393,3 @@ return {'', 0}
 remember_answer = Script(REMEMBER_ANSWER)
 in_order_ahead = Script(IN_ORDER_AHEAD)
 in_order_next = Script(IN_ORDER_NEXT)
-
