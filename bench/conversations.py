@@ -37,7 +37,6 @@ import json
 import math
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -52,8 +51,10 @@ from harness import (
     RedisServer,
     WebProcess,
     deployment_env,
+    median,
     percentile,
     start_loopback,
+    wait_for,
 )
 
 from app.contract.keys import conversation_key
@@ -63,8 +64,13 @@ from tests.support.fakes.slack import RESPONSE
 from tests.support.processes import WorkerProcess
 from tests.support.slack_requests import SlashCommands, signature_headers
 
-POST_MESSAGE = "/api/chat.postMessage"
 TEAM = "T0BENCH"
+
+
+def team_of(n: int) -> str:
+    """Person ``n``'s workspace: one each, as Slack allows only 20 chat.startStream calls a minute
+    per workspace, and a thousand conversations in one would measure that limit, not asklane."""
+    return f"T0B{n:07d}"
 #: Under the 5 s after which the web process closes an idle keep-alive connection (README, HTTP limits).
 IDLE_SECONDS = 4.0
 
@@ -116,7 +122,7 @@ class Sender:
 
     def dm(self, n: int, text: str) -> tuple[tuple[str, str], float | None]:
         """A top-level DM from person ``n``: (its thread, as (channel, thread_ts)), ack ms)."""
-        person = Person(team_id=TEAM, user_id=f"U0B{n:07d}", channel_id=f"D0B{n:07d}", app_id="A0APP")
+        person = Person(team_id=team_of(n), user_id=f"U0B{n:07d}", channel_id=f"D0B{n:07d}", app_id="A0APP")
         ts = self.clock.ts()
         body = json.dumps(dm_event(person, text, ts)).encode()
         headers = signature_headers(body, secret=SIGNING_SECRET) | {"Content-Type": "application/json"}
@@ -130,22 +136,14 @@ class Sender:
 
 
 def thread_replies(slack: FakeSlack) -> dict[tuple[str, str], list[float]]:
-    """Arrival times of the chat.postMessage replies Slack accepted, by (channel, thread_ts)."""
+    """When each finished reply (posted, or streamed and stopped) reached the fake Slack, by
+    (channel, thread_ts), on the fake's clock."""
     replies: dict[tuple[str, str], list[float]] = {}
-    for request in slack.received(POST_MESSAGE):
-        body = request.body if isinstance(request.body, dict) else {}
-        if request.accepted and body.get("thread_ts"):
-            replies.setdefault((str(body.get("channel")), str(body["thread_ts"])), []).append(request.at)
+    with slack._lock:
+        shown = [m for m in slack.messages.values() if m.thread_ts and not m.streaming and not m.deleted]
+    for message in shown:
+        replies.setdefault((message.channel, str(message.thread_ts)), []).append(message.last_at)
     return replies
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, interval: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 def used_memory(redis: RedisServer) -> int:
@@ -207,10 +205,12 @@ def fill_conversations(
     before = used_memory(redis)
     first = args.dms  # people the latency phase did not use: every DM starts a new conversation
     threads = []
+    teams = {}
     for n in range(first, first + args.conversations):
         thread, ack_ms = sender.dm(n, f"remember me {n}")
         if ack_ms is not None:
             threads.append(thread)
+            teams[thread] = team_of(n)
     if not threads:
         return  # every ack failed, and said so
 
@@ -222,7 +222,8 @@ def fill_conversations(
         errors.append(f"{unanswered()} of {len(threads)} DMs unanswered")
         return
     with redis.client() as client:
-        sizes = [client.memory_usage(conversation_key(TEAM, *thread), samples=0) for thread in threads]
+        keys = [conversation_key(teams[thread], *thread) for thread in threads]
+        sizes = [client.memory_usage(key, samples=0) for key in keys]
     if missing := sum(size is None for size in sizes):
         errors.append(f"{missing} of {len(threads)} answered conversations have no stored key")
     run.conversation_bytes = sum(size or 0 for size in sizes) * 1000 // len(threads)
@@ -298,10 +299,6 @@ def one_run(args: argparse.Namespace, index: int, errors: list[str]) -> Run:
     return run
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b and not (math.isnan(a) or math.isnan(b)) else "-"
 
@@ -338,18 +335,18 @@ def main() -> int:
     }
     figures = {}
     for label, (samples, acks) in rows.items():
-        p50 = _median([percentile(s, 50) for s in samples if s])
-        p99 = _median([percentile(s, 99) for s in samples if s])
-        ack = _median([percentile(s, 50) for s in acks if s])
+        p50 = median([percentile(s, 50) for s in samples if s])
+        p99 = median([percentile(s, 99) for s in samples if s])
+        ack = median([percentile(s, 50) for s in acks if s])
         figures[label] = (p50, p99, ack)
         print(f"{label:<40}{p50:>9.1f}{p99:>9.1f}{ack:>9.1f}")
     (dm50, dm99, dm_ack), (ask50, ask99, ask_ack) = figures.values()
     ratios = (_ratio(dm50, ask50), _ratio(dm99, ask99), _ratio(dm_ack, ask_ack))
     print(f"{'ratio (DM / ask)':<40}" + "".join(f"{r:>9}" for r in ratios))
     print()
-    conversation = _median([r.conversation_bytes for r in runs])
-    dm_memory = _median([r.dm_used_memory for r in runs])
-    ask_memory = _median([r.ask_used_memory for r in runs])
+    conversation = median([r.conversation_bytes for r in runs])
+    dm_memory = median([r.dm_used_memory for r in runs])
+    ask_memory = median([r.ask_used_memory for r in runs])
     print(f"{'Redis bytes per 1,000, median of runs':<48}{'bytes':>12}{'per item':>10}")
     for label, value in (
         ("conversation keys (sum of MEMORY USAGE)", conversation),

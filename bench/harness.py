@@ -8,8 +8,10 @@ Procfile's web command, bound to loopback). Nothing here talks to any other host
 from __future__ import annotations
 
 import math
+import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -68,3 +70,19 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, or NaN for no values (a run that measured nothing prints as such)."""
+    return statistics.median(values) if values else math.nan
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held. A bench records a
+    miss as an error and goes on, where a test's wait_until would raise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()

@@ -31,18 +31,25 @@ import argparse
 import http.client
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from harness import FakeAnthropic, FakeSlack, WebProcess, deployment_env, percentile, start_loopback
+from harness import (
+    FakeAnthropic,
+    FakeSlack,
+    WebProcess,
+    deployment_env,
+    median,
+    percentile,
+    start_loopback,
+    wait_for,
+)
 
 from app.ops.chat import Clock, Person, dm_event
 from tests.support.deployment import SIGNING_SECRET
@@ -133,15 +140,6 @@ def whole(slack: FakeSlack, channel: str, text: str) -> bool:
     with slack._lock:
         messages = [m for m in slack.messages.values() if m.channel == channel and not m.deleted]
     return any(text in m.text and not m.streaming for m in messages)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def stream_of(anthropic: FakeAnthropic, text: str) -> tuple[list[float], str]:
@@ -247,10 +245,6 @@ def one_run(args: argparse.Namespace, index: int, errors: list[str]) -> Run:
     return run
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=3, help="fresh deployments measured (default 3)")
@@ -281,22 +275,22 @@ def main() -> int:
     print()
     first = [r.first_text_ms for r in runs if r.first_text_ms]
     print(f"{'ms, median of runs':<52}{'p50':>9}{'p99':>9}")
-    p50, p99 = (_median([percentile(s, p) for s in first]) for p in (50, 99))
+    p50, p99 = (median([percentile(s, p) for s in first]) for p in (50, 99))
     print(f"{'first token (fake Claude) -> first text (fake Slack)':<52}{p50:>9.1f}{p99:>9.1f}")
     print()
     print("Slack calls per answer (median of runs)")
     methods = sorted({method for r in runs for method in r.calls})
     for method in methods:
-        per_answer = _median([r.calls[method] / r.answers for r in runs if r.answers])
+        per_answer = median([r.calls[method] / r.answers for r in runs if r.answers])
         print(f"  {method:<40}{per_answer:>8.2f}")
     print()
     lags = [r.last_text_lag_ms for r in runs if r.last_text_lag_ms]
     print(f"{args.streams} concurrent streams in one workspace (median of runs)")
-    print(f"  {'Slack 429s (target 0)':<48}{_median([float(r.crowd_429s) for r in runs]):>8.0f}")
-    print(f"  {'last token -> last text in Slack, median ms':<48}{_median([_median(s) for s in lags]):>8.0f}")
-    print(f"  {'last token -> last text in Slack, max ms':<48}{_median([max(s) for s in lags]):>8.0f}")
+    print(f"  {'Slack 429s (target 0)':<48}{median([float(r.crowd_429s) for r in runs]):>8.0f}")
+    print(f"  {'last token -> last text in Slack, median ms':<48}{median([median(s) for s in lags]):>8.0f}")
+    print(f"  {'last token -> last text in Slack, max ms':<48}{median([max(s) for s in lags]):>8.0f}")
     for method in sorted({method for r in runs for method in r.crowd_calls}):
-        calls = _median([float(r.crowd_calls[method]) for r in runs])
+        calls = median([float(r.crowd_calls[method]) for r in runs])
         print(f"  {'calls: ' + method:<48}{calls:>8.0f}")
     print()
     timed = args.questions * args.runs
