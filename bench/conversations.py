@@ -71,6 +71,8 @@ def team_of(n: int) -> str:
     """Person ``n``'s workspace: one each, as Slack allows only 20 chat.startStream calls a minute
     per workspace, and a thousand conversations in one would measure that limit, not asklane."""
     return f"T0B{n:07d}"
+
+
 #: Under the 5 s after which the web process closes an idle keep-alive connection (README, HTTP limits).
 IDLE_SECONDS = 4.0
 
