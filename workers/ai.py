@@ -18,6 +18,7 @@ from anthropic.lib.streaming import AsyncMessageStream
 from anthropic.types import Message, TextBlock
 
 from app.contract.settings import Settings
+from app.contract.usage import CallUsage
 from workers.errors import BackPressure, PermanentError, TransientError
 from workers.prompt import Prompt
 from workers.retry_after import retry_after_seconds
@@ -32,6 +33,10 @@ RETRYABLE_STATUSES = frozenset({408, 409})
 
 #: Statuses meaning "everyone slow down": rate limited, overloaded.
 THROTTLED_STATUSES = frozenset({429, 529})
+
+#: Bytes of text per output token when a stream's output count must be estimated: English text
+#: averages about four, so three overestimates a little.
+BYTES_PER_OUTPUT_TOKEN = 3
 
 #: The limits Anthropic reports in anthropic-ratelimit-{kind}-remaining / -reset headers.
 RATE_LIMIT_KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
@@ -58,6 +63,16 @@ class Answer:
     def cut_short(self) -> bool:
         """True when Claude stopped because of a length limit rather than by finishing."""
         return self.stop_reason in CUT_SHORT
+
+    @property
+    def usage(self) -> CallUsage:
+        return CallUsage(
+            model=self.model,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens,
+            cache_read_input_tokens=self.cache_read_input_tokens,
+        )
 
 
 class Claude:
@@ -220,6 +235,32 @@ class AnswerStream:
     @property
     def request_id(self) -> str | None:
         return self._stream.request_id
+
+    def usage_so_far(self) -> CallUsage | None:
+        """The tokens used up to now by a stream that did not end with a whole :attr:`answer`
+        (stopped, or broken mid-answer); None before Anthropic's ``message_start``.
+
+        Anthropic reports the final output count only in the last ``message_delta``; until then
+        it is estimated from the text received, at one token per BYTES_PER_OUTPUT_TOKEN bytes
+        (a token is rarely shorter), so a budget is charged no less than the call cost.
+        """
+        try:
+            snapshot = self._stream.current_message_snapshot
+        except (AssertionError, AttributeError):  # no message_start yet
+            return None
+        usage = getattr(snapshot, "usage", None)
+        if usage is None or not isinstance(usage.input_tokens, int):
+            return None
+        text = "".join(block.text for block in snapshot.content if isinstance(block, TextBlock))
+        estimate = -(-len(text.encode()) // BYTES_PER_OUTPUT_TOKEN)
+        return CallUsage(
+            model=str(snapshot.model),
+            input_tokens=usage.input_tokens,
+            output_tokens=max(_tokens(usage.output_tokens), estimate),
+            cache_creation_input_tokens=_tokens(usage.cache_creation_input_tokens),
+            cache_read_input_tokens=_tokens(usage.cache_read_input_tokens),
+            estimated=True,
+        )
 
     def __aiter__(self) -> AnswerStream:
         return self

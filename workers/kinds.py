@@ -13,17 +13,21 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from arq.connections import ArqRedis
 
-from app.contract import keys
+from app.contract import keys, prices
 from app.contract.events import JobEvents
 from app.contract.jobs import JobBase
 from app.contract.messages import SlackMessage
+from app.contract.prices import Price
 from app.contract.settings import Settings
+from app.contract.usage import CallOutcome, CallRecord, CallUsage
 from workers import job_state
+from workers.errors import StopRequested
 from workers.lease import Lease
 
 if TYPE_CHECKING:
@@ -81,32 +85,64 @@ class Run:
 
     async def ask_claude(self, request: Prompt) -> Answer:
         """Ask Claude under the global rate limit, and note what the call took (``ai.completed``,
-        the run's timings). Raises LeaseLost when another run has the job, and the failure types
-        of workers/errors.py."""
+        the run's timings, :meth:`_finish_call`). Raises LeaseLost when another run has the job,
+        and the failure types of workers/errors.py."""
         if self.lease.lost:
             raise LeaseLost()
         deps = self.deps
         await deps.limiter.wait_for_slot()
         # Nothing else may be awaited between the granted slot and the request.
-        answer = await deps.claude.ask(request)
+        call = _CallClock()
+        try:
+            answer = await deps.claude.ask(request)
+        except BaseException as error:
+            await self._finish_call(call.failed(self, error, usage=None))
+            raise
         await self._note_answer(answer)
+        await self._finish_call(call.answered(self, answer))
         return answer
 
     @asynccontextmanager
     async def stream_claude(self, request: Prompt) -> AsyncIterator[AnswerStream]:
         """:meth:`ask_claude` as a stream (:meth:`workers.ai.Claude.stream`): the call is counted by
         the global rate limit at its start, and noted (``ai.completed``, the run's timings) once the
-        whole answer is in. Leaving the block closes the stream. Raises LeaseLost when another run
-        has the job, and the failure types of workers/errors.py."""
+        whole answer is in; every call, whatever its end, reaches :meth:`_finish_call`. Leaving the
+        block closes the stream. Raises LeaseLost when another run has the job, and the failure
+        types of workers/errors.py."""
         if self.lease.lost:
             raise LeaseLost()
         deps = self.deps
         await deps.limiter.wait_for_slot()
         # Nothing else may be awaited between the granted slot and the request.
-        async with deps.claude.stream(request) as stream:
-            yield stream
+        call = _CallClock()
+        stream: AnswerStream | None = None
+        try:
+            async with deps.claude.stream(request) as stream:
+                yield stream
+        except BaseException as error:
+            usage = stream.usage_so_far() if stream is not None and stream.answer is None else None
+            if stream is not None and stream.answer is not None:
+                # The answer was whole; what failed came after it, in the caller's steps.
+                await self._note_answer(stream.answer)
+                await self._finish_call(call.answered(self, stream.answer))
+            else:
+                await self._finish_call(call.failed(self, error, usage=usage, request_id=_request_id(stream)))
+            raise
         if stream.answer is not None:
             await self._note_answer(stream.answer)
+            await self._finish_call(call.answered(self, stream.answer))
+        else:
+            # The block was left before the answer ended (a Stop, or the caller gave up on it).
+            await self._finish_call(call.stopped(self, stream.usage_so_far(), stream.request_id))
+
+    async def _finish_call(self, record: CallRecord) -> None:
+        """Every AI call ends here exactly once, answered, stopped or failed: its cost, the
+        person's and workspace's totals and budgets, the job's trace."""
+        record.cost_usd = prices.cost_usd(record.usage, self._prices) if record.usage is not None else 0.0
+
+    @property
+    def _prices(self) -> Mapping[str, Price]:
+        return prices.price_table(self.deps.settings.ai_prices)
 
     async def _note_answer(self, answer: Answer) -> None:
         deps = self.deps
@@ -189,6 +225,49 @@ async def record_delivery(deps: WorkerDeps, job: JobBase, via: str) -> None:
         await job_state.mark_delivered(deps.redis, job.job_id, via)
     except Exception as error:
         log.error("job.delivery_unrecorded", via=via, error=type(error).__name__, detail=str(error))
+
+
+class _CallClock:
+    """Times one AI call from its request, and makes its :class:`CallRecord` however it ends."""
+
+    def __init__(self) -> None:
+        self.started_at = datetime.now(UTC)
+        self._started = time.perf_counter()
+
+    def _record(self, run: Run, outcome: CallOutcome, **fields: Any) -> CallRecord:
+        return CallRecord(
+            job_id=run.job.job_id,
+            attempt=run.timings.attempt,
+            started_at=self.started_at,
+            duration_ms=round((time.perf_counter() - self._started) * 1000, 1),
+            outcome=outcome,
+            **fields,
+        )
+
+    def answered(self, run: Run, answer: Answer) -> CallRecord:
+        return self._record(
+            run, "answered", usage=answer.usage, stop_reason=answer.stop_reason, request_id=answer.request_id
+        )
+
+    def stopped(self, run: Run, usage: CallUsage | None, request_id: str | None) -> CallRecord:
+        return self._record(run, "stopped", usage=usage, stop_reason="stopped", request_id=request_id)
+
+    def failed(
+        self, run: Run, error: BaseException, *, usage: CallUsage | None, request_id: str | None = None
+    ) -> CallRecord:
+        if isinstance(error, StopRequested):
+            return self.stopped(run, usage, request_id)
+        return self._record(
+            run,
+            "failed",
+            usage=usage,
+            request_id=request_id or getattr(error, "request_id", None),
+            error=f"{type(error).__name__}: {error}",
+        )
+
+
+def _request_id(stream: AnswerStream | None) -> str | None:
+    return stream.request_id if stream is not None else None
 
 
 class JobKind(Protocol):

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.contract.prices import Price
+
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -58,6 +60,10 @@ class Settings(BaseSettings):
     )
     ai_timeout_seconds: PositiveSeconds = 30.0
     ai_backpressure_max_wait_seconds: PositiveSeconds = 180.0
+    #: Tokens per sliding minute for every worker together (workers/ratelimit.py), booked with
+    #: each call's start beside JOBS_PER_SECOND; unset = no token limit.
+    ai_input_tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
+    ai_output_tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
     #: Tokens of conversation (system prompt, earlier turns, the question) sent with a thread
     #: question, estimated conservatively (workers/prompt.py); the oldest turns go first.
     ai_context_tokens: Annotated[int, Field(ge=1000, le=1_000_000)] = 20_000
@@ -85,6 +91,18 @@ class Settings(BaseSettings):
     quota_user_per_day: Annotated[int, Field(ge=0)] = 200
     quota_team_per_minute: Annotated[int, Field(ge=0)] = 100
     quota_team_per_day: Annotated[int, Field(ge=0)] = 5000
+
+    # AI spend (app/contract/usage.py), in US dollars, on UTC days and months; unset = no budget.
+    budget_user_per_day_usd: Annotated[float, Field(gt=0)] | None = None
+    budget_team_per_month_usd: Annotated[float, Field(gt=0)] | None = None
+    #: Prices per model (USD per million tokens) over the shipped table (app/contract/prices.py),
+    #: as JSON: {"model": {"input": 1, "output": 5, "cache_write": 1.25, "cache_read": 0.1}}.
+    ai_prices: dict[str, Price] = {}
+    #: How long the per-day and per-month usage totals are kept.
+    usage_days_kept: Annotated[int, Field(ge=1, le=3660)] = 62
+    usage_months_kept: Annotated[int, Field(ge=1, le=120)] = 13
+    #: How long each job's trace (``asklane jobs show``) is kept.
+    trace_ttl_seconds: PositiveSeconds = 7 * 24 * 3600.0
 
     metrics_token: SecretStr | None = None
 
@@ -149,6 +167,11 @@ class Settings(BaseSettings):
         # off without the user hearing why.
         if self.ai_timeout_seconds >= self.job_timeout_seconds:
             raise ValueError("AI_TIMEOUT_SECONDS must be shorter than JOB_TIMEOUT_SECONDS")
+        # Every call reserves AI_MAX_TOKENS of output: a minute's budget smaller than that would
+        # let no call through at all.
+        limit = self.ai_output_tokens_per_minute
+        if limit is not None and self.ai_max_tokens > limit:
+            raise ValueError("AI_MAX_TOKENS must not exceed AI_OUTPUT_TOKENS_PER_MINUTE")
         return self
 
 
