@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +41,21 @@ BYTES_PER_OUTPUT_TOKEN = 3
 #: The limits Anthropic reports in anthropic-ratelimit-{kind}-remaining / -reset headers.
 RATE_LIMIT_KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
 
+#: Anthropic rounds the token counts of its -remaining headers (to the nearest thousand): a
+#: shortfall this small is rounding, not someone else's spending.
+HEADER_ROUNDING_TOKENS = 1000
+
+
+@dataclass(frozen=True)
+class ReportedLimit:
+    """One of the organisation's rate limits as a response's ``anthropic-ratelimit-{kind}-*``
+    headers report it."""
+
+    limit: int
+    remaining: int
+    #: Seconds from when the headers were read until the limit is fully replenished (-reset).
+    reset_in: float
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -58,6 +73,8 @@ class Answer:
     #: Input tokens written to Anthropic's prompt cache, and read from it (0 when none).
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    #: The organisation's rate limits as this response's headers report them, by kind.
+    rate_limits: Mapping[str, ReportedLimit] = field(default_factory=dict)
 
     @property
     def cut_short(self) -> bool:
@@ -137,6 +154,7 @@ class Claude:
             latency_ms=latency_ms,
             request_id=raw.headers.get("request-id"),
             slow_down_for=exhausted_limit_reset(raw.headers),
+            rate_limits=reported_limits(raw.headers),
             cache_creation_input_tokens=_tokens(response.usage.cache_creation_input_tokens),
             cache_read_input_tokens=_tokens(response.usage.cache_read_input_tokens),
         )
@@ -319,6 +337,7 @@ class AnswerStream:
             latency_ms=round((time.perf_counter() - self._started) * 1000, 1),
             request_id=self._stream.request_id,
             slow_down_for=exhausted_limit_reset(headers),
+            rate_limits=reported_limits(headers),
             cache_creation_input_tokens=_tokens(response.usage.cache_creation_input_tokens),
             cache_read_input_tokens=_tokens(response.usage.cache_read_input_tokens),
         )
@@ -437,3 +456,39 @@ def exhausted_limit_reset(headers: object) -> float | None:
             when = when.replace(tzinfo=UTC)
         waits.append((when - datetime.now(UTC)).total_seconds())
     return max(waits) if waits and max(waits) > 0 else None
+
+
+def reported_limits(headers: object) -> dict[str, ReportedLimit]:
+    """Each rate limit whose -limit, -remaining and -reset headers are all present and readable,
+    by kind (requests, tokens, input-tokens, output-tokens)."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return {}
+    limits = {}
+    for kind in RATE_LIMIT_KINDS:
+        values = [get(f"anthropic-ratelimit-{kind}-{part}") for part in ("limit", "remaining", "reset")]
+        if any(value is None for value in values):
+            continue
+        try:
+            limit, remaining = int(values[0]), int(values[1])
+            when = datetime.fromisoformat(values[2].replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        limits[kind] = ReportedLimit(limit, remaining, (when - datetime.now(UTC)).total_seconds())
+    return limits
+
+
+def spent_elsewhere(
+    reported: Mapping[str, ReportedLimit], expected: Mapping[str, int]
+) -> list[tuple[str, ReportedLimit, int]]:
+    """The limits (kind, report, the remaining asklane expected) of which Anthropic reports more
+    than rounding less remaining than ``expected`` (by kind): something besides asklane is
+    spending the organisation's tokens. Kinds without a report or an expectation are not judged."""
+    short = []
+    for kind, remaining in expected.items():
+        report = reported.get(kind)
+        if report is not None and report.remaining < remaining - HEADER_ROUNDING_TOKENS:
+            short.append((kind, report, remaining))
+    return short

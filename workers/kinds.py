@@ -29,6 +29,7 @@ from app.contract.usage import CallOutcome, CallRecord, CallUsage
 from workers import job_state
 from workers.errors import StopRequested
 from workers.lease import Lease
+from workers.ratelimit import Booking, Reservation
 
 if TYPE_CHECKING:
     from workers.ai import Answer, AnswerStream, Claude
@@ -82,6 +83,8 @@ class Run:
     deps: WorkerDeps
     lease: Lease
     timings: Timings
+    #: The rate limiter's booking of the AI call under way, settled when it ends.
+    booking: Booking | None = None
 
     async def ask_claude(self, request: Prompt) -> Answer:
         """Ask Claude under the global rate limit, and note what the call took (``ai.completed``,
@@ -90,7 +93,9 @@ class Run:
         if self.lease.lost:
             raise LeaseLost()
         deps = self.deps
-        await deps.limiter.wait_for_slot()
+        self.booking = await deps.limiter.wait_for_slot(
+            Reservation(request.estimated_tokens, deps.settings.ai_max_tokens)
+        )
         # Nothing else may be awaited between the granted slot and the request.
         call = _CallClock()
         try:
@@ -112,7 +117,9 @@ class Run:
         if self.lease.lost:
             raise LeaseLost()
         deps = self.deps
-        await deps.limiter.wait_for_slot()
+        self.booking = await deps.limiter.wait_for_slot(
+            Reservation(request.estimated_tokens, deps.settings.ai_max_tokens)
+        )
         # Nothing else may be awaited between the granted slot and the request.
         call = _CallClock()
         stream: AnswerStream | None = None
@@ -139,6 +146,8 @@ class Run:
         """Every AI call ends here exactly once, answered, stopped or failed: its cost, the
         person's and workspace's totals and budgets, the job's trace."""
         record.cost_usd = prices.cost_usd(record.usage, self._prices) if record.usage is not None else 0.0
+        booking, self.booking = self.booking, None
+        await self.deps.limiter.settle(booking, record.usage)
 
     @property
     def _prices(self) -> Mapping[str, Price]:
@@ -163,6 +172,8 @@ class Run:
         timings.cache_creation_input_tokens = answer.cache_creation_input_tokens
         timings.cache_read_input_tokens = answer.cache_read_input_tokens
         timings.model = answer.model
+        if self.booking is not None:
+            self.booking.reported = answer.rate_limits
         if answer.slow_down_for:
             await deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
 

@@ -88,7 +88,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis=ctx["redis"],
         claude=Claude(settings),
         slack=SlackDelivery(settings),
-        limiter=RateLimiter(ctx["redis"], settings.jobs_per_second, max_pause=settings.job_timeout_seconds),
+        limiter=RateLimiter.for_settings(ctx["redis"], settings),
         events=ctx["events"],
         kinds=ctx["kinds"],
     )

@@ -27,6 +27,11 @@ fewer than 3 for other scripts (a CJK character is 3 bytes and usually at most o
 estimate errs high: the request sent is at most the budget, usually well under it. The budget
 itself (20,000 by default) sits far below the model's context window, so the rare text that
 tokenizes denser than the estimate (long runs of emoji, say) cannot overflow the model either.
+
+The estimate is also what the rate limiter reserves of AI_INPUT_TOKENS_PER_MINUTE before the call
+(workers/ratelimit.py), given back to the real count after it; so a conversation is trimmed to fit
+a whole minute's input limit too (:func:`input_budget`), and only a question that does not fit it
+on its own is refused.
 """
 
 from __future__ import annotations
@@ -75,6 +80,14 @@ class Prompt:
 def estimate_tokens(text: str) -> int:
     """The conservative token estimate of one turn (or the system prompt)."""
     return -(-len(text.encode()) // BYTES_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
+
+
+def input_budget(context_tokens: int, input_tokens_per_minute: int | None) -> int:
+    """The budget a request is built within: AI_CONTEXT_TOKENS, or a whole minute's input limit
+    when that is smaller (a request over it could never be booked)."""
+    if input_tokens_per_minute is None:
+        return context_tokens
+    return min(context_tokens, input_tokens_per_minute)
 
 
 def single_question(system_prompt: str, question: str) -> Prompt:

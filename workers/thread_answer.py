@@ -110,7 +110,7 @@ async def _prompt(run: Run, job: ThreadQuestion) -> prompt.Prompt:
         deps.settings.ai_system_prompt,
         memory.turns(history),
         prompt.Turn("user", job.text, job.asker.user_id),
-        deps.settings.ai_context_tokens,
+        prompt.input_budget(deps.settings.ai_context_tokens, deps.settings.ai_input_tokens_per_minute),
     )
     log.info(
         "prompt.built",

@@ -160,6 +160,9 @@ def progress_queued_key(job_id: str) -> str:
 
 #: Sorted set of booked AI-call moments (µs, Redis's clock); expires a window after the last booking.
 RATE_WINDOW_KEY = "asklane:ratelimit:bookings"
+#: Sorted set of booked AI calls' tokens, "<booking>:<input>:<output>" by moment (µs, Redis's clock),
+#: when AI_INPUT/OUTPUT_TOKENS_PER_MINUTE is set; entries kept two windows, the key expires then.
+RATE_TOKENS_KEY = "asklane:ratelimit:tokens"
 #: The moment (µs, Redis's clock) before which no AI call starts, after a 429; expires with the pause.
 RATE_PAUSE_KEY = "asklane:ratelimit:pause"
 #: + job id: when Anthropic first refused the job for the organisation's rate limit; REFUSED_SINCE_TTL_MS.

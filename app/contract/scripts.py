@@ -145,40 +145,139 @@ return 0
 """
 
 # --- used by workers/ratelimit.py (AI calls) and workers/slack_rate.py (Slack methods) ---
-# KEYS: bookings zset, pause key.  ARGV: limit, window, max_wait, member, unused member, clock
-# units per millisecond (1000: microseconds, the AI limiter's; 1: milliseconds, Slack's).
-# Returns {booked (0/1), wait}, in the caller's units. Scores are absolute moments on Redis's
-# clock; the pause key holds a moment in the same units. Books the earliest moment, no sooner than
-# the last booking nor the end of a pause, at which the window ending there holds fewer than the
-# allowed calls; a moment farther off than the longest wait is not booked. The unused member (or
-# '') is this caller's previous booking, passed its moment unused: no call was made at it, so it
-# no longer holds a slot.
+# KEYS: bookings zset, pause key[, token bookings zset].  ARGV: limit, window, max_wait, member,
+# unused member, clock units per millisecond (1000: microseconds, the AI limiter's; 1:
+# milliseconds, Slack's)[, token window, token retention, input limit, input tokens, output
+# limit, output tokens].
+# Returns {booked (0/1), wait}, in the caller's units; with token windows {booked, wait, bound},
+# bound naming what set the moment ('now', 'pause', 'calls', 'input', 'output'), and a wait of -1
+# when the tokens asked for exceed a whole window's limit (never bookable).
+# Scores are absolute moments on Redis's clock; the pause key holds a moment in the same units.
+# Books the earliest moment, no sooner than the last booking nor the end of a pause, at which the
+# window ending there holds fewer than the allowed calls and, with token windows, at which the
+# token window ending there holds no more than each limit (a limit of 0 is off) with this
+# booking's tokens added; a moment farther off than the longest wait is not booked. Every
+# constraint is "no earlier than some moment", so the earliest moment meeting all is the latest of
+# each one's earliest. The call and its tokens are booked together or not at all. A token booking
+# is the member "<member>:<input>:<output>" scored by its moment; entries older than the retention
+# are dropped (the retention outlasts the window, for RATE_SETTLE's look back). The unused member
+# (or '') is this caller's previous booking, passed its moment unused: no call was made at it, so
+# it no longer holds a slot nor its tokens.
 RATE_BOOK = """
-if ARGV[5] ~= '' then redis.call('ZREM', KEYS[1], ARGV[5]) end
 local per_ms = tonumber(ARGV[6])
+local tokens = KEYS[3]
+if ARGV[5] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[5])
+  if tokens then redis.call('ZREM', tokens, ARGV[5] .. ':' .. ARGV[10] .. ':' .. ARGV[12]) end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 * per_ms + math.floor(tonumber(t[2]) * per_ms / 1000)
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local at = now
+local at, bound = now, 'now'
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if paused > at then at = paused end
+if paused > at then at, bound = paused, 'pause' end
 local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if newest[2] and tonumber(newest[2]) > at then at = tonumber(newest[2]) end
+if newest[2] and tonumber(newest[2]) > at then at, bound = tonumber(newest[2]), 'calls' end
 local count = redis.call('ZCARD', KEYS[1])
 if count >= limit then
   local nth = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
   local free = tonumber(nth[2]) + window
-  if free > at then at = free end
+  if free > at then at, bound = free, 'calls' end
+end
+if tokens then
+  local token_window = tonumber(ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now - tonumber(ARGV[8]))
+  local start = at
+  local since = string.format('(%d', start - token_window)
+  local entries = redis.call('ZRANGEBYSCORE', tokens, since, '+inf', 'WITHSCORES')
+  local scores, amounts, totals = {}, {{}, {}}, {0, 0}
+  for i = 1, #entries, 2 do
+    local _, _, used_in, used_out = string.find(entries[i], ':(%d+):(%d+)$')
+    local n = #scores + 1
+    scores[n] = tonumber(entries[i + 1])
+    amounts[1][n], amounts[2][n] = tonumber(used_in or '0'), tonumber(used_out or '0')
+    totals[1], totals[2] = totals[1] + amounts[1][n], totals[2] + amounts[2][n]
+  end
+  local names = {'input', 'output'}
+  for k = 1, 2 do
+    local cap, asked = tonumber(ARGV[7 + 2 * k]), tonumber(ARGV[8 + 2 * k])
+    if cap > 0 then
+      if asked > cap then return {0, -1, names[k]} end
+      -- The window ending at a later moment has lost its oldest entries: drop them until ours fits.
+      local total, i, free = totals[k], 1, start
+      while total + asked > cap and i <= #scores do
+        total = total - amounts[k][i]
+        free = scores[i] + token_window
+        i = i + 1
+      end
+      if free > at then at, bound = free, names[k] end
+    end
+  end
 end
 if at - now > max_wait then
+  if tokens then return {0, at - now, bound} end
   return {0, at - now}
 end
 redis.call('ZADD', KEYS[1], at, ARGV[4])
 redis.call('PEXPIREAT', KEYS[1], math.floor((at + window) / per_ms) + 1000)
+if tokens then
+  redis.call('ZADD', tokens, at, ARGV[4] .. ':' .. ARGV[10] .. ':' .. ARGV[12])
+  redis.call('PEXPIREAT', tokens, math.floor((at + tonumber(ARGV[8])) / per_ms) + 1000)
+  return {1, at - now, bound}
+end
 return {1, at - now}
+"""
+
+# KEYS: token bookings zset (RATE_BOOK's).  ARGV: member, reserved input, reserved output, used
+# input, used output, token window (µs).
+# After an AI call: the tokens Anthropic reported replace what its booking reserved (less is given
+# back; more is booked too, so the window shows the truth), at the booking's moment; a booking of
+# no tokens is removed. Returns {found (0/1), input booked, output booked, µs since the booking},
+# the totals over every booking from one window before this one's moment onwards, taken before
+# the give-back (this call counted at the larger of its reservation and its use): what Anthropic
+# can have counted against the organisation on asklane's behalf when it answered this call.
+RATE_SETTLE = """
+local old = ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3]
+local score = redis.call('ZSCORE', KEYS[1], old)
+if not score then return {0, 0, 0, 0} end
+score = tonumber(score)
+local since = string.format('(%d', score - tonumber(ARGV[6]))
+local entries = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')
+local total_in, total_out = 0, 0
+for _, entry in ipairs(entries) do
+  local _, _, used_in, used_out = string.find(entry, ':(%d+):(%d+)$')
+  total_in = total_in + tonumber(used_in or '0')
+  total_out = total_out + tonumber(used_out or '0')
+end
+local used_in, used_out = tonumber(ARGV[4]), tonumber(ARGV[5])
+total_in = total_in + math.max(0, used_in - tonumber(ARGV[2]))
+total_out = total_out + math.max(0, used_out - tonumber(ARGV[3]))
+redis.call('ZREM', KEYS[1], old)
+if used_in + used_out > 0 then
+  redis.call('ZADD', KEYS[1], score, ARGV[1] .. ':' .. used_in .. ':' .. used_out)
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+return {1, total_in, total_out, now - score}
+"""
+
+# KEYS: token bookings zset.  ARGV: window (µs).
+# Returns {input, output} booked from one window ago on (calls booked a moment ahead included).
+RATE_TOKENS_BOOKED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local since = string.format('(%d', now - tonumber(ARGV[1]))
+local entries = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')
+local total_in, total_out = 0, 0
+for _, entry in ipairs(entries) do
+  local _, _, used_in, used_out = string.find(entry, ':(%d+):(%d+)$')
+  total_in = total_in + tonumber(used_in or '0')
+  total_out = total_out + tonumber(used_out or '0')
+end
+return {total_in, total_out}
 """
 
 # KEYS: pause key.  ARGV: pause_us.  Returns 1 when this call started a pause (none was in
@@ -235,6 +334,8 @@ rate_book = Script(RATE_BOOK)
 rate_pause = Script(RATE_PAUSE)
 rate_refused_for = Script(RATE_REFUSED_FOR)
 rate_paused_for = Script(RATE_PAUSED_FOR)
+rate_settle = Script(RATE_SETTLE)
+rate_tokens_booked = Script(RATE_TOKENS_BOOKED)
 take_response_url_use = Script(TAKE_RESPONSE_URL_USE)
 
 # --- used by workers/slack_rate.py ---

@@ -150,7 +150,7 @@ async def run_kind(
         redis=redis,
         claude=claude,
         slack=cast(SlackDelivery, slack),
-        limiter=RateLimiter(redis, settings.jobs_per_second, max_pause=settings.job_timeout_seconds),
+        limiter=RateLimiter.for_settings(redis, settings),
         events=JobEvents(),
     )
     try:
