@@ -6,10 +6,13 @@ reports it: each marked prefix seen before (same model, same blocks) is read fro
 ``input_tokens`` counts only what follows the last mark. Tokens are counted as characters / 4;
 the fake caches prefixes of any length (Anthropic only caches those over a model's minimum).
 
-It also serves ``GET /v1/models/{id}`` (404 for ids it does not know), can enforce a rate limit
-the way Anthropic does (a continuously refilled bucket; over it, 429 ``rate_limit_error`` with
-``retry-after``), and can send a reply's body verbatim or trickle it a byte at a time over a
-chunked response.
+It also serves ``GET /v1/models/{id}`` (404 for ids it does not know), can enforce rate limits
+the way Anthropic does (:meth:`FakeAnthropic.rate_limit`: requests, input and output tokens, each a
+continuously refilled bucket; over one, 429 ``rate_limit_error`` with ``retry-after``; the
+``anthropic-ratelimit-*`` headers on every answer, streamed or not), logs each answered request's
+tokens (:attr:`FakeAnthropic.token_log`), and can send a reply's body verbatim or trickle it a
+byte at a time over a chunked response. An unscripted answer reports the input tokens it counted
+(characters / 4 per block, as for caching), so its usage and its limits agree.
 
 A request with ``"stream": true`` is answered as the streaming Messages API answers it: a
 ``text/event-stream`` of ``message_start``, ``content_block_start``, ``content_block_delta``
@@ -29,6 +32,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
@@ -115,6 +119,8 @@ class StreamReply(Reply):
     fail: Literal["error", "drop", "stall"] | None = None
     fail_after: int = 0
     error_type: str = "overloaded_error"
+    #: The unscripted call's entry in the token log, ended with the stream.
+    use: TokenUse | None = None
 
     def deltas(self) -> list[str]:
         if self.chunks is not None:
@@ -149,8 +155,33 @@ class _ClientGone(Exception):
 @dataclass
 class _Limit:
     requests: int | None
+    input_tokens: int | None
     output_tokens: int | None
     window: float
+
+    def size(self, kind: str) -> int | None:
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }[kind]
+
+
+#: The limits' names in the fake's buckets and in Anthropic's headers.
+_HEADER_KINDS = {"requests": "requests", "input_tokens": "input-tokens", "output_tokens": "output-tokens"}
+
+
+@dataclass
+class TokenUse:
+    """One answered (unscripted) request, as the token limits count it."""
+
+    #: When it arrived (monotonic, the fake's clock).
+    at: float
+    #: Input tokens counted at the request: uncached input plus cache writes (reads do not count).
+    input_tokens: int
+    #: Output tokens: the request's max_tokens until it ends, then what it really wrote.
+    output_tokens: int
+    ended: bool = False
 
 
 def text_of(content: Any) -> str:
@@ -190,8 +221,10 @@ class FakeAnthropic(FakeServer):
         super().__init__()
         self._limit: _Limit | None = None
         #: What is left in each bucket of the rate limit, as of ``_filled_at`` (monotonic).
-        self._levels = {"requests": 0.0, "output_tokens": 0.0}
+        self._levels = {"requests": 0.0, "input_tokens": 0.0, "output_tokens": 0.0}
         self._filled_at = 0.0
+        #: Every answered unscripted request's tokens, in arrival order.
+        self.token_log: list[TokenUse] = []
         #: Calls refused by the rate limit.
         self.refused = 0
         #: Hashes of the prompt prefixes in the cache (model + blocks up to a cache_control mark).
@@ -210,42 +243,118 @@ class FakeAnthropic(FakeServer):
             self._limit = None
             self.refused = 0
             self._cached = set()
+            self.token_log = []
 
     def rate_limit(
-        self, *, requests: int | None = None, output_tokens: int | None = None, window: float = 60.0
+        self,
+        *,
+        requests: int | None = None,
+        output_tokens: int | None = None,
+        input_tokens: int | None = None,
+        window: float = 60.0,
     ) -> None:
-        """Enforce ``requests`` and/or ``output_tokens`` per ``window`` seconds as Anthropic does:
-        a bucket per limit holding up to that many, refilled continuously at that many per window,
-        from which each answered call takes one request and its output tokens. A call finding a
-        bucket short (under one request or one token) gets a 429 ``rate_limit_error`` with a
-        ``retry-after`` of the whole seconds until it is not. Scripted replies are not counted."""
+        """Enforce ``requests``, ``input_tokens`` and/or ``output_tokens`` per ``window`` seconds
+        as Anthropic does: a bucket per limit holding up to that many, refilled continuously at
+        that many per window. An answered call takes one request, its input tokens (uncached input
+        and cache writes) at the request, and its ``max_tokens`` of output at the start, given back
+        down to the tokens it really wrote when it ends. A call that finds a bucket short of what
+        it takes gets a 429 ``rate_limit_error`` with a ``retry-after`` of the whole seconds until
+        it would not. Every answer then carries the ``anthropic-ratelimit-*`` headers (limit,
+        remaining, and reset: when the bucket is full again). Scripted replies are not counted."""
         with self._lock:
-            self._limit = _Limit(requests, output_tokens, window)
-            self._levels = {"requests": float(requests or 0), "output_tokens": float(output_tokens or 0)}
+            self._limit = _Limit(requests, input_tokens, output_tokens, window)
+            self._levels = {kind: float(self._limit.size(kind) or 0) for kind in _HEADER_KINDS}
             self._filled_at = time.monotonic()
 
-    def _over_limit(self) -> Reply | None:
-        """The 429 for a call arriving now, or None (and the call is charged) when within limit."""
+    def spend(self, *, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """Take tokens from the buckets as another app of the organisation would."""
         with self._lock:
-            limit = self._limit
-            if limit is None:
-                return None
+            self._refill(time.monotonic())
+            self._levels["input_tokens"] -= input_tokens
+            self._levels["output_tokens"] -= output_tokens
+
+    def _refill(self, now: float) -> None:
+        limit = self._limit
+        if limit is None:
+            return
+        elapsed, self._filled_at = now - self._filled_at, now
+        for kind in _HEADER_KINDS:
+            size = limit.size(kind)
+            if size is not None:
+                self._levels[kind] = min(float(size), self._levels[kind] + elapsed * size / limit.window)
+
+    def _admit(self, input_tokens: int, max_tokens: int) -> Reply | TokenUse:
+        """The 429 for a call arriving now, or (within limit) its entry in the token log, charged."""
+        costs = {"requests": 1, "input_tokens": input_tokens, "output_tokens": max_tokens}
+        with self._lock:
             now = time.monotonic()
-            elapsed, self._filled_at = now - self._filled_at, now
-            waits = []
-            for kind, size in (("requests", limit.requests), ("output_tokens", limit.output_tokens)):
-                if size is None:
-                    continue
-                rate = size / limit.window
-                self._levels[kind] = min(float(size), self._levels[kind] + elapsed * rate)
-                if self._levels[kind] < 1:
-                    waits.append((1 - self._levels[kind]) / rate if rate else limit.window)
-            if not waits:
-                self._levels["requests"] -= 1
-                self._levels["output_tokens"] -= self.output_tokens
-                return None
-            self.refused += 1
-        return error(429, "rate_limit_error", retry_after=max(1, math.ceil(max(waits))))
+            limit = self._limit
+            if limit is not None:
+                self._refill(now)
+                waits = []
+                for kind, cost in costs.items():
+                    size = limit.size(kind)
+                    if size is None or self._levels[kind] >= cost:
+                        continue
+                    rate = size / limit.window
+                    waits.append((cost - self._levels[kind]) / rate if rate else limit.window)
+                if waits:
+                    self.refused += 1
+                    refusal = error(429, "rate_limit_error", retry_after=max(1, math.ceil(max(waits))))
+                    refusal.headers.update(self._limit_headers(now))
+                    return refusal
+                for kind, cost in costs.items():
+                    if limit.size(kind) is not None:
+                        self._levels[kind] -= cost
+            use = TokenUse(now, input_tokens, max_tokens)
+            self.token_log.append(use)
+            return use
+
+    def _end(self, use: TokenUse, output_tokens: int) -> None:
+        """The call wrote ``output_tokens``: what its max_tokens reserved beyond them comes back."""
+        with self._lock:
+            if use.ended:
+                return
+            limit = self._limit
+            if limit is not None and limit.output_tokens is not None:
+                self._refill(time.monotonic())
+                back = self._levels["output_tokens"] + use.output_tokens - output_tokens
+                self._levels["output_tokens"] = min(float(limit.output_tokens), back)
+            use.output_tokens, use.ended = output_tokens, True
+
+    def headers_now(self) -> dict[str, str]:
+        """The ``anthropic-ratelimit-*`` headers an answer sent now would carry."""
+        with self._lock:
+            now = time.monotonic()
+            self._refill(now)
+            return self._limit_headers(now)
+
+    def _limit_headers(self, now: float) -> dict[str, str]:
+        limit = self._limit
+        if limit is None:
+            return {}
+        headers: dict[str, str] = {}
+        tightest: tuple[int, str] | None = None
+        for kind, name in _HEADER_KINDS.items():
+            size = limit.size(kind)
+            if size is None:
+                continue
+            level = self._levels[kind]
+            remaining = max(0, math.floor(level))
+            refill = (size - level) / (size / limit.window) if size else 0.0
+            reset = datetime.now(UTC) + timedelta(seconds=math.ceil(max(0.0, refill)))
+            headers[f"anthropic-ratelimit-{name}-limit"] = str(size)
+            headers[f"anthropic-ratelimit-{name}-remaining"] = str(remaining)
+            headers[f"anthropic-ratelimit-{name}-reset"] = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if kind != "requests" and (tightest is None or remaining < tightest[0]):
+                tightest = (remaining, name)
+        if tightest is not None:
+            # The most restrictive token limit in force, as Anthropic's tokens-* headers report it.
+            for part in ("limit", "remaining", "reset"):
+                headers[f"anthropic-ratelimit-tokens-{part}"] = headers[
+                    f"anthropic-ratelimit-{tightest[1]}-{part}"
+                ]
+        return headers
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(MESSAGES, self._messages)
@@ -295,7 +404,19 @@ class FakeAnthropic(FakeServer):
         elif body.get("model") not in KNOWN_MODELS:
             reply = error(404, "not_found_error")
         else:
-            reply = self.next_reply(MESSAGES) or self._over_limit()
+            reply = self.next_reply(MESSAGES)
+        use: TokenUse | None = None
+        usage: dict[str, int] = {}
+        if reply is None:
+            usage, prefixes = self._input_usage(body)
+            counted = usage["input_tokens"] + usage.get("cache_creation_input_tokens", 0)
+            admitted = self._admit(counted, int(body.get("max_tokens") or 0))
+            if isinstance(admitted, Reply):
+                reply = admitted
+            else:
+                use = admitted
+                with self._lock:  # a refused request writes nothing to the cache
+                    self._cached.update(prefixes)
         streaming = body.get("stream") is True
         if reply is None and streaming:
             question = text_of(body["messages"][-1]["content"])
@@ -304,23 +425,38 @@ class FakeAnthropic(FakeServer):
                 chunk=self.stream_chunk,
                 event_delay=self.stream_delay,
                 output_tokens=self.output_tokens,
-                usage=self._cache_usage(body) or {},
-                headers={"request-id": "req_fake_stream"},
+                usage=usage,
+                headers={"request-id": "req_fake_stream", **self.headers_now()},
                 delay=self.default_delay,
+                use=use,
             )
         if reply is None:
             question = text_of(body["messages"][-1]["content"])
             answer = message(f"Answer to: {question}", output_tokens=self.output_tokens)
-            cached = self._cache_usage(body)
-            if cached is not None:
-                answer["usage"].update(cached)
-            reply = Reply(json=answer, headers={"request-id": "req_fake"}, delay=self.default_delay)
+            answer["usage"].update(usage)
+            reply = Reply(
+                json=answer,
+                headers={"request-id": "req_fake", **self.headers_now()},
+                delay=self.default_delay,
+            )
         self.record(MESSAGES, request.headers, body, reply)
-        return await self.respond(request, reply)
+        response = await self.respond(request, reply)
+        if use is not None and not isinstance(reply, StreamReply):
+            # Before the handler returns, so before the answer is on the wire.
+            self._end(use, self.output_tokens)
+        return response
 
-    def _cache_usage(self, body: dict[str, Any]) -> dict[str, int] | None:
+    def _input_usage(self, body: dict[str, Any]) -> tuple[dict[str, int], list[str]]:
+        """The input side of the usage an answer to ``body`` reports, and the prompt prefixes to
+        cache if it is answered."""
+        cached = self._cache_usage(body)
+        if cached is not None:
+            return cached
+        return {"input_tokens": sum(_tokens(block) for block in _blocks(body))}, []
+
+    def _cache_usage(self, body: dict[str, Any]) -> tuple[dict[str, int], list[str]] | None:
         """Prompt-caching usage for a request with cache_control marks (None without any), and
-        the marked prefixes put in the cache."""
+        the marked prefixes to put in the cache once it is answered."""
         blocks = _blocks(body)
         marks = [index for index, block in enumerate(blocks) if block.get("cache_control")]
         if not marks:
@@ -333,13 +469,13 @@ class FakeAnthropic(FakeServer):
                 prefixes.append((index, digest.hexdigest()))
         with self._lock:
             hit = max((index for index, key in prefixes if key in self._cached), default=-1)
-            self._cached.update(key for _, key in prefixes)
         last = marks[-1]
-        return {
+        usage = {
             "cache_read_input_tokens": sum(_tokens(block) for block in blocks[: hit + 1]),
             "cache_creation_input_tokens": sum(_tokens(block) for block in blocks[hit + 1 : last + 1]),
             "input_tokens": sum(_tokens(block) for block in blocks[last + 1 :]),
         }
+        return usage, [key for _, key in prefixes]
 
     async def respond(self, request: web.Request, reply: Reply) -> web.StreamResponse:
         if isinstance(reply, StreamReply):
@@ -375,6 +511,10 @@ class FakeAnthropic(FakeServer):
             return await self._send_stream(request, reply, log)
         finally:
             self.in_flight -= 1
+            if reply.use is not None:
+                # A stream left early wrote what it sent (characters / 4, as input is counted).
+                written = reply.output_tokens if log.completed else math.ceil(len("".join(log.sent)) / 4)
+                self._end(reply.use, written)
 
     async def _send_stream(
         self, request: web.Request, reply: StreamReply, log: StreamLog
