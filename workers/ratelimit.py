@@ -262,6 +262,13 @@ class RateLimiter:
         if booking is None or not self.tokens.on:
             return
         used = Reservation.used(usage)
+        if (
+            used.input_tokens < booking.reserved.input_tokens
+            or used.output_tokens < booking.reserved.output_tokens
+        ):
+            # Tokens given back may let a call in now: this process's worker loop, holding the
+            # backlog until the predicted moment, looks again as soon as this job ends.
+            self.no_slot_until = 0.0
         try:
             found, input_booked, output_booked, since_us = await scripts.rate_settle(
                 self._redis,
