@@ -21,6 +21,7 @@ from app.contract.keys import RATE_PAUSE_KEY, RATE_TOKENS_KEY, RATE_WINDOW_KEY
 from app.contract.queue import open_redis
 from app.contract.settings import Settings
 from app.contract.usage import CallUsage
+from app.ops import operations
 from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import FakeAnthropic
@@ -98,6 +99,17 @@ def test_a_call_books_its_estimate_and_max_tokens_and_gives_back_what_it_did_not
         return [reserved, await tokens_booked(client)]
 
     assert _with_redis(settings, run) == [(800, 1_000), (320, 120)]
+
+
+def test_status_shows_the_tokens_booked_in_the_last_minute(settings: Settings) -> None:
+    async def run(client: Any) -> tuple[int, int]:
+        limiter = RateLimiter(client, 10, tokens=MINUTE)
+        await limiter.settle(await limiter.wait_for_slot(Reservation(800, 1_000)), _usage(300, 120))
+        await limiter.wait_for_slot(Reservation(500, 1_000))  # still in flight: its reservation
+        shown = await operations.status(client)
+        return shown.ai_input_tokens_last_minute, shown.ai_output_tokens_last_minute
+
+    assert _with_redis(settings, run) == (800, 1_120)
 
 
 def test_a_call_that_failed_before_anthropic_answered_gives_back_all_its_tokens(settings: Settings) -> None:

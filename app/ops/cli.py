@@ -409,6 +409,10 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2) if args.json else text)
 
 
+def _per_minute(limit: int | None) -> str:
+    return f"{limit:,}/min" if limit is not None else "off"
+
+
 def _status_text(status: operations.Status, settings: Settings) -> str:
     now = time.time()
     pause = f"paused for {status.paused_for_s:.1f} s" if status.paused_for_s else "not paused"
@@ -418,6 +422,10 @@ def _status_text(status: operations.Status, settings: Settings) -> str:
         f"running     {len(status.running)}" + (f": {', '.join(status.running)}" if status.running else ""),
         f"limiter     {status.ai_calls_last_second} AI calls in the last second "
         f"(limit {settings.jobs_per_second:g}/s), {pause}",
+        f"tokens      {status.ai_input_tokens_last_minute:,} input"
+        f" (limit {_per_minute(settings.ai_input_tokens_per_minute)}),"
+        f" {status.ai_output_tokens_last_minute:,} output"
+        f" (limit {_per_minute(settings.ai_output_tokens_per_minute)}) booked in the last minute",
         f"workers     {len(status.workers)} reporting",
     ]
     for worker in status.workers:

@@ -27,6 +27,7 @@ from app.contract.keys import (
 )
 from app.contract.queue import QueueDepth, enqueue_ask, queue_depth
 from workers import retention
+from workers.ratelimit import tokens_booked
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class Status:
     workers: list[WorkerHealth] = field(default_factory=list)
     #: arq's own health-check line, written by whichever worker reported last.
     arq_health: str | None = None
+    #: Input and output tokens booked in the last minute by the token limits (0 when they are off):
+    #: reservations of calls in flight, what finished calls used.
+    ai_input_tokens_last_minute: int = 0
+    ai_output_tokens_last_minute: int = 0
 
 
 async def status(redis: ArqRedis) -> Status:
@@ -67,6 +72,7 @@ async def status(redis: ArqRedis) -> Status:
         raw = await redis.get(key)
         if raw:  # it may have expired since the scan
             workers.append(WorkerHealth(**json.loads(raw)))
+    input_tokens, output_tokens = await tokens_booked(redis)
     return Status(
         queue=await queue_depth(redis),
         running=running,
@@ -74,6 +80,8 @@ async def status(redis: ArqRedis) -> Status:
         paused_for_s=max(paused_until - now_us, 0) / 1_000_000,
         workers=sorted(workers, key=lambda health: health.worker),
         arq_health=(await redis.get(QUEUE_KEY + HEALTH_CHECK_KEY_SUFFIX) or b"").decode() or None,
+        ai_input_tokens_last_minute=input_tokens,
+        ai_output_tokens_last_minute=output_tokens,
     )
 
 
