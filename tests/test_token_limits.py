@@ -16,7 +16,7 @@ import redis
 import structlog.testing
 from starlette.testclient import TestClient
 
-from app.contract import scripts
+from app.contract import scripts, stops
 from app.contract.keys import RATE_PAUSE_KEY, RATE_TOKENS_KEY, RATE_WINDOW_KEY
 from app.contract.queue import open_redis
 from app.contract.settings import Settings
@@ -24,15 +24,18 @@ from app.contract.usage import CallUsage
 from app.ops import operations
 from app.web.main import create_app
 from tests.support.deployment import settings_from
-from tests.support.fakes.anthropic import FakeAnthropic
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain
 from tests.support.measures import max_sum_in_window
 from tests.support.slack_requests import SlashCommands
+from tests.support.streams import RecordingSlack, run_kind
+from tests.support.threads import question
 from workers.ai import Claude
-from workers.errors import PermanentError
+from workers.errors import PermanentError, StopRequested
 from workers.prompt import input_budget, single_question
 from workers.ratelimit import Booking, RateLimiter, Reservation, SlotTooFar, TokenLimits, tokens_booked
+from workers.thread_answer import THREAD
 
 T = TypeVar("T")
 
@@ -206,6 +209,53 @@ def test_a_question_over_a_minutes_input_limit_gets_a_message_saying_what_to_do(
     [text] = [str(post["text"]) for post in fake_slack.delivered() if str(post["text"]).startswith(":x:")]
     assert "shorter question" in text and "AI_INPUT_TOKENS_PER_MINUTE" in text and "(ref " in text
     assert fake_anthropic.calls == []
+
+
+def test_an_answered_question_leaves_booked_what_anthropic_counted(
+    env: dict[str, str], commands: SlashCommands, fake_anthropic: FakeAnthropic, fake_slack: FakeSlack
+) -> None:
+    settings = settings_from(
+        {**env, "AI_INPUT_TOKENS_PER_MINUTE": "50000", "AI_OUTPUT_TOKENS_PER_MINUTE": "5000"}
+    )
+    # The first try fails before Anthropic answers (nothing used), the second is answered.
+    fake_anthropic.script(MESSAGES, error(500, "api_error"))
+    with TestClient(create_app(settings)) as web:
+        commands.send(web, "what is a p99?")
+
+    drain(settings)
+
+    assert fake_slack.answers() == ["Answer to: what is a p99?"]
+    [counted] = fake_anthropic.token_log
+    booked = _with_redis(settings, tokens_booked)
+    assert booked == (counted.input_tokens, counted.output_tokens) == (counted.input_tokens, 34)
+
+
+def test_a_stream_stopped_mid_answer_keeps_booked_the_output_it_wrote(
+    settings: Settings, fake_anthropic: FakeAnthropic
+) -> None:
+    limited = settings.model_copy(
+        update={"ai_input_tokens_per_minute": 50_000, "ai_output_tokens_per_minute": 5_000}
+    )
+    fake_anthropic.script(MESSAGES, StreamReply(text="token " * 500, chunk=6, event_delay=0.01))
+    slack, job = RecordingSlack(), question("a long answer, please")
+
+    async def scenario() -> tuple[int, int]:
+        running = asyncio.create_task(run_kind(limited, THREAD, job, slack))
+        await asyncio.wait_for(slack.first_text.wait(), 10)
+        client = open_redis(limited)
+        try:
+            await stops.request_stop(client, job.job_id)
+            with pytest.raises(StopRequested):
+                await running
+            return await tokens_booked(client)
+        finally:
+            await client.aclose()
+
+    input_booked, output_booked = asyncio.run(scenario())
+
+    # Input as message_start reported it; output estimated from the text received, not max_tokens.
+    assert input_booked == 12
+    assert 0 < output_booked < limited.ai_max_tokens
 
 
 def test_anthropic_reporting_fewer_tokens_left_than_asklane_booked_pauses_every_worker_until_the_reset(
