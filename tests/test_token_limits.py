@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
-import structlog.testing
 from starlette.testclient import TestClient
 
 from app.contract import scripts, stops
 from app.contract.keys import RATE_PAUSE_KEY, RATE_TOKENS_KEY, RATE_WINDOW_KEY
+from app.contract.logs import configure_logging
 from app.contract.queue import open_redis
 from app.contract.settings import Settings
 from app.contract.usage import CallUsage
@@ -259,17 +259,21 @@ def test_a_stream_stopped_mid_answer_keeps_booked_the_output_it_wrote(
 
 
 def test_anthropic_reporting_fewer_tokens_left_than_asklane_booked_pauses_every_worker_until_the_reset(
-    settings: Settings, fake_anthropic: FakeAnthropic
+    settings: Settings, fake_anthropic: FakeAnthropic, caplog: pytest.LogCaptureFixture
 ) -> None:
+    configure_logging(settings)  # structlog's own capture misses a logger cached by earlier tests
     fake_anthropic.rate_limit(input_tokens=10_000, output_tokens=5_000)
     # Another app of the organisation takes half the input limit; refilled in 30 s.
     fake_anthropic.spend(input_tokens=5_000)
 
-    with structlog.testing.capture_logs() as logs:
-        paused_for = _with_redis(settings, lambda client: _one_call(settings, client))
+    paused_for = _with_redis(settings, lambda client: _one_call(settings, client))
 
     assert 25 <= paused_for <= 31
-    [paused] = [line for line in logs if line["event"] == "ai.paused"]
+    [paused] = [
+        record.msg
+        for record in caplog.records
+        if isinstance(record.msg, dict) and record.msg.get("event") == "ai.paused"
+    ]
     assert "input-tokens" in paused["reason"] and "something else is spending" in paused["reason"]
 
 
