@@ -231,6 +231,8 @@ class AnswerStream:
         self._stopped = False
         #: The whole answer, once the stream has ended (None until then).
         self.answer: Answer | None = None
+        #: The failure the stream raised, if it broke: a caller may handle it inside the block.
+        self.failure: TransientError | PermanentError | None = None
 
     @property
     def request_id(self) -> str | None:
@@ -266,6 +268,13 @@ class AnswerStream:
         return self
 
     async def __anext__(self) -> str:
+        try:
+            return await self._next_text()
+        except (TransientError, PermanentError) as error:
+            self.failure = error
+            raise
+
+    async def _next_text(self) -> str:
         while self.answer is None:
             event = await self._next_event()
             if event is None:

@@ -131,6 +131,11 @@ class Run:
         if stream.answer is not None:
             await self._note_answer(stream.answer)
             await self._finish_call(call.answered(self, stream.answer))
+        elif stream.failure is not None:
+            # The stream broke and the caller handled it inside the block (an interrupted answer).
+            await self._finish_call(
+                call.failed(self, stream.failure, usage=stream.usage_so_far(), request_id=stream.request_id)
+            )
         else:
             # The block was left before the answer ended (a Stop, or the caller gave up on it).
             await self._finish_call(call.stopped(self, stream.usage_so_far(), stream.request_id))
