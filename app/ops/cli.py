@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     period = usage_command.add_mutually_exclusive_group()
     period.add_argument(
-        "--days", type=_positive, default=7, help="the last N UTC days, today's included (default 7)"
+        "--days", type=_positive, help=f"the last N UTC days, today's included (default {USAGE_DAYS})"
     )
     period.add_argument("--month", type=_month, help="one UTC month, as YYYY-MM")
     for sub in (status, jobs, retry, purge, usage_command):
@@ -187,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
         f"or {stand_ins.STREAM_DELAY_SECONDS:g})",
     )
     return parser
+
+
+#: Days ``asklane usage`` covers without --days or --month.
+USAGE_DAYS = 7
 
 
 def _positive(text: str) -> int:
@@ -426,7 +430,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             if args.month:
                 report = await usage_report.report_month(redis, args.month, today)
             else:
-                report = await usage_report.report_days(redis, args.days, today)
+                report = await usage_report.report_days(redis, args.days or USAGE_DAYS, today)
             _print(args, usage_report.as_json(report), usage_report.as_text(report))
         elif args.command == "retry":
             retried = await operations.retry(redis, None if args.all_failed else args.job_id)
