@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
-import structlog
 
 from app.contract import keys, metrics, stops, usage
 from app.contract.keys import COUNTERS_KEY
+from app.contract.logs import configure_logging
 from app.contract.prices import price_table
 from app.contract.queue import open_redis
 from app.contract.settings import Settings
@@ -204,8 +204,9 @@ def _record(model: str) -> CallRecord:
 
 
 def test_a_model_missing_from_the_price_table_is_logged_once_and_charged_the_dearest_rates(
-    settings: Settings, redis_client: redis.Redis
+    settings: Settings, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
+    configure_logging(settings)
     job = question("which model?")
     table = price_table({})
 
@@ -215,10 +216,14 @@ def test_a_model_missing_from_the_price_table_is_logged_once_and_charged_the_dea
             await spend.charge_call(client, settings, job, _record("claude-next-9"), table)
         await client.aclose()
 
-    with structlog.testing.capture_logs() as logs:
-        asyncio.run(charge_twice())
+    asyncio.run(charge_twice())
 
-    assert [entry["model"] for entry in logs if entry["event"] == "usage.price_unknown"] == ["claude-next-9"]
+    logged = [
+        record.msg["model"]
+        for record in caplog.records
+        if isinstance(record.msg, dict) and record.msg.get("event") == "usage.price_unknown"
+    ]
+    assert logged == ["claude-next-9"]
     # A million input tokens at the dearest input rate of the table (Mythos Preview's $25), twice.
     assert _totals(redis_client, "day", "user")["cost"] == 2 * 25_000_000
 

@@ -57,10 +57,11 @@ class OverBudget:
 def budgets_from(settings: Settings) -> tuple[Budget, ...]:
     """The configured budgets, leaving out those unset."""
     configured = (
-        ("user", "day", settings.budget_user_per_day_usd),
-        ("team", "month", settings.budget_team_per_month_usd),
+        Budget("user", "day", settings.budget_user_per_day_usd or 0.0),
+        Budget("team", "month", settings.budget_team_per_month_usd or 0.0),
     )
-    return tuple(Budget(scope, period, usd) for scope, period, usd in configured if usd is not None)  # type: ignore[arg-type]
+    # Unset is None and a set budget is over 0 (validated): 0 here is "no budget".
+    return tuple(budget for budget in configured if budget.usd > 0)
 
 
 async def over_budget(
