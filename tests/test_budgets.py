@@ -129,15 +129,27 @@ def test_a_direct_message_over_budget_is_told_so_too(
     assert isinstance(notice, ThreadNotice) and "Your workspace has used" in notice.text
 
 
+@pytest.mark.parametrize(
+    ("kind", "thread_ts", "ephemeral"),
+    [("ask", None, True), ("thread", "1700000000.000100", False)],
+    ids=["regenerate-an-ask-answer", "regenerate-or-retry-a-thread-answer"],
+)
 def test_regenerate_over_budget_queues_only_a_private_note(
-    web_with: MakeWeb, settings: Settings, fake_slack_clicks: Clicks, redis_client: redis.Redis
+    kind: str,
+    thread_ts: str | None,
+    ephemeral: bool,
+    web_with: MakeWeb,
+    settings: Settings,
+    fake_slack_clicks: Clicks,
+    redis_client: redis.Redis,
 ) -> None:
     web = web_with(budget_user_per_day_usd="0.02")
     record = AnswerRecord(
         job_id=ANSWER_JOB_ID,
-        kind="ask",
+        kind=kind,
         asker=Asker(team_id=TEAM_ID, user_id=USER),
         channel_id="C0CHANNEL",
+        thread_ts=thread_ts,
         question="what is a p99?",
         answer="Answer to: what is a p99?",
         answered_at=datetime.now(UTC),
@@ -145,13 +157,13 @@ def test_regenerate_over_budget_queues_only_a_private_note(
     in_redis(settings, lambda client: answers.save(client, record, 60))
     _spend(settings, 20_000)
 
-    response = fake_slack_clicks.click(web, actions.REGENERATE, ANSWER_JOB_ID, ephemeral=True)
+    response = fake_slack_clicks.click(web, actions.REGENERATE, ANSWER_JOB_ID, ephemeral=ephemeral)
 
     assert (response.status_code, response.text) == (200, "")
     [notice] = queued_jobs(redis_client)
     assert isinstance(notice, ThreadNotice) and isinstance(notice.reply_to, PrivateNote)
     assert "today's AI budget of $0.02" in notice.text
-    assert not any(isinstance(job, AskQuestion) for job in queued_jobs(redis_client))
+    assert not any(isinstance(job, (AskQuestion, ThreadQuestion)) for job in queued_jobs(redis_client))
 
 
 @pytest.fixture
