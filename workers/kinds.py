@@ -26,7 +26,7 @@ from app.contract.messages import SlackMessage
 from app.contract.prices import Price
 from app.contract.settings import Settings
 from app.contract.usage import CallOutcome, CallRecord, CallUsage
-from workers import job_state
+from workers import job_state, spend
 from workers.errors import StopRequested
 from workers.lease import Lease
 
@@ -144,6 +144,7 @@ class Run:
         """Every AI call ends here exactly once, answered, stopped or failed: its cost, the
         person's and workspace's totals and budgets, the job's trace."""
         record.cost_usd = prices.cost_usd(record.usage, self._prices) if record.usage is not None else 0.0
+        await spend.charge_call(self.deps.redis, self.deps.settings, self.job, record, self._prices)
 
     @property
     def _prices(self) -> Mapping[str, Price]:

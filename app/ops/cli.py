@@ -4,6 +4,9 @@
     asklane jobs failed|completed  the most recent finished jobs (RETAIN_* of them are kept)
     asklane retry JOB_ID           queue a failed job again (asklane retry --all-failed: all)
     asklane purge --failed         empty the failed-jobs list
+    asklane usage                  AI spend and tokens by person, workspace, day and model, with
+                                   the cache hit ratio: the last 7 UTC days (--days N), or one
+                                   month (--month 2026-12)
 
     asklane ask "question"         in the sandbox (``make run`` without Slack credentials): send a
                                    signed /ask to the web process at $PORT (3000 by default, as
@@ -34,6 +37,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -43,10 +47,10 @@ from urllib.request import Request
 import uvicorn
 from pydantic import ValidationError
 
-from app.contract import messages
+from app.contract import messages, usage
 from app.contract.queue import open_redis
 from app.contract.settings import SANDBOX_ENV_FILE, Settings, describe_errors
-from app.ops import chat, operations
+from app.ops import chat, operations, usage_report
 from app.ops.chat import StackUnreachable, fetch_json
 from app.sandbox import stand_ins
 from app.web.gate import FORM, signature_of
@@ -126,7 +130,15 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("--all-failed", action="store_true", help="retry every failed job")
     purge = commands.add_parser("purge", help="empty the failed-jobs list")
     purge.add_argument("--failed", action="store_true", required=True, help="the failed-jobs list")
-    for sub in (status, jobs, retry, purge):
+    usage_command = commands.add_parser(
+        "usage", help="AI spend and tokens by person, workspace, day and model, with the cache hit ratio"
+    )
+    period = usage_command.add_mutually_exclusive_group()
+    period.add_argument(
+        "--days", type=_positive, help=f"the last N UTC days, today's included (default {USAGE_DAYS})"
+    )
+    period.add_argument("--month", type=_month, help="one UTC month, as YYYY-MM")
+    for sub in (status, jobs, retry, purge, usage_command):
         sub.add_argument("--json", action="store_true", help="machine-readable output")
     ask = commands.add_parser(
         "ask",
@@ -175,6 +187,28 @@ def _parser() -> argparse.ArgumentParser:
         f"or {stand_ins.STREAM_DELAY_SECONDS:g})",
     )
     return parser
+
+
+#: Days ``asklane usage`` covers without --days or --month.
+USAGE_DAYS = 7
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days, 1 or more")
+    return value
+
+
+def _month(text: str) -> str:
+    try:
+        usage.parse_month(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month as YYYY-MM (e.g. 2026-12)") from None
+    return text
 
 
 def awaits_more(ack: dict[str, Any]) -> bool:
@@ -391,6 +425,13 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "jobs":
             records = await retention.recent(redis, args.state, args.limit)
             _print(args, [record.model_dump(mode="json") for record in records], _jobs_text(records))
+        elif args.command == "usage":
+            today = datetime.now(UTC)
+            if args.month:
+                report = await usage_report.report_month(redis, args.month, today)
+            else:
+                report = await usage_report.report_days(redis, args.days or USAGE_DAYS, today)
+            _print(args, usage_report.as_json(report), usage_report.as_text(report))
         elif args.command == "retry":
             retried = await operations.retry(redis, None if args.all_failed else args.job_id)
             lines = [f"{r.failed_job_id} -> {r.job_id} (ref {r.reference})" for r in retried]
