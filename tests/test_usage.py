@@ -135,6 +135,11 @@ def test_a_call_that_failed_mid_answer_is_charged_what_it_used(
 
     totals = _totals(redis_client, "month", "user")
     assert totals["calls"] == 1 and totals["input"] == 12 and totals["output"] >= 1
+    # Recorded as failed although the thread kind handled the break inside the stream's block.
+    assert (
+        f'asklane_ai_calls_total{{model="{HAIKU}",outcome="failed"}} 1.0'
+        in in_redis(settings, metrics.render).decode()
+    )
 
 
 def test_a_call_refused_before_any_answer_used_no_tokens_and_is_charged_nothing(
