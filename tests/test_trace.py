@@ -9,6 +9,8 @@ import re
 import threading
 from typing import Any
 
+import anthropic
+import httpx2
 import pytest
 import redis
 from starlette.testclient import TestClient
@@ -27,6 +29,8 @@ from tests.support.logs import log_events
 from tests.support.slack_requests import SlashCommands
 from tests.support.threads import question
 from tests.support.waiting import wait_until
+from workers.ai import classify, mid_stream_error, model_not_found
+from workers.errors import JobError
 from workers.thread_answer import STOPPED, interrupted_note
 
 QUESTION = "how do I rotate an API key?"
@@ -354,6 +358,40 @@ def test_a_trace_that_cannot_be_written_never_fails_the_job(
     assert fake_slack.delivered()[-1]["text"] == "Answer to: answered all the same?"
     unrecorded = log_events(capsys.readouterr().out, "trace.unrecorded")
     assert {line["entry"] for line in unrecorded} >= {"run.started", "ai.call", "delivery", "run.ended"}
+
+
+_REQUEST = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
+
+
+def _status_error(status: int, kind: str, *, cls: type = anthropic.APIStatusError) -> Any:
+    body = {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
+    response = httpx2.Response(status, headers={"request-id": f"req_{status}"}, request=_REQUEST)
+    return cls(f"status {status}", response=response, body=body)
+
+
+@pytest.mark.parametrize(
+    ("failure", "request_id"),
+    [
+        (classify(_status_error(429, "rate_limit_error")), "req_429"),
+        (classify(_status_error(500, "api_error")), "req_500"),
+        (classify(_status_error(401, "authentication_error")), "req_401"),
+        (mid_stream_error(_status_error(200, "overloaded_error")), "req_200"),
+        (model_not_found(_status_error(404, "not_found_error", cls=anthropic.NotFoundError), "m"), "req_404"),
+        (classify(anthropic.APIConnectionError(request=_REQUEST)), None),
+    ],
+    ids=[
+        "back-pressure",
+        "server error",
+        "permanent",
+        "error event mid-stream",
+        "unknown model",
+        "no answer",
+    ],
+)
+def test_an_ai_failure_carries_anthropics_request_id_when_anthropic_answered(
+    failure: JobError, request_id: str | None
+) -> None:
+    assert failure.request_id == request_id
 
 
 @pytest.mark.parametrize(
