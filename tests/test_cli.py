@@ -143,6 +143,37 @@ def test_retrying_an_unknown_job_exits_non_zero(settings: Settings) -> None:
     assert main(["retry", "ask-unknown"], settings) == 1
 
 
+def test_jobs_show_finds_a_failed_job_listed_by_jobs_failed(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    job_id = _fail_one_job(web, commands, settings, fake_anthropic)
+    [listed] = _run(capsys, settings, "jobs", "failed")
+
+    shown = _run(capsys, settings, "jobs", "show", listed["reference"])
+
+    assert (shown["job_id"], shown["state"]) == (job_id, "failed")
+    assert shown["error"] == listed["error"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["jobs", "show"], ["jobs", "failed", "ask-0123"], ["jobs", "completed", "0BADC0DE"]],
+    ids=["show-without-a-job", "failed-with-a-job", "completed-with-a-job"],
+)
+def test_jobs_show_alone_takes_a_reference_or_job_id(
+    argv: list[str], settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv, settings)
+
+    assert exit_.value.code == 2
+    assert "jobs show takes a REFERENCE_OR_JOB_ID" in capsys.readouterr().err
+
+
 def test_the_asklane_command_reads_its_settings_from_the_environment(
     env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import redis
 from starlette.testclient import TestClient
 
 from app.contract import keys, usage
+from app.contract.job import reference_for
 from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
@@ -79,6 +80,8 @@ def _named(job_ids: list[str], team_id: str, user_id: str) -> set[str]:
             keys.result_key(job_id),
             keys.in_progress_key(job_id),
             keys.retry_key(job_id),
+            keys.trace_key(job_id),
+            keys.trace_reference_key(reference_for(job_id)),
             *(keys.failures_key(job_id, phase) for phase in get_args(Phase)),
         }
     names |= {keys.last_score_key(priority) for priority in ("interactive", "background")}

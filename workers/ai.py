@@ -340,10 +340,13 @@ def mid_stream_error(error: anthropic.APIStatusError) -> TransientError | Perman
     if error.status_code != 200:
         return classify(error)
     kind = error.type or "error"
-    return TransientError(
+    failure = TransientError(
         f"anthropic error event mid-stream: {kind}",
         throttled=kind in ("overloaded_error", "rate_limit_error"),
     )
+    # The stream's own request-id: the answer Anthropic broke off.
+    failure.request_id = error.request_id
+    return failure
 
 
 def _tokens(value: object) -> int:
@@ -352,7 +355,14 @@ def _tokens(value: object) -> int:
 
 
 def classify(error: anthropic.APIError) -> TransientError | PermanentError:
-    """Map an SDK exception to our two failure types."""
+    """Map an SDK exception to our two failure types, carrying Anthropic's ``request-id`` when
+    Anthropic answered (what its support asks for)."""
+    failure = _failure_type(error)
+    failure.request_id = getattr(error, "request_id", None)
+    return failure
+
+
+def _failure_type(error: anthropic.APIError) -> TransientError | PermanentError:
     if isinstance(error, anthropic.APIConnectionError):  # includes APITimeoutError
         return TransientError(type(error).__name__)
     if not isinstance(error, anthropic.APIStatusError):
@@ -384,13 +394,15 @@ def model_not_found(error: anthropic.NotFoundError, model: str) -> TransientErro
     """A 404 from the Messages API: Anthropic's own (``not_found_error``) means the model."""
     if error.type != "not_found_error":
         return classify(error)  # not Anthropic's answer: a wrong ANTHROPIC_BASE_URL, say
-    return PermanentError(
+    failure = PermanentError(
         f"anthropic 404 not_found_error: model {model}",
         reason=(
             f"the Claude model asklane is set to use ({model}) does not exist; "
             "an admin needs to fix ANTHROPIC_MODEL."
         ),
     )
+    failure.request_id = error.request_id
+    return failure
 
 
 def unusable_body(detail: str) -> TransientError:

@@ -12,6 +12,10 @@ class JobError(Exception):
 
     default_reason = "something went wrong on our side."
 
+    #: Anthropic's ``request-id`` of the failed call, when Anthropic answered (set by
+    #: workers/ai.py's classification): what its support asks for, shown by ``asklane jobs show``.
+    request_id: str | None = None
+
     def __init__(self, detail: str, *, reason: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail

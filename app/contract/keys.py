@@ -294,3 +294,19 @@ def slack_method_bucket_key(team_id: str, tier: str) -> str:
     every worker (workers/slack_rate.py): chat.appendStream is Tier 4, start/stopStream Tier 2,
     chat.update Tier 3."""
     return f"asklane:slack:tier:{team_id}:{tier}"
+
+
+# --- traces (app/contract/trace.py, ``asklane jobs show``) --------------------------------------
+
+
+def trace_key(job_id: str) -> str:
+    """The job's trace: a list of entries (runs' starts and ends, AI calls, deliveries), oldest
+    first, capped at the newest TRACE_MAX_ENTRIES; expires TRACE_TTL_SECONDS after its last entry."""
+    return f"asklane:trace:{job_id}"
+
+
+def trace_reference_key(reference: str) -> str:
+    """The job id of the job with this user-facing reference (app/contract/job.py reference_for),
+    written with each run's first trace entry so ``asklane jobs show REFERENCE`` resolves it;
+    expires with the trace."""
+    return f"asklane:trace-ref:{reference.upper()}"
