@@ -22,7 +22,8 @@ from app.contract.settings import Settings
 from app.contract.usage import CallUsage
 from app.ops.cli import main
 from tests.support.deployment import settings_from
-from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error, message
+from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain, enqueue, in_redis
 from tests.support.logs import log_events
@@ -406,3 +407,22 @@ def test_an_ai_failure_carries_anthropics_request_id_when_anthropic_answered(
 )
 def test_every_failure_message_carries_the_reference_jobs_show_takes(message: str) -> None:
     assert "(ref 1A2B3C4D)" in message
+
+
+def test_a_refused_answer_shows_its_request_id_and_the_tokens_anthropic_billed(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    refusal = message("", stop_reason="refusal")
+    fake_anthropic.script(MESSAGES, Reply(json=refusal, headers={"request-id": "req_refused"}))
+    reference = _ask(web, commands, settings)
+
+    shown = _show(capsys, settings, reference)
+
+    [run] = shown["runs"]
+    [call] = run["calls"]
+    assert (call["outcome"], call["request_id"]) == ("failed", "req_refused")
+    assert call["usage"]["input_tokens"] == 12 and call["cost_usd"] > 0

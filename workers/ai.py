@@ -118,16 +118,18 @@ class Claude:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:  # a 200 cut off, say
             raise unusable_body(f"{type(error).__name__}: {error}") from error
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        response = usable_message(parsed)
-
-        if response.stop_reason == "refusal":
-            raise PermanentError("stop_reason refusal", reason="Claude declined to answer this question.")
-        text = "".join(block.text for block in response.content if isinstance(block, TextBlock)).strip()
-        if not text:
-            raise PermanentError(
-                f"empty answer, stop_reason {response.stop_reason}",
-                reason="Claude returned an empty answer. Try rephrasing the question.",
-            )
+        request_id = raw.headers.get("request-id")
+        try:
+            response = usable_message(parsed)
+        except TransientError as error:
+            error.request_id = request_id
+            raise
+        try:
+            text = answer_text(response)
+        except PermanentError as error:
+            # Anthropic answered, and billed what it read and wrote.
+            error.request_id, error.usage = request_id, message_usage(response)
+            raise
         return Answer(
             text=text,
             stop_reason=response.stop_reason,
@@ -135,7 +137,7 @@ class Claude:
             input_tokens=response.usage.input_tokens,
             output_tokens=response.usage.output_tokens,
             latency_ms=latency_ms,
-            request_id=raw.headers.get("request-id"),
+            request_id=request_id,
             slow_down_for=exhausted_limit_reset(raw.headers),
             cache_creation_input_tokens=_tokens(response.usage.cache_creation_input_tokens),
             cache_read_input_tokens=_tokens(response.usage.cache_read_input_tokens),
@@ -310,14 +312,7 @@ class AnswerStream:
         if not self._stopped:
             raise TransientError("anthropic stream ended before message_stop")
         response = usable_message(self._stream.current_message_snapshot)
-        if response.stop_reason == "refusal":
-            raise PermanentError("stop_reason refusal", reason="Claude declined to answer this question.")
-        text = "".join(block.text for block in response.content if isinstance(block, TextBlock)).strip()
-        if not text:
-            raise PermanentError(
-                f"empty answer, stop_reason {response.stop_reason}",
-                reason="Claude returned an empty answer. Try rephrasing the question.",
-            )
+        text = answer_text(response)
         headers = self._stream.response.headers
         return Answer(
             text=text,
@@ -331,6 +326,30 @@ class AnswerStream:
             cache_creation_input_tokens=_tokens(response.usage.cache_creation_input_tokens),
             cache_read_input_tokens=_tokens(response.usage.cache_read_input_tokens),
         )
+
+
+def answer_text(response: Message) -> str:
+    """The answer's text, or the PermanentError for a refusal or an empty answer."""
+    if response.stop_reason == "refusal":
+        raise PermanentError("stop_reason refusal", reason="Claude declined to answer this question.")
+    text = "".join(block.text for block in response.content if isinstance(block, TextBlock)).strip()
+    if not text:
+        raise PermanentError(
+            f"empty answer, stop_reason {response.stop_reason}",
+            reason="Claude returned an empty answer. Try rephrasing the question.",
+        )
+    return text
+
+
+def message_usage(response: Message) -> CallUsage:
+    usage = response.usage
+    return CallUsage(
+        model=response.model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_creation_input_tokens=_tokens(usage.cache_creation_input_tokens),
+        cache_read_input_tokens=_tokens(usage.cache_read_input_tokens),
+    )
 
 
 def mid_stream_error(error: anthropic.APIStatusError) -> TransientError | PermanentError:

@@ -96,7 +96,8 @@ class Run:
         try:
             answer = await deps.claude.ask(request)
         except BaseException as error:
-            await self._finish_call(call.failed(self, error, usage=None))
+            # Anthropic bills a refusal or an empty answer; a refused request used nothing.
+            await self._finish_call(call.failed(self, error, usage=getattr(error, "usage", None)))
             raise
         await self._note_answer(answer)
         await self._finish_call(call.answered(self, answer))
