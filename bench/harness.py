@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: the deployment they run against and the statistics they print.
+"""Shared pieces of the benchmarks: the deployment they run against, the signed Slack requests
+they send it (:class:`Sender`) and the statistics they print.
 
 Everything listens on 127.0.0.1: a private redis-server, the fake Slack and Anthropic servers from
 the test support package (tests/support), and the web process as a real uvicorn subprocess (the
