@@ -118,6 +118,9 @@ class FakeSlack(FakeServer):
         self.socket_acks: list[dict[str, Any]] = []
         #: Called with each response_url post's body before it is answered (in the server's thread).
         self.on_response_url: Callable[[Any], None] | None = None
+        #: Called with each Web API call's path and body as it arrives, before it is answered (in
+        #: the server's thread): a test looks at the world at that moment while the caller waits.
+        self.on_web_api: Callable[[str, Any], None] | None = None
         self._message_ts = itertools.count(1)
         #: Messages by ts, as Slack shows them.
         self.messages: dict[str, FakeMessage] = {}
@@ -134,6 +137,7 @@ class FakeSlack(FakeServer):
         self.socket = None
         self.socket_acks = []
         self.on_response_url = None
+        self.on_web_api = None
         with self._lock:
             self.messages = {}
             self.stream_idle_seconds = 300.0
@@ -210,6 +214,8 @@ class FakeSlack(FakeServer):
         # chat.delete's arguments come in the query string (slack_sdk sends them as params).
         body = {**request.query, **body} if isinstance(body, dict) else body
         path = request.path
+        if self.on_web_api is not None:
+            self.on_web_api(path, body)
         channel = body.get("channel") or body.get("channel_id") if isinstance(body, dict) else None
         workspace = request.headers.get("Authorization", "")
         reply = (
