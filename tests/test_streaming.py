@@ -1,6 +1,6 @@
 """Thread answers streamed into Slack (workers/streaming.py): the writer a worker uses, against
 the fake Slack's streaming methods, on real Redis. The thread kind's side (Claude's tokens) is
-played by tests/support/streams.py."""
+played by tests/support/stream_writer.py."""
 
 from __future__ import annotations
 

@@ -20,7 +20,6 @@ import redis
 from arq.connections import ArqRedis
 
 from app.contract import actions, answers, keys, stops
-from app.contract.events import JobEvents
 from app.contract.jobs import ThreadQuestion
 from app.contract.queue import open_redis
 from app.contract.settings import Settings
@@ -37,22 +36,18 @@ from tests.support.fakes.slack import (
 from tests.support.jobs import drain, enqueue, in_redis
 from tests.support.processes import WorkerProcess
 from tests.support.stream_writer import stream
-from tests.support.threads import question
+from tests.support.threads import question, run_thread_question
 from tests.support.waiting import wait_until
 from workers import job_state, memory
-from workers.ai import Claude
 from workers.delivery import SlackDelivery
 from workers.errors import PermanentError, StopRequested, TransientError
 from workers.formatting import CUT_SHORT_NOTE, answer_buttons, retry_buttons, stop_button
-from workers.kinds import Run, Timings, WorkerDeps
-from workers.lease import lease
-from workers.ratelimit import RateLimiter, SlotTooFar
+from workers.ratelimit import SlotTooFar
 from workers.thread_answer import (
     COMPLETED_AFTER_CRASH,
     STOPPED_NOTE,
     STREAMED,
     THINKING,
-    THREAD,
     interrupted_note,
 )
 
@@ -61,36 +56,10 @@ TEXT = "Paris is the capital of France, and has been for most of the last thousa
 PARTIAL = "What the run that died had shown so far"
 
 
-async def _run_kind(
-    settings: Settings, job: ThreadQuestion, *, before: Callable[[ArqRedis], Awaitable[None]] | None = None
-) -> str:
-    """Run the thread kind's steps for ``job`` once, as the runner would (under its lease, with
-    the worker's Claude, rate limiter and Slack delivery), after ``before``; returns the via or
-    raises what the steps raised."""
-    client = open_redis(settings)
-    claude = Claude(settings)
-    deps = WorkerDeps(
-        settings=settings,
-        redis=client,
-        claude=claude,
-        slack=SlackDelivery(settings),
-        limiter=RateLimiter(client, settings.jobs_per_second, max_pause=settings.job_timeout_seconds),
-        events=JobEvents(),
-    )
-    try:
-        if before is not None:
-            await before(client)
-        async with lease(client, job.job_id) as held:
-            return await THREAD.perform(Run(job, deps, held, Timings()))
-    finally:
-        await claude.close()
-        await client.aclose()
-
-
 def _run(
     settings: Settings, job: ThreadQuestion, before: Callable[[ArqRedis], Awaitable[None]] | None = None
 ) -> str:
-    return asyncio.run(_run_kind(settings, job, before=before))
+    return asyncio.run(run_thread_question(settings, job, before=before))
 
 
 async def _leave_stream_of_dead_run(settings: Settings, client: ArqRedis, job: ThreadQuestion) -> None:
@@ -284,7 +253,7 @@ def test_stop_while_streaming_closes_the_ai_stream_at_once_and_raises_stop_reque
     job = question("a long answer, please")
 
     async def scenario() -> float:
-        running = asyncio.create_task(_run_kind(settings, job))
+        running = asyncio.create_task(run_thread_question(settings, job))
         await asyncio.to_thread(fake_slack.wait_for, START_STREAM)  # the answer is showing
         client = open_redis(settings)
         await stops.request_stop(client, job.job_id)
@@ -395,7 +364,7 @@ def test_a_stop_before_claude_has_written_anything_is_obeyed_without_waiting_for
     job = question("thinking for long?")
 
     async def scenario() -> None:
-        running = asyncio.create_task(_run_kind(settings, job))
+        running = asyncio.create_task(run_thread_question(settings, job))
         await asyncio.to_thread(fake_anthropic.wait_for, "/v1/messages")
         client = open_redis(settings)
         await stops.request_stop(client, job.job_id)
@@ -422,7 +391,7 @@ def test_a_stop_while_regenerating_after_a_crash_ends_the_earlier_message_stoppe
     async def scenario() -> None:
         client = open_redis(settings)
         await _leave_stream_of_dead_run(settings, client, job)
-        running = asyncio.create_task(_run_kind(settings, job))
+        running = asyncio.create_task(run_thread_question(settings, job))
         await asyncio.to_thread(wait_until, lambda: fake_anthropic.streams and fake_anthropic.streams[0].sent)
         await stops.request_stop(client, job.job_id)
         await client.aclose()
@@ -483,11 +452,11 @@ def test_the_ai_rate_limit_counts_a_streamed_call_at_its_start(
     first, second = question("first?"), question("second?")
 
     async def scenario() -> None:
-        running = asyncio.create_task(_run_kind(one_per_two_seconds, first))
+        running = asyncio.create_task(run_thread_question(one_per_two_seconds, first))
         await asyncio.to_thread(wait_until, lambda: fake_anthropic.streams and fake_anthropic.streams[0].sent)
         # The first call's slot was taken when its stream opened, not when it ends.
         with pytest.raises(SlotTooFar):
-            await _run_kind(one_per_two_seconds, second)
+            await run_thread_question(one_per_two_seconds, second)
         assert not fake_anthropic.streams[0].ended
         await running
 

@@ -20,12 +20,11 @@ from app.contract.settings import Settings
 from app.contract.usage import CallRecord, CallUsage, Retention
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error
+from tests.support.fakes.slack import START_STREAM, FakeSlack
 from tests.support.jobs import in_redis
-from tests.support.streams import RecordingSlack, run_kind
-from tests.support.threads import TEAM, USER, question
+from tests.support.threads import TEAM, USER, question, run_thread_question
 from workers import spend
 from workers.errors import PermanentError, StopRequested
-from workers.thread_answer import THREAD
 
 HAIKU = "claude-haiku-5-5"
 
@@ -47,7 +46,7 @@ def _counters(client: redis.Redis) -> dict[str, float]:
 
 
 def _run(settings: Settings, text: str = "a question") -> str:
-    return asyncio.run(run_kind(settings, THREAD, question(text), RecordingSlack()))
+    return asyncio.run(run_thread_question(settings, question(text)))
 
 
 def test_an_answered_call_is_charged_to_the_person_and_the_workspace_for_the_day_and_the_month(
@@ -102,14 +101,14 @@ def test_calls_add_up_in_whole_micro_dollars(
 
 
 def test_a_stopped_call_is_charged_what_it_used_until_the_stop(
-    settings: Settings, fake_anthropic: FakeAnthropic, redis_client: redis.Redis
+    settings: Settings, fake_anthropic: FakeAnthropic, fake_slack: FakeSlack, redis_client: redis.Redis
 ) -> None:
     fake_anthropic.script(MESSAGES, StreamReply(text="token " * 500, chunk=6, event_delay=0.01))
-    slack, job = RecordingSlack(), question("a long answer, please")
+    job = question("a long answer, please")
 
     async def scenario() -> None:
-        running = asyncio.create_task(run_kind(settings, THREAD, job, slack))
-        await asyncio.wait_for(slack.first_text.wait(), 10)
+        running = asyncio.create_task(run_thread_question(settings, job))
+        await asyncio.to_thread(fake_slack.wait_for, START_STREAM)
         client = open_redis(settings)
         await stops.request_stop(client, job.job_id)
         await client.aclose()
