@@ -96,18 +96,8 @@ async def handle_ask(
         # script for quota and queue, well inside Slack's 3 s.
         over = await budget.over_budget(redis, budgets, job.asker, datetime.now(UTC))
         if over is not None:
-            bound.info(
-                "command.over_budget",
-                scope=over.budget.scope,
-                period=over.budget.period,
-                budget_usd=over.budget.usd,
-                spent_usd=over.spent_usd,
-                resets_in_s=round(over.retry_after),
-            )
-            text = messages.over_budget(
-                over.budget.scope, over.budget.period, over.budget.usd, over.retry_after, job.reference
-            )
-            return Ack(text, "over_budget")
+            bound.info("command.over_budget", **over.log_fields())
+            return Ack(over.message(job.reference), "over_budget")
         result = await quota.enqueue_within(redis, limits, job)
     except QueueUnavailable as error:
         bound.error("command.queue_unavailable", error=str(error) or type(error).__name__)

@@ -17,8 +17,9 @@ from typing import Literal
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from app.contract import keys, usage
+from app.contract import keys, messages, usage
 from app.contract.jobs import Asker
+from app.contract.messages import SlackMessage
 from app.contract.queue import ENQUEUE_TIMEOUT_SECONDS, QueueUnavailable
 from app.contract.settings import Settings
 
@@ -52,6 +53,22 @@ class OverBudget:
     spent_usd: float
     resets_at: datetime
     retry_after: float
+
+    def log_fields(self) -> dict[str, object]:
+        """What the refusal's log line says (``command.over_budget``, ``event.over_budget``…)."""
+        return {
+            "scope": self.budget.scope,
+            "period": self.budget.period,
+            "budget_usd": self.budget.usd,
+            "spent_usd": self.spent_usd,
+            "resets_in_s": round(self.retry_after),
+        }
+
+    def message(self, reference: str) -> SlackMessage:
+        """What the asker is told: which budget, and when it resets."""
+        return messages.over_budget(
+            self.budget.scope, self.budget.period, self.budget.usd, self.retry_after, reference
+        )
 
 
 def budgets_from(settings: Settings) -> tuple[Budget, ...]:

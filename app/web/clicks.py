@@ -303,10 +303,8 @@ async def _charged(
     limits, budgets = gates
     over = await budget.over_budget(redis, budgets, job.asker, now)
     if over is not None:
-        spent = over.budget
-        bound.info("click.over_budget", scope=spent.scope, period=spent.period, budget_usd=spent.usd)
-        text = messages.over_budget(spent.scope, spent.period, spent.usd, over.retry_after, job.reference)
-        refused = await _refuse(click, text, redis, events, bound, now)
+        bound.info("click.over_budget", **over.log_fields())
+        refused = await _refuse(click, over.message(job.reference), redis, events, bound, now)
         return ClickAck(refused.status, "over_budget")
     result = await quota.enqueue_within(redis, limits, job)
     if isinstance(result, quota.OverQuota):

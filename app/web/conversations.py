@@ -151,17 +151,8 @@ async def _ask(
     bound = bound.bind(job_id=job.job_id, reference=job.reference)
     over = await budget.over_budget(redis, budgets, job.asker, now)
     if over is not None:
-        bound.info(
-            "event.over_budget",
-            scope=over.budget.scope,
-            period=over.budget.period,
-            budget_usd=over.budget.usd,
-            spent_usd=over.spent_usd,
-            resets_in_s=round(over.retry_after),
-        )
-        text = messages.over_budget(
-            over.budget.scope, over.budget.period, over.budget.usd, over.retry_after, job.reference
-        ).text
+        bound.info("event.over_budget", **over.log_fields())
+        text = over.message(job.reference).text
         return await _enqueue(_notice(message, text, now), redis, events, bound, "over_budget")
     # One script charges the quota, queues the job and joins its thread's order, as for /ask.
     result = await quota.enqueue_within(redis, limits, job)
