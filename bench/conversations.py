@@ -32,8 +32,6 @@ any question was not answered exactly once, or a conversation was not stored.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import math
 import random
 import shutil
@@ -44,11 +42,12 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from harness import (
     FakeSlack,
     RedisServer,
+    Sender,
     WebProcess,
     deployment_env,
     median,
@@ -58,11 +57,10 @@ from harness import (
 )
 
 from app.contract.keys import conversation_key
-from app.ops.chat import Clock, Person, dm_event
-from tests.support.deployment import SIGNING_SECRET
+from app.ops.chat import Person
 from tests.support.fakes.slack import RESPONSE
 from tests.support.processes import WorkerProcess
-from tests.support.slack_requests import SlashCommands, signature_headers
+from tests.support.slack_requests import SlashCommands
 
 TEAM = "T0BENCH"
 
@@ -71,10 +69,6 @@ def team_of(n: int) -> str:
     """Person ``n``'s workspace: one each, as Slack allows only 20 chat.startStream calls a minute
     per workspace, and a thousand conversations in one would measure that limit, not asklane."""
     return f"T0B{n:07d}"
-
-
-#: Under the 5 s after which the web process closes an idle keep-alive connection (README, HTTP limits).
-IDLE_SECONDS = 4.0
 
 
 @dataclass
@@ -90,51 +84,18 @@ class Run:
     ask_used_memory: int = 0
 
 
-class Sender:
-    """Signed requests to the web process over one keep-alive connection."""
+def send_dm(sender: Sender, n: int, text: str) -> tuple[tuple[str, str], float | None]:
+    """A top-level DM from person ``n`` in their own DM and workspace: (its thread as
+    (channel, thread_ts), ack ms)."""
+    person = Person(team_id=team_of(n), user_id=f"U0B{n:07d}", channel_id=f"D0B{n:07d}", app_id="A0APP")
+    ts, ack_ms = sender.dm(person, text, f"DM {n}")
+    return (person.channel_id, ts), ack_ms
 
-    def __init__(self, port: int, slack: FakeSlack, errors: list[str]) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        self.commands = SlashCommands(slack)
-        self.clock = Clock()
-        self.errors = errors
-        self.last_used = 0.0
 
-    def close(self) -> None:
-        self.conn.close()
-
-    def _post(self, body: bytes, headers: dict[str, str], what: str) -> float | None:
-        """POST and read the ack; its time in ms, or None (an error recorded) when it failed."""
-        if time.monotonic() - self.last_used > IDLE_SECONDS:
-            self.conn.close()  # the web process closes idle keep-alive connections: open a new one
-        started = time.perf_counter()
-        try:
-            self.conn.request("POST", "/slack/events", body=body, headers=headers)
-            response = self.conn.getresponse()
-            ack = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            self.conn.close()
-            self.errors.append(f"{what}: ack failed: {type(error).__name__}: {error}")
-            return None
-        if response.status != 200:
-            self.errors.append(f"{what}: ack status {response.status}: {ack[:200]!r}")
-            return None
-        self.last_used = time.monotonic()
-        return (time.perf_counter() - started) * 1000
-
-    def dm(self, n: int, text: str) -> tuple[tuple[str, str], float | None]:
-        """A top-level DM from person ``n``: (its thread, as (channel, thread_ts)), ack ms)."""
-        person = Person(team_id=team_of(n), user_id=f"U0B{n:07d}", channel_id=f"D0B{n:07d}", app_id="A0APP")
-        ts = self.clock.ts()
-        body = json.dumps(dm_event(person, text, ts)).encode()
-        headers = signature_headers(body, secret=SIGNING_SECRET) | {"Content-Type": "application/json"}
-        return (person.channel_id, ts), self._post(body, headers, f"DM {n}")
-
-    def ask(self, n: int, text: str) -> tuple[str, float | None]:
-        """A ``/ask``: (its response_url path, ack ms)."""
-        form = self.commands.form(text, team_id=TEAM)
-        body = urlencode(form).encode()
-        return urlsplit(form["response_url"]).path, self._post(body, signature_headers(body), f"/ask {n}")
+def send_ask(sender: Sender, slack: FakeSlack, n: int, text: str) -> tuple[str, float | None]:
+    """A ``/ask``: (its response_url path, ack ms)."""
+    form = SlashCommands(slack).form(text, team_id=TEAM)
+    return urlsplit(form["response_url"]).path, sender.command(form, f"/ask {n}")
 
 
 def thread_replies(slack: FakeSlack) -> dict[tuple[str, str], list[float]]:
@@ -169,7 +130,7 @@ def measure_latency(
 
     def dm(n: int) -> None:
         sent_at = time.monotonic()
-        thread, ack_ms = sender.dm(n, f"bench DM {n}")
+        thread, ack_ms = send_dm(sender, n, f"bench DM {n}")
         if ack_ms is None:
             return
         if (at := arrival(lambda: thread_replies(slack).get(thread, [None])[0], timeout)) is None:
@@ -180,7 +141,7 @@ def measure_latency(
 
     def ask(n: int) -> None:
         sent_at = time.monotonic()
-        hook, ack_ms = sender.ask(n, f"bench question {n}")
+        hook, ack_ms = send_ask(sender, slack, n, f"bench question {n}")
         if ack_ms is None:
             return
         if (at := arrival(lambda: next((r.at for r in slack.received(hook)), None), timeout)) is None:
@@ -209,7 +170,7 @@ def fill_conversations(
     threads = []
     teams = {}
     for n in range(first, first + args.conversations):
-        thread, ack_ms = sender.dm(n, f"remember me {n}")
+        thread, ack_ms = send_dm(sender, n, f"remember me {n}")
         if ack_ms is not None:
             threads.append(thread)
             teams[thread] = team_of(n)
@@ -243,7 +204,7 @@ def fill_asks(
     before = used_memory(redis)
     hooks = set()
     for n in range(args.conversations):
-        hook, ack_ms = sender.ask(n, f"one-shot {n}")
+        hook, ack_ms = send_ask(sender, slack, n, f"one-shot {n}")
         if ack_ms is not None:
             hooks.add(hook)
     if not hooks:
@@ -283,7 +244,7 @@ def one_run(args: argparse.Namespace, index: int, errors: list[str]) -> Run:
         web.wait_listening()
         for worker in workers:
             worker.wait_for_log("worker.started")
-        sender = Sender(web.port, slack, errors)
+        sender = Sender(web.port, errors)
         running.callback(sender.close)
 
         measure_latency(args, sender, slack, run, errors)

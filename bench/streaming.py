@@ -28,8 +28,6 @@ answered with its whole text.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import shutil
 import sys
 import tempfile
@@ -43,6 +41,7 @@ from pathlib import Path
 from harness import (
     FakeAnthropic,
     FakeSlack,
+    Sender,
     WebProcess,
     deployment_env,
     median,
@@ -51,11 +50,9 @@ from harness import (
     wait_for,
 )
 
-from app.ops.chat import Clock, Person, dm_event
-from tests.support.deployment import SIGNING_SECRET
+from app.ops.chat import Person
 from tests.support.fakes.slack import APPEND_STREAM, START_STREAM, STOP_STREAM, UPDATE
 from tests.support.processes import WorkerProcess
-from tests.support.slack_requests import signature_headers
 
 #: Slack's tiers per method, as the fake enforces them in the crowd phase (per minute).
 SLACK_LIMITS = {"chat.startStream": 20, "chat.stopStream": 20, "chat.appendStream": 100, "chat.update": 50}
@@ -81,36 +78,12 @@ def question(n: int, words: int, phase: str = "timed") -> str:
     return f"{phase} q{n} " + " ".join(f"word{i}" for i in range(words))
 
 
-class Sender:
-    """Signed DM events to the web process."""
-
-    def __init__(self, port: int, team: str, errors: list[str]) -> None:
-        self.port = port
-        self.team = team
-        self.clock = Clock()
-        self.errors = errors
-
-    def dm(self, n: int, text: str) -> str | None:
-        """A top-level DM from person ``n`` in their own DM; its channel, or None if not acked."""
-        person = Person(
-            team_id=self.team, user_id=f"U0S{n:07d}", channel_id=f"D{self.team}{n:05d}", app_id="A0APP"
-        )
-        body = json.dumps(dm_event(person, text, self.clock.ts())).encode()
-        headers = signature_headers(body, secret=SIGNING_SECRET) | {"Content-Type": "application/json"}
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request("POST", "/slack/events", body=body, headers=headers)
-            response = conn.getresponse()
-            response.read()
-        except (OSError, http.client.HTTPException) as error:
-            self.errors.append(f"DM {n}: ack failed: {type(error).__name__}: {error}")
-            return None
-        finally:
-            conn.close()
-        if response.status != 200:
-            self.errors.append(f"DM {n}: ack status {response.status}")
-            return None
-        return person.channel_id
+def send_dm(sender: Sender, team: str, n: int, text: str) -> str | None:
+    """A top-level DM from person ``n`` of ``team`` in their own DM; its channel, or None if not
+    acked."""
+    person = Person(team_id=team, user_id=f"U0S{n:07d}", channel_id=f"D{team}{n:05d}", app_id="A0APP")
+    _, ack_ms = sender.dm(person, text, f"DM {n}")
+    return None if ack_ms is None else person.channel_id
 
 
 def text_calls(slack: FakeSlack, channel: str) -> list[float]:
@@ -155,7 +128,7 @@ def stream_of(anthropic: FakeAnthropic, text: str) -> tuple[list[float], str]:
 
 def first_tokens(
     args: argparse.Namespace,
-    port: int,
+    sender: Sender,
     slack: FakeSlack,
     anthropic: FakeAnthropic,
     run: Run,
@@ -164,9 +137,8 @@ def first_tokens(
     for n in range(args.questions):
         # Each in a workspace of its own: Slack allows a workspace 20 stream starts a minute,
         # which would pace this phase (the crowd measures that limit).
-        sender = Sender(port, f"T0B{n:05d}", errors)
         text = question(n, args.words)
-        channel = sender.dm(n, text)
+        channel = send_dm(sender, f"T0B{n:05d}", n, text)
         if channel is None:
             continue
         answer = f"Answer to: {text}"
@@ -185,7 +157,7 @@ def first_tokens(
 
 def crowd(
     args: argparse.Namespace,
-    port: int,
+    sender: Sender,
     slack: FakeSlack,
     anthropic: FakeAnthropic,
     run: Run,
@@ -193,11 +165,10 @@ def crowd(
 ) -> None:
     # Another workspace: its tier buckets (in Redis and in the fake) start empty.
     slack.limit_methods(SLACK_LIMITS, window=60.0)
-    sender = Sender(port, "T0CROWD", errors)
     asked = {}
     for n in range(args.streams):
         text = question(n, args.words, "crowd")
-        channel = sender.dm(n, text)
+        channel = send_dm(sender, "T0CROWD", n, text)
         if channel is not None:
             asked[channel] = f"Answer to: {text}"
     if not wait_for(lambda: all(whole(slack, c, a) for c, a in asked.items()), args.crowd_timeout):
@@ -236,8 +207,10 @@ def one_run(args: argparse.Namespace, index: int, errors: list[str]) -> Run:
         web.wait_listening()
         for worker in workers:
             worker.wait_for_log("worker.started")
-        first_tokens(args, web.port, slack, anthropic, run, errors)
-        crowd(args, web.port, slack, anthropic, run, errors)
+        sender = Sender(web.port, errors)
+        running.callback(sender.close)
+        first_tokens(args, sender, slack, anthropic, run, errors)
+        crowd(args, sender, slack, anthropic, run, errors)
     if len(errors) == failed_before:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

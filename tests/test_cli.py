@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -17,10 +18,12 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.contract import messages
+from app.contract import messages, usage
 from app.contract.keys import FAILED_KEY
+from app.contract.prices import PRICES_CHECKED
 from app.contract.queue import enqueue_ask, open_redis
 from app.contract.settings import Settings
+from app.contract.usage import CallUsage, Retention
 from app.ops import chat
 from app.ops.cli import awaits_more, main, shown_to_asker
 from app.sandbox import stand_ins
@@ -28,7 +31,7 @@ from app.web.clicks import read_click
 from tests.support.deployment import ROOT, settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.slack import FakeSlack
-from tests.support.jobs import drain, queued_job_ids
+from tests.support.jobs import drain, in_redis, queued_job_ids
 from tests.support.processes import ASKLANE, WebProcess, WorkerProcess, free_port
 from tests.support.slack_requests import SlashCommands, signature_headers
 from tests.support.waiting import wait_until
@@ -138,6 +141,37 @@ def test_retry_all_failed_and_purge_empty_the_failed_list(
 
 def test_retrying_an_unknown_job_exits_non_zero(settings: Settings) -> None:
     assert main(["retry", "ask-unknown"], settings) == 1
+
+
+def test_jobs_show_finds_a_failed_job_listed_by_jobs_failed(
+    web: TestClient,
+    commands: SlashCommands,
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    job_id = _fail_one_job(web, commands, settings, fake_anthropic)
+    [listed] = _run(capsys, settings, "jobs", "failed")
+
+    shown = _run(capsys, settings, "jobs", "show", listed["reference"])
+
+    assert (shown["job_id"], shown["state"]) == (job_id, "failed")
+    assert shown["error"] == listed["error"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["jobs", "show"], ["jobs", "failed", "ask-0123"], ["jobs", "completed", "0BADC0DE"]],
+    ids=["show-without-a-job", "failed-with-a-job", "completed-with-a-job"],
+)
+def test_jobs_show_alone_takes_a_reference_or_job_id(
+    argv: list[str], settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv, settings)
+
+    assert exit_.value.code == 2
+    assert "jobs show takes a REFERENCE_OR_JOB_ID" in capsys.readouterr().err
 
 
 def test_the_asklane_command_reads_its_settings_from_the_environment(
@@ -553,3 +587,106 @@ def test_a_press_is_a_signed_block_actions_request_that_the_web_process_reads() 
         "is_ephemeral": False,
         "thread_ts": "1700000000.000200",
     }
+
+
+# --- asklane usage -------------------------------------------------------------------------------
+
+
+def _charge(settings: Settings, team: str, user: str, model: str, cost: int, *, days_ago: int = 0) -> None:
+    call = CallUsage(
+        model=model,
+        input_tokens=1000,
+        output_tokens=100,
+        cache_creation_input_tokens=0,
+        cache_read_input_tokens=3000,
+    )
+    moment = datetime.now(UTC) - timedelta(days=days_ago)
+    retention = Retention(settings.usage_days_kept, settings.usage_months_kept)
+    in_redis(settings, lambda client: usage.charge(client, team, user, call, cost, moment, retention))
+
+
+def _spent(settings: Settings) -> None:
+    _charge(settings, "T1", "U1", "claude-haiku-5-5", 1_000)
+    _charge(settings, "T1", "U1", "claude-sonnet-5-5", 20_000)
+    _charge(settings, "T1", "U2", "claude-haiku-5-5", 3_000)
+    _charge(settings, "T2", "U9", "claude-haiku-5-5", 500_000)
+
+
+def test_usage_reports_spend_and_tokens_by_workspace_person_and_day_and_model(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _spent(settings)
+
+    report = _run(capsys, settings, "usage")
+
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert report["prices_checked"] == PRICES_CHECKED.isoformat()
+    assert len(report["days"]) == 7 and report["days"][-1] == today
+    assert report["total"]["cost_usd"] == pytest.approx(0.524) and report["total"]["calls"] == 4
+    assert [(row["team"], row["cost_usd"], row["calls"]) for row in report["workspaces"]] == [
+        ("T2", 0.5, 1),
+        ("T1", 0.024, 3),
+    ]
+    assert [(row["team"], row["user"], row["cost_usd"]) for row in report["people"]] == [
+        ("T2", "U9", 0.5),
+        ("T1", "U1", 0.021),
+        ("T1", "U2", 0.003),
+    ]
+    assert [(row["day"], row["model"], row["calls"]) for row in report["days_and_models"]] == [
+        (today, "claude-haiku-5-5", 3),
+        (today, "claude-sonnet-5-5", 1),
+    ]
+    # Cache reads over all input tokens: 3,000 of 4,000.
+    assert report["people"][1]["cache_hit_ratio"] == 0.75
+    assert report["people"][1]["input_tokens"] == 2000 and report["people"][1]["cache_read_tokens"] == 6000
+
+
+def test_usage_for_people_is_a_table_with_the_prices_checked_date_in_its_header(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _spent(settings)
+    capsys.readouterr()
+
+    assert main(["usage"], settings) == 0
+
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert f"prices checked {PRICES_CHECKED.isoformat()}" in lines[0]
+    assert any(line.split()[:3] == ["T1", "U1", "$0.021000"] for line in lines), text
+    assert any(line.split()[:2] == ["T2", "$0.500000"] for line in lines), text
+    assert any("claude-sonnet-5-5" in line and line.rstrip().endswith("75.0%") for line in lines), text
+
+
+def test_usage_covers_only_the_days_asked_for(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    _charge(settings, "T1", "U1", "claude-haiku-5-5", 1_000)
+    _charge(settings, "T1", "U1", "claude-haiku-5-5", 7_000, days_ago=3)
+
+    assert _run(capsys, settings, "usage", "--days", "1")["total"]["cost_usd"] == 0.001
+    assert _run(capsys, settings, "usage", "--days", "4")["total"]["cost_usd"] == 0.008
+
+
+def test_usage_for_a_month_reads_that_months_totals(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _spent(settings)
+    this_month = datetime.now(UTC).strftime("%Y-%m")
+
+    report = _run(capsys, settings, "usage", "--month", this_month)
+    earlier = _run(capsys, settings, "usage", "--month", "2020-01")
+
+    assert report["period"] == this_month and report["total"]["calls"] == 4
+    assert len(report["people"]) == 3
+    assert (earlier["total"]["calls"], earlier["people"], len(earlier["days"])) == (0, [], 31)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--month", "December"], ["--days", "0"], ["--days", "7", "--month", "2026-12"]]
+)
+def test_usage_refuses_a_period_it_cannot_read_in_one_line(
+    argv: list[str], settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["usage", *argv], settings)
+
+    assert exited.value.code == 2
+    assert "usage:" in capsys.readouterr().err

@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from app.contract import actions
 from app.web.main import create_app
 from tests.support.deployment import settings_from
-from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, text_of
+from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, text_of
 from tests.support.fakes.slack import SET_STATUS, SET_SUGGESTED_PROMPTS, FakeSlack
 from tests.support.processes import WorkerProcess
-from tests.support.slack_requests import BOT_USER_ID, SlackEvents, new_ts, send_event
+from tests.support.slack_requests import BOT_USER_ID, Clicks, SlackEvents, new_ts, send_event
 from tests.support.waiting import wait_until
 
 CHANNEL = "C0CHANNEL"
@@ -272,3 +273,42 @@ def test_a_question_over_quota_is_told_so_in_its_thread_and_never_reaches_claude
     assert [
         text_of(request.body["messages"][-1]["content"]) for request in fake_anthropic.received(MESSAGES)
     ] == ["one"]
+
+
+def test_the_stop_button_on_a_streaming_answer_stops_it_and_ends_the_message_stopped(
+    web: TestClient,
+    events: SlackEvents,
+    start_worker: Callable[..., WorkerProcess],
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+) -> None:
+    # Long enough to still be streaming when the click lands, however slow the machine.
+    fake_anthropic.script(MESSAGES, StreamReply(text="word " * 2_000, chunk=5, event_delay=0.01))
+    worker = start_worker()
+    mention = events.mention("write me an essay", channel=CHANNEL)
+    ts = mention["event"]["ts"]
+    _ask(web, mention)
+
+    def stop_shown() -> dict[str, Any] | None:
+        for message in fake_slack.thread(CHANNEL, ts):
+            for block in message.blocks:
+                for element in block.get("elements", []):
+                    if message.streaming and element.get("action_id") == actions.STOP:
+                        return {"ts": message.ts, **element}
+        return None
+
+    stop = wait_until(stop_shown, timeout=30)
+    response = Clicks(fake_slack).click(
+        web, actions.STOP, stop["value"], channel=CHANNEL, message_ts=stop["ts"], thread_ts=ts
+    )
+
+    assert response.status_code == 200
+    wait_until(lambda: worker.events("job.stopped"), timeout=30)
+    [message] = fake_slack.thread(CHANNEL, ts)
+    assert not message.streaming and message.text.endswith("_Stopped._")
+    assert stop_shown() is None and not any(
+        element.get("action_id") == actions.STOP
+        for block in message.blocks
+        for element in block.get("elements", [])
+    )
+    assert fake_anthropic.wait_for_stream_end().client_gone

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 import redis
 from starlette.testclient import TestClient
 
-from app.contract import keys
+from app.contract import keys, usage
+from app.contract.job import reference_for
 from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
@@ -78,11 +80,14 @@ def _named(job_ids: list[str], team_id: str, user_id: str) -> set[str]:
             keys.result_key(job_id),
             keys.in_progress_key(job_id),
             keys.retry_key(job_id),
+            keys.trace_key(job_id),
+            keys.trace_reference_key(reference_for(job_id)),
             *(keys.failures_key(job_id, phase) for phase in get_args(Phase)),
         }
     names |= {keys.last_score_key(priority) for priority in ("interactive", "background")}
     for scope in ("user", "team"):
         names |= {keys.quota_key(scope, period, team_id, user_id) for period in ("minute", "day")}
+    names |= set(usage.charge_keys(team_id, user_id, datetime.now(UTC)))
     return names
 
 

@@ -1,15 +1,17 @@
 """Thread answers streamed into Slack (workers/streaming.py): the writer a worker uses, against
 the fake Slack's streaming methods, on real Redis. The thread kind's side (Claude's tokens) is
-played by tests/support/streams.py."""
+played by tests/support/stream_writer.py."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import redis
 from arq.connections import ArqRedis
 from slack_sdk.errors import SlackApiError
 
-from app.contract import keys
+from app.contract import actions, keys
 from app.contract.settings import Settings
 from app.contract.targets import Thread
 from tests.support.fakes.slack import (
@@ -25,6 +27,7 @@ from tests.support.stream_writer import BUTTONS, stream, words
 from tests.support.threads import CHANNEL, TEAM, question
 from workers import job_state, streaming
 from workers.delivery import SlackDelivery
+from workers.formatting import stop_button
 from workers.streaming import FLUSH_CHARS, MESSAGE_CHARS, StreamRecord
 
 
@@ -32,6 +35,17 @@ def thread_of(job: object) -> Thread:
     target = getattr(job, "reply_to", None)
     assert isinstance(target, Thread)
     return target
+
+
+def stop_buttons(blocks: list[Any]) -> list[Any]:
+    """The Stop buttons among a message's blocks."""
+    return [
+        element
+        for block in blocks
+        if block.get("type") == "actions"
+        for element in block.get("elements", [])
+        if element.get("action_id") == actions.STOP
+    ]
 
 
 def test_a_streamed_answer_shows_every_piece_in_order_once_with_the_buttons_under_it(
@@ -45,8 +59,53 @@ def test_a_streamed_answer_shows_every_piece_in_order_once_with_the_buttons_unde
     [message] = fake_slack.thread(CHANNEL, thread_of(job).thread_ts)
     assert message.text == "".join(tokens)
     assert "".join(message.pieces) == "".join(tokens)
-    assert message.blocks == BUTTONS
+    assert message.blocks == [{"type": "markdown", "text": "".join(tokens)}, *BUTTONS]
     assert not message.streaming
+
+
+def test_a_streaming_message_shows_a_stop_button_naming_its_job_until_it_ends(
+    settings: Settings, fake_slack: FakeSlack
+) -> None:
+    job = question("stoppable")
+    shown_while_streaming: list[list[Any]] = []
+
+    async def run(client: ArqRedis) -> None:
+        writer = SlackDelivery(settings).open_stream(client, job)
+        for token in words(100):
+            await writer.append(token)
+        [message] = fake_slack.thread(CHANNEL, thread_of(job).thread_ts)
+        shown_while_streaming.append(stop_buttons(message.blocks))
+        await writer.finish(BUTTONS)
+
+    in_redis(settings, run)
+
+    [[stop]] = shown_while_streaming
+    assert stop["value"] == job.job_id and stop["text"]["text"] == "Stop"
+    [message] = fake_slack.thread(CHANNEL, thread_of(job).thread_ts)
+    assert stop_buttons(message.blocks) == [] and message.blocks[1:] == BUTTONS
+
+
+def test_a_stream_falling_back_to_chat_update_keeps_its_stop_button_until_it_ends(
+    settings: Settings, fake_slack: FakeSlack
+) -> None:
+    job = question("expired but still going")
+    kept: list[list[Any]] = []
+
+    async def run(client: ArqRedis) -> None:
+        writer = SlackDelivery(settings).open_stream(client, job)
+        await writer.append("x" * 300)
+        [message] = fake_slack.thread(CHANNEL, thread_of(job).thread_ts)
+        fake_slack.expire_stream(message.ts)
+        for token in words(100):
+            await writer.append(token)
+        kept.append(stop_buttons(fake_slack.thread(CHANNEL, thread_of(job).thread_ts)[0].blocks))
+        await writer.finish(BUTTONS)
+
+    in_redis(settings, run)
+
+    assert len(kept[0]) == 1
+    [message] = fake_slack.thread(CHANNEL, thread_of(job).thread_ts)
+    assert stop_buttons(message.blocks) == [] and message.blocks[1:] == BUTTONS
 
 
 def test_the_stream_starts_with_the_first_text_for_the_asker_in_their_workspace(
@@ -62,7 +121,10 @@ def test_the_stream_starts_with_the_first_text_for_the_asker_in_their_workspace(
         "thread_ts": thread_of(job).thread_ts,
         "recipient_user_id": job.asker.user_id,
         "recipient_team_id": TEAM,
-        "markdown_text": "Hello",
+        "chunks": [
+            {"type": "blocks", "blocks": [stop_button(job.job_id)]},
+            {"type": "markdown_text", "text": "Hello"},
+        ],
     }
 
 
@@ -204,7 +266,8 @@ def test_a_long_answer_continues_in_new_messages_in_the_same_thread(
     assert "".join(message.text for message in messages) == "".join(lines)
     assert all(len(message.text) <= MESSAGE_CHARS for message in messages)
     assert all(message.text.endswith("\n") for message in messages)  # cut at lines
-    assert [message.blocks for message in messages] == [[], [], BUTTONS]
+    assert [stop_buttons(message.blocks) for message in messages] == [[], [], []]
+    assert [message.blocks[1:] for message in messages] == [[], [], BUTTONS]
     record = StreamRecord.model_validate_json(redis_client.get(keys.stream_key(job.job_id)) or b"")
     assert [m.ts for m in record.messages] == [message.ts for message in messages]
 
@@ -226,7 +289,7 @@ def test_an_answer_ended_short_shows_its_text_then_the_note_and_the_retry_button
 
     [message] = fake_slack.thread(CHANNEL, thread_of(job).thread_ts)
     assert message.text == "Half an answer\n\n_Interrupted: Claude stopped answering._"
-    assert message.blocks == retry
+    assert message.blocks[1:] == retry
 
 
 def test_a_stop_before_any_text_still_leaves_the_note(settings: Settings, fake_slack: FakeSlack) -> None:

@@ -25,17 +25,15 @@ from app.ops import operations
 from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error
-from tests.support.fakes.slack import FakeSlack
+from tests.support.fakes.slack import START_STREAM, FakeSlack
 from tests.support.jobs import drain
 from tests.support.measures import max_sum_in_window
 from tests.support.slack_requests import SlashCommands
-from tests.support.streams import RecordingSlack, run_kind
-from tests.support.threads import question
+from tests.support.threads import question, run_thread_question
 from workers.ai import Claude
 from workers.errors import PermanentError, StopRequested
 from workers.prompt import input_budget, single_question
 from workers.ratelimit import Booking, RateLimiter, Reservation, SlotTooFar, TokenLimits, tokens_booked
-from workers.thread_answer import THREAD
 
 T = TypeVar("T")
 
@@ -231,17 +229,16 @@ def test_an_answered_question_leaves_booked_what_anthropic_counted(
 
 
 def test_a_stream_stopped_mid_answer_keeps_booked_the_output_it_wrote(
-    settings: Settings, fake_anthropic: FakeAnthropic
+    settings: Settings, fake_anthropic: FakeAnthropic, fake_slack: FakeSlack
 ) -> None:
-    limited = settings.model_copy(
-        update={"ai_input_tokens_per_minute": 50_000, "ai_output_tokens_per_minute": 5_000}
-    )
+    limits = {"ai_input_tokens_per_minute": 50_000, "ai_output_tokens_per_minute": 5_000}
+    limited = settings.model_copy(update=limits)
     fake_anthropic.script(MESSAGES, StreamReply(text="token " * 500, chunk=6, event_delay=0.01))
-    slack, job = RecordingSlack(), question("a long answer, please")
 
     async def scenario() -> tuple[int, int]:
-        running = asyncio.create_task(run_kind(limited, THREAD, job, slack))
-        await asyncio.wait_for(slack.first_text.wait(), 10)
+        job = question("a long answer, please")
+        running = asyncio.create_task(run_thread_question(limited, job))
+        await asyncio.to_thread(fake_slack.wait_for, START_STREAM)  # the answer is showing
         client = open_redis(limited)
         try:
             await stops.request_stop(client, job.job_id)

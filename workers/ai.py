@@ -135,16 +135,18 @@ class Claude:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:  # a 200 cut off, say
             raise unusable_body(f"{type(error).__name__}: {error}") from error
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        response = usable_message(parsed)
-
-        if response.stop_reason == "refusal":
-            raise PermanentError("stop_reason refusal", reason="Claude declined to answer this question.")
-        text = "".join(block.text for block in response.content if isinstance(block, TextBlock)).strip()
-        if not text:
-            raise PermanentError(
-                f"empty answer, stop_reason {response.stop_reason}",
-                reason="Claude returned an empty answer. Try rephrasing the question.",
-            )
+        request_id = raw.headers.get("request-id")
+        try:
+            response = usable_message(parsed)
+        except TransientError as error:
+            error.request_id = request_id
+            raise
+        try:
+            text = answer_text(response)
+        except PermanentError as error:
+            # Anthropic answered, and billed what it read and wrote.
+            error.request_id, error.usage = request_id, message_usage(response)
+            raise
         return Answer(
             text=text,
             stop_reason=response.stop_reason,
@@ -152,7 +154,7 @@ class Claude:
             input_tokens=response.usage.input_tokens,
             output_tokens=response.usage.output_tokens,
             latency_ms=latency_ms,
-            request_id=raw.headers.get("request-id"),
+            request_id=request_id,
             slow_down_for=exhausted_limit_reset(raw.headers),
             rate_limits=reported_limits(raw.headers),
             cache_creation_input_tokens=_tokens(response.usage.cache_creation_input_tokens),
@@ -249,6 +251,8 @@ class AnswerStream:
         self._stopped = False
         #: The whole answer, once the stream has ended (None until then).
         self.answer: Answer | None = None
+        #: The failure the stream raised, if it broke: a caller may handle it inside the block.
+        self.failure: TransientError | PermanentError | None = None
 
     @property
     def request_id(self) -> str | None:
@@ -284,6 +288,13 @@ class AnswerStream:
         return self
 
     async def __anext__(self) -> str:
+        try:
+            return await self._next_text()
+        except (TransientError, PermanentError) as error:
+            self.failure = error
+            raise
+
+    async def _next_text(self) -> str:
         while self.answer is None:
             event = await self._next_event()
             if event is None:
@@ -319,14 +330,7 @@ class AnswerStream:
         if not self._stopped:
             raise TransientError("anthropic stream ended before message_stop")
         response = usable_message(self._stream.current_message_snapshot)
-        if response.stop_reason == "refusal":
-            raise PermanentError("stop_reason refusal", reason="Claude declined to answer this question.")
-        text = "".join(block.text for block in response.content if isinstance(block, TextBlock)).strip()
-        if not text:
-            raise PermanentError(
-                f"empty answer, stop_reason {response.stop_reason}",
-                reason="Claude returned an empty answer. Try rephrasing the question.",
-            )
+        text = answer_text(response)
         headers = self._stream.response.headers
         return Answer(
             text=text,
@@ -343,6 +347,30 @@ class AnswerStream:
         )
 
 
+def answer_text(response: Message) -> str:
+    """The answer's text, or the PermanentError for a refusal or an empty answer."""
+    if response.stop_reason == "refusal":
+        raise PermanentError("stop_reason refusal", reason="Claude declined to answer this question.")
+    text = "".join(block.text for block in response.content if isinstance(block, TextBlock)).strip()
+    if not text:
+        raise PermanentError(
+            f"empty answer, stop_reason {response.stop_reason}",
+            reason="Claude returned an empty answer. Try rephrasing the question.",
+        )
+    return text
+
+
+def message_usage(response: Message) -> CallUsage:
+    usage = response.usage
+    return CallUsage(
+        model=response.model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_creation_input_tokens=_tokens(usage.cache_creation_input_tokens),
+        cache_read_input_tokens=_tokens(usage.cache_read_input_tokens),
+    )
+
+
 def mid_stream_error(error: anthropic.APIStatusError) -> TransientError | PermanentError:
     """An ``error`` event after the stream began (its HTTP status was 200): Anthropic overloaded
     or failing mid-answer, worth another try. A status error raised mid-stream for any other
@@ -350,10 +378,13 @@ def mid_stream_error(error: anthropic.APIStatusError) -> TransientError | Perman
     if error.status_code != 200:
         return classify(error)
     kind = error.type or "error"
-    return TransientError(
+    failure = TransientError(
         f"anthropic error event mid-stream: {kind}",
         throttled=kind in ("overloaded_error", "rate_limit_error"),
     )
+    # The stream's own request-id: the answer Anthropic broke off.
+    failure.request_id = error.request_id
+    return failure
 
 
 def _tokens(value: object) -> int:
@@ -362,7 +393,14 @@ def _tokens(value: object) -> int:
 
 
 def classify(error: anthropic.APIError) -> TransientError | PermanentError:
-    """Map an SDK exception to our two failure types."""
+    """Map an SDK exception to our two failure types, carrying Anthropic's ``request-id`` when
+    Anthropic answered (what its support asks for)."""
+    failure = _failure_type(error)
+    failure.request_id = getattr(error, "request_id", None)
+    return failure
+
+
+def _failure_type(error: anthropic.APIError) -> TransientError | PermanentError:
     if isinstance(error, anthropic.APIConnectionError):  # includes APITimeoutError
         return TransientError(type(error).__name__)
     if not isinstance(error, anthropic.APIStatusError):
@@ -394,13 +432,15 @@ def model_not_found(error: anthropic.NotFoundError, model: str) -> TransientErro
     """A 404 from the Messages API: Anthropic's own (``not_found_error``) means the model."""
     if error.type != "not_found_error":
         return classify(error)  # not Anthropic's answer: a wrong ANTHROPIC_BASE_URL, say
-    return PermanentError(
+    failure = PermanentError(
         f"anthropic 404 not_found_error: model {model}",
         reason=(
             f"the Claude model asklane is set to use ({model}) does not exist; "
             "an admin needs to fix ANTHROPIC_MODEL."
         ),
     )
+    failure.request_id = error.request_id
+    return failure
 
 
 def unusable_body(detail: str) -> TransientError:

@@ -6,11 +6,20 @@ A job kind's steps raise these; the runner's retry policy only looks at these ty
 
 from __future__ import annotations
 
+from app.contract.usage import CallUsage
+
 
 class JobError(Exception):
     """Base class. ``reason`` is the short sentence shown to the user if this ends the job."""
 
     default_reason = "something went wrong on our side."
+
+    #: Anthropic's ``request-id`` of the failed call, when Anthropic answered (set by
+    #: workers/ai.py's classification): what its support asks for, shown by ``asklane jobs show``.
+    request_id: str | None = None
+    #: What the failed call used, when Anthropic answered and billed it (a refusal, an empty
+    #: answer): charged like any call.
+    usage: CallUsage | None = None
 
     def __init__(self, detail: str, *, reason: str | None = None) -> None:
         super().__init__(detail)

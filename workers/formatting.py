@@ -281,6 +281,22 @@ def answer_buttons(job_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def stop_button(job_id: str) -> dict[str, Any]:
+    """The block holding the Stop button a thread answer shows while it streams."""
+    return {
+        "type": "actions",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": actions.STOP,
+                "text": {"type": "plain_text", "text": "Stop"},
+                "style": "danger",
+                "value": job_id,
+            }
+        ],
+    }
+
+
 def retry_buttons(job_id: str) -> list[dict[str, Any]]:
     """The blocks ending an interrupted answer: a Retry button (Regenerate, by another name)."""
     return [_regenerate_block(job_id, "Retry")]

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 from arq.connections import ArqRedis
 
-from app.contract import keys, prices
+from app.contract import keys, prices, trace
 from app.contract.events import JobEvents
 from app.contract.jobs import JobBase
 from app.contract.messages import SlackMessage
 from app.contract.prices import Price
 from app.contract.settings import Settings
 from app.contract.usage import CallOutcome, CallRecord, CallUsage
-from workers import job_state
-from workers.errors import StopRequested
+from workers import job_state, spend
+from workers.errors import JobError, SlackBusy, StopRequested
 from workers.lease import Lease
 from workers.ratelimit import Booking, Reservation
 
@@ -101,7 +101,8 @@ class Run:
         try:
             answer = await deps.claude.ask(request)
         except BaseException as error:
-            await self._finish_call(call.failed(self, error, usage=None))
+            # Anthropic bills a refusal or an empty answer; a refused request used nothing.
+            await self._finish_call(call.failed(self, error, usage=getattr(error, "usage", None)))
             raise
         await self._note_answer(answer)
         await self._finish_call(call.answered(self, answer))
@@ -138,6 +139,11 @@ class Run:
         if stream.answer is not None:
             await self._note_answer(stream.answer)
             await self._finish_call(call.answered(self, stream.answer))
+        elif stream.failure is not None:
+            # The stream broke and the caller handled it inside the block (an interrupted answer).
+            await self._finish_call(
+                call.failed(self, stream.failure, usage=stream.usage_so_far(), request_id=stream.request_id)
+            )
         else:
             # The block was left before the answer ended (a Stop, or the caller gave up on it).
             await self._finish_call(call.stopped(self, stream.usage_so_far(), stream.request_id))
@@ -148,6 +154,10 @@ class Run:
         record.cost_usd = prices.cost_usd(record.usage, self._prices) if record.usage is not None else 0.0
         booking, self.booking = self.booking, None
         await self.deps.limiter.settle(booking, record.usage)
+        await spend.charge_call(self.deps.redis, self.deps.settings, self.job, record, self._prices)
+        await trace.append(
+            self.deps.redis, record.job_id, trace.AiCall(call=record), self.deps.settings.trace_ttl_seconds
+        )
 
     @property
     def _prices(self) -> Mapping[str, Price]:
@@ -193,17 +203,23 @@ class Run:
         posted = await _parts_delivered(redis, self.job.job_id, len(parts))
         started = time.perf_counter()
         via = ""
-        for index, part in enumerate(parts):
-            if posted[index]:
-                continue
-            # Checked before every part: a run that lost its lease while posting stops at once.
-            if self.lease.lost:
-                raise LeaseLost()
-            via = await self.deps.slack.send(redis, self.job, part)
-            if len(parts) > 1:
-                await _record_part(self.deps, self.job, index, via)
+        try:
+            for index, part in enumerate(parts):
+                if posted[index]:
+                    continue
+                # Checked before every part: a run that lost its lease while posting stops at once.
+                if self.lease.lost:
+                    raise LeaseLost()
+                via = await self.deps.slack.send(redis, self.job, part)
+                if len(parts) > 1:
+                    await _record_part(self.deps, self.job, index, via)
+        except JobError as error:
+            await trace_undelivered(self.deps, self.job, "final", error, started)
+            raise
         self.timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)
-        await record_delivery(self.deps, self.job, via or "parts-already-posted")
+        await record_delivery(
+            self.deps, self.job, via or "parts-already-posted", duration_ms=self.timings.delivery_ms
+        )
         return via or "parts-already-posted"
 
 
@@ -228,14 +244,38 @@ async def _record_part(deps: WorkerDeps, job: JobBase, index: int, via: str) -> 
         )
 
 
-async def record_delivery(deps: WorkerDeps, job: JobBase, via: str) -> None:
-    """Mark the job's final message delivered."""
+async def record_delivery(
+    deps: WorkerDeps,
+    job: JobBase,
+    via: str,
+    *,
+    message: trace.MessageRole = "final",
+    duration_ms: float | None = None,
+) -> None:
+    """Mark the job's final message (or, ``message="failure"``, its failure message) delivered,
+    and note the path it took in the job's trace."""
     # The user has their message now: a bookkeeping error must not turn into an error post
     # that replaces it. The cost is a possible second post if this job runs again.
     try:
         await job_state.mark_delivered(deps.redis, job.job_id, via)
     except Exception as error:
         log.error("job.delivery_unrecorded", via=via, error=type(error).__name__, detail=str(error))
+    delivered = trace.Delivery(message=message, outcome="delivered", via=via, duration_ms=duration_ms)
+    await trace.append(deps.redis, job.job_id, delivered, deps.settings.trace_ttl_seconds)
+
+
+async def trace_undelivered(
+    deps: WorkerDeps, job: JobBase, message: trace.MessageRole, error: Exception, started: float | None = None
+) -> None:
+    """Note in the job's trace that Slack did not take its final or failure message (``waiting``
+    when Slack's posting limits left no room: not a failure); ``started``: when posting began."""
+    entry = trace.Delivery(
+        message=message,
+        outcome="waiting" if isinstance(error, SlackBusy) else "failed",
+        error=f"{type(error).__name__}: {error}",
+        duration_ms=None if started is None else round((time.perf_counter() - started) * 1000, 1),
+    )
+    await trace.append(deps.redis, job.job_id, entry, deps.settings.trace_ttl_seconds)
 
 
 class _CallClock:

@@ -27,6 +27,8 @@ class JobFailure(BaseModel):
     #: The sentence the user is shown.
     reason: str
     permanent: bool
+    #: Anthropic's request-id, when the failure was an AI call Anthropic answered.
+    request_id: str | None = None
 
     @classmethod
     def of(cls, error: BaseException) -> JobFailure:
@@ -36,6 +38,7 @@ class JobFailure(BaseModel):
             detail=str(error),
             reason=error.reason if isinstance(error, JobError) else JobError.default_reason,
             permanent=not isinstance(error, TransientError),
+            request_id=error.request_id if isinstance(error, JobError) else None,
         )
 
     @property
@@ -68,6 +71,10 @@ class Deferred:
     """Run the job again in ``delay`` seconds (a retry, a rate-limit or back-pressure wait)."""
 
     delay: float
+    #: Why, for the job's trace: what it waits for, or the failure it retries after.
+    reason: str = ""
+    #: True for a retry after a failure (counted), False for a wait (uncounted).
+    retrying: bool = False
 
 
 @dataclass(frozen=True)

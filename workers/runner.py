@@ -27,7 +27,7 @@ import structlog
 from arq import Retry
 from redis.exceptions import RedisError
 
-from app.contract import stops
+from app.contract import stops, trace
 from app.contract.jobs import RUN_JOB, InOrder, JobBase, parse_job
 from app.contract.keys import QUEUE_KEY
 from app.contract.messages import SlackMessage
@@ -43,8 +43,8 @@ from workers.errors import (
     StopRequested,
     TransientError,
 )
-from workers.kinds import JobKind, LeaseLost, Run, Timings, WorkerDeps, record_delivery
-from workers.lease import Lease, lease
+from workers.kinds import JobKind, LeaseLost, Run, Timings, WorkerDeps, record_delivery, trace_undelivered
+from workers.lease import WORKER_ID, Lease, lease
 from workers.outcomes import (
     Abandoned,
     AlreadyDone,
@@ -83,7 +83,7 @@ async def run_job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
         reference=job.reference,
         run=ctx["job_try"],
     ):
-        outcome = await _run_guarded(kind, job, deps, ctx["score"])
+        outcome = await _run_guarded(kind, job, deps, ctx["score"], ctx["job_try"])
     return to_arq(outcome)
 
 
@@ -119,8 +119,14 @@ def to_arq(outcome: Outcome) -> str:
             raise JobFailed(failure.cause)
 
 
-async def _run_guarded(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int) -> Outcome:
-    outcome = await _run_or_defer(kind, job, deps, score)
+async def _run_guarded(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, run: int) -> Outcome:
+    started = time.perf_counter()
+    # One per run, filled in as the run gets along: the trace's and the retention record's.
+    timings = Timings()
+    opening = trace.RunStarted.of(job, run=run, worker=WORKER_ID)
+    outcome = await _run_or_defer(kind, job, deps, score, timings, opening)
+    ending = _run_ended(outcome, run, timings, round((time.perf_counter() - started) * 1000, 1))
+    await trace.append(deps.redis, job.job_id, ending, deps.settings.trace_ttl_seconds)
     group = job.in_order
     if group is not None and isinstance(outcome, Completed | Failed | AlreadyDone | Stopped):
         # Not for Abandoned (another run has the job) nor Deferred (it is still to run).
@@ -136,20 +142,56 @@ async def _run_guarded(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int
     return outcome
 
 
-async def _run_or_defer(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int) -> Outcome:
+def _run_ended(outcome: Outcome, run: int, timings: Timings, duration_ms: float) -> trace.RunEnded:
+    """The trace's entry for a run that ended in ``outcome``."""
+    fields: dict[str, Any] = {}
+    match outcome:
+        case Completed(via=via):
+            fields = {"outcome": "completed", "via": via}
+        case AlreadyDone():
+            fields = {"outcome": "already-delivered"}
+        case Abandoned(reason=reason):
+            fields = {"outcome": "abandoned", "reason": reason}
+        case Stopped():
+            fields = {"outcome": "stopped"}
+        case Deferred(delay=delay, reason=reason, retrying=retrying):
+            fields = {
+                "outcome": "retrying" if retrying else "deferred",
+                "delay_s": round(delay, 3),
+                "reason": reason or None,
+            }
+        case Failed(failure=failure):
+            fields = {"outcome": "failed", "reason": failure.cause, "request_id": failure.request_id}
+    attempted = timings.queued_ms is not None or isinstance(outcome, Failed)
+    return trace.RunEnded(
+        run=run,
+        attempt=timings.attempt if attempted else None,
+        duration_ms=duration_ms,
+        queued_ms=timings.queued_ms,
+        ai_ms=timings.ai_ms,
+        delivery_ms=timings.delivery_ms,
+        **fields,
+    )
+
+
+async def _run_or_defer(
+    kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, timings: Timings, opening: trace.RunStarted
+) -> Outcome:
     try:
-        return await _run_with_lease(kind, job, deps, score)
+        return await _run_with_lease(kind, job, deps, score, timings, opening)
     except RedisError as error:
         # Redis failed outside the retry policy (which itself needs Redis): try the whole job
         # again shortly, uncounted, rather than let arq fail it without telling anyone.
         log.warning("job.redis_unavailable", error=type(error).__name__, detail=str(error))
         defer = deps.settings.job_retry_base_seconds
         if too_old_to_wait(await _enqueued_at_if_redis_allows(deps, job), defer):
-            return await _fail_too_old_despite_redis(kind, job, deps)
-        return Deferred(defer)
+            return await _fail_too_old_despite_redis(kind, job, deps, timings)
+        return Deferred(defer, reason=f"redis unavailable: {type(error).__name__}")
 
 
-async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int) -> Outcome:
+async def _run_with_lease(
+    kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, timings: Timings, opening: trace.RunStarted
+) -> Outcome:
     """Run the job under its lease, noting a stalled predecessor; skip it if already delivered."""
     async with lease(deps.redis, job.job_id) as held:
         predecessor = held.predecessor
@@ -163,9 +205,14 @@ async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: 
                 dead_worker=predecessor.get("worker"),
                 recovered_after_s=round(time.time() - float(str(predecessor.get("heartbeat"))), 3),
             )
-        # Independent reads, awaited together: every job pays them on its way to the AI call.
-        delivered, stopped = await asyncio.gather(
-            job_state.was_delivered(deps.redis, job.job_id), stops.stop_requested(deps.redis, job.job_id)
+        # Independent, awaited together: every job pays them on its way to the AI call. The
+        # run's first trace entry writes the reference index too (never raises).
+        delivered, stopped, _ = await asyncio.gather(
+            job_state.was_delivered(deps.redis, job.job_id),
+            stops.stop_requested(deps.redis, job.job_id),
+            trace.append(
+                deps.redis, job.job_id, opening, deps.settings.trace_ttl_seconds, reference=job.reference
+            ),
         )
         if delivered:
             log.info("job.already_delivered")
@@ -173,14 +220,14 @@ async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: 
         if stopped:
             # Stopped while queued (or waiting its turn, or between retries): it never reaches
             # the AI.
-            return await _stop(job, deps, Timings(), ran=False)
+            return await _stop(job, deps, timings, ran=False)
         if predecessor is not None:
             if await job_state.record_failure(deps.redis, job.job_id, "stalled") > MAX_STALLS:
                 # A job that kills its worker every time would otherwise be re-run until it is too old.
                 crashed = PermanentError(
                     f"worker died {MAX_STALLS + 1} times running it", reason=CRASHED_REASON
                 )
-                return await _give_up(kind, job, deps, JobFailure.of(crashed), Timings())
+                return await _give_up(kind, job, deps, JobFailure.of(crashed), timings)
         try:
             failure = await job_state.load_failure(deps.redis, job.job_id)
         except job_state.UnreadableRecord as error:
@@ -192,17 +239,19 @@ async def _run_with_lease(kind: JobKind, job: JobBase, deps: WorkerDeps, score: 
             )
         if failure is not None:
             # The job has failed already; only the message telling the user is left to send.
-            attempts = await job_state.failure_count(deps.redis, job.job_id)
-            return await _give_up(kind, job, deps, failure, Timings(attempt=max(attempts, 1)))
+            timings.attempt = max(await job_state.failure_count(deps.redis, job.job_id), 1)
+            return await _give_up(kind, job, deps, failure, timings)
         group = job.in_order
         if group is not None:
-            waiting = await _wait_for_turn(kind, job, deps, group)
+            waiting = await _wait_for_turn(kind, job, deps, group, timings)
             if waiting is not None:
                 return waiting
-        return await _run(kind, job, deps, score, held)
+        return await _run(kind, job, deps, score, held, timings)
 
 
-async def _wait_for_turn(kind: JobKind, job: JobBase, deps: WorkerDeps, group: InOrder) -> Outcome | None:
+async def _wait_for_turn(
+    kind: JobKind, job: JobBase, deps: WorkerDeps, group: InOrder, timings: Timings
+) -> Outcome | None:
     """Defer the job while an earlier job of its group is alive (None: its turn has come).
 
     Waiting is not a failure and uses no retry; it is bounded by the job's age all the same, so
@@ -216,7 +265,7 @@ async def _wait_for_turn(kind: JobKind, job: JobBase, deps: WorkerDeps, group: I
         too_old = PermanentError(
             "waited for earlier jobs of its group past MAX_JOB_AGE_SECONDS", reason=TOO_OLD_WAITING_REASON
         )
-        return await _give_up(kind, job, deps, JobFailure.of(too_old), Timings())
+        return await _give_up(kind, job, deps, JobFailure.of(too_old), timings)
     await deps.events.emit(
         "job.waiting_turn",
         job_id=job.job_id,
@@ -225,10 +274,12 @@ async def _wait_for_turn(kind: JobKind, job: JobBase, deps: WorkerDeps, group: I
         delay_s=in_order.WAIT_SECONDS,
     )
     # No status of its own: a thread shows one, and the question before this one is showing it.
-    return Deferred(in_order.WAIT_SECONDS)
+    return Deferred(in_order.WAIT_SECONDS, reason=f"waiting for its turn behind {before.first}")
 
 
-async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: Lease) -> Outcome:
+async def _run(
+    kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: Lease, timings: Timings
+) -> Outcome:
     settings = deps.settings
     # Independent reads, awaited together: this is the path to the AI call.
     enqueued_at, failures = await asyncio.gather(
@@ -236,7 +287,7 @@ async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: 
     )
     # Attempts that did work: earlier failed ones and this one (arq's try count also counts
     # rate-limit deferrals and shutdown re-queues).
-    timings = Timings(queued_ms=_ms_since(enqueued_at), attempt=failures + 1)
+    timings.queued_ms, timings.attempt = _ms_since(enqueued_at), failures + 1
     await deps.events.emit(
         "job.started", job_id=job.job_id, attempt=timings.attempt, queued_ms=timings.queued_ms
     )
@@ -253,11 +304,13 @@ async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: 
     except StopRequested:
         return await _stop(job, deps, timings, ran=True)
     except SlotTooFar as wait:
-        return await _wait_for_slot(kind, job, deps, wait.defer, enqueued_at, timings, score)
+        why = "the AI rate limiter's next free slot"
+        return await _wait_for_slot(kind, job, deps, wait.defer, enqueued_at, timings, score, why)
     except SlackBusy as busy:
         # Slack's posting limits, like the AI's: a wait, not a failure.
         defer = busy.retry_after or settings.job_retry_base_seconds
-        return await _wait_for_slot(kind, job, deps, defer, enqueued_at, timings, score)
+        why = f"slack's posting limits: {busy}"
+        return await _wait_for_slot(kind, job, deps, defer, enqueued_at, timings, score, why)
     except TimeoutError as error:
         failure: Exception = TransientError("job timed out")
         failure.__cause__ = error
@@ -299,7 +352,8 @@ async def _run(kind: JobKind, job: JobBase, deps: WorkerDeps, score: int, held: 
             delay = retry_delay(failure, failures, settings)
             if not too_old_to_wait(enqueued_at, delay):
                 await _retrying(deps, job, failures, delay, str(failure), phase)
-                return Deferred(await _tell_user_we_retry(kind, job, deps, delay))
+                why = f"{phase} failure {failures}: {type(failure).__name__}: {failure}"
+                return Deferred(await _tell_user_we_retry(kind, job, deps, delay), reason=why, retrying=True)
     return await _give_up(kind, job, deps, JobFailure.of(failure), timings)
 
 
@@ -311,6 +365,7 @@ async def _wait_for_slot(
     enqueued_at: datetime,
     timings: Timings,
     score: int,
+    why: str,
 ) -> Outcome:
     """The next slot (the AI rate limiter's, or Slack's posting moment) is too far off: defer,
     uncharged. Waiting is not a failure and uses no retry; it is bounded all the same, so the
@@ -325,7 +380,7 @@ async def _wait_for_slot(
     if _ms_since(enqueued_at) >= settings.progress_after_seconds * 1000:
         ahead = await deps.redis.zcount(QUEUE_KEY, "-inf", f"({score}")
         await progress.tell_queued(deps.redis, deps.slack, job, kind.queued_message(job, ahead))
-    return Deferred(defer)
+    return Deferred(defer, reason=why)
 
 
 async def _wait_out_back_pressure(
@@ -351,7 +406,7 @@ async def _wait_out_back_pressure(
     if refused_for == 0 and _ms_since(enqueued_at) / 1000 + defer >= settings.progress_after_seconds:
         # Once per job: "Claude is busy, retrying in N s", as for a retry.
         defer = await _tell_user_we_retry(kind, job, deps, defer, force=True)
-    return Deferred(defer)
+    return Deferred(defer, reason=f"anthropic's rate limit: {refusal}")
 
 
 async def _give_up(
@@ -374,19 +429,24 @@ async def _give_up(
     # Kept before the first post, so a run cut off while telling the user (SIGTERM, a crash)
     # is re-run to tell them, not to do the work again.
     await job_state.save_failure(deps.redis, job.job_id, failure)
+    started = time.perf_counter()
     try:
         via = await deps.slack.send(deps.redis, job, message)
     except DeliveryFailed as error:
+        await trace_undelivered(deps, job, "failure", error, started)
         failures = await job_state.record_failure(deps.redis, job.job_id, "notice")
         if should_retry(error, failures, deps.settings):
             delay = retry_delay(error, failures, deps.settings)
             await _retrying(deps, job, failures, delay, f"failure message: {error}", "notice")
-            return Deferred(delay)
+            why = f"failure message undelivered ({failures}): {error}; the job failed: {failure.cause}"
+            return Deferred(delay, reason=why, retrying=True)
         log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
     except Exception as error:
+        await trace_undelivered(deps, job, "failure", error, started)
         log.error("job.failure_undelivered", error=type(error).__name__, detail=str(error))
     else:
-        await record_delivery(deps, job, via)
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        await record_delivery(deps, job, via, message="failure", duration_ms=duration_ms)
     return await _failed(job, deps, failure, timings)
 
 
@@ -483,7 +543,9 @@ async def _enqueued_at_if_redis_allows(deps: WorkerDeps, job: JobBase) -> dateti
         return age.from_payload(job)
 
 
-async def _fail_too_old_despite_redis(kind: JobKind, job: JobBase, deps: WorkerDeps) -> Outcome:
+async def _fail_too_old_despite_redis(
+    kind: JobKind, job: JobBase, deps: WorkerDeps, timings: Timings
+) -> Outcome:
     """End a job that Redis errors kept deferring until it is too old: tell the user, unless
     the final message already reached them."""
     too_old = PermanentError(
@@ -492,13 +554,15 @@ async def _fail_too_old_despite_redis(kind: JobKind, job: JobBase, deps: WorkerD
     try:
         if await job_state.was_delivered(deps.redis, job.job_id):
             return AlreadyDone()
-        return await _give_up(kind, job, deps, JobFailure.of(too_old), Timings())
+        return await _give_up(kind, job, deps, JobFailure.of(too_old), timings)
     except RedisError as error:
         # Still failing: whether the message went out cannot be known, and an error post would
         # replace it. Try again later: the first run with Redis back tells the user (or finds the
         # answer delivered), as every run of a job this old does.
         log.warning("job.too_old_redis_unavailable", error=type(error).__name__, detail=str(error))
-        return Deferred(deps.settings.job_retry_base_seconds)
+        return Deferred(
+            deps.settings.job_retry_base_seconds, reason=f"redis unavailable: {type(error).__name__}"
+        )
 
 
 def _ms_since(moment: datetime) -> int:

@@ -18,6 +18,11 @@ Within Slack's limits, for every stream at once:
   Slack refused stays in the batch and goes with the next call: never lost, never sent twice.
 * A message nearing Slack's size limits (MESSAGE_CHARS of markdown) is stopped and the answer
   continues in a new message in the same thread, cut at a line where one is near.
+* While a message streams it shows a Stop button (app/contract/actions.py STOP). Slack takes blocks
+  in a stream only as a ``blocks`` chunk, shown where the chunk falls, so the button goes first
+  in ``chat.startStream`` and stays above the text; ``chat.stopStream``'s blocks would go under
+  the text without removing it, so a message that showed a Stop button is ended by
+  ``chat.stopStream`` and then one ``chat.update`` (Tier 3) with its text and final buttons.
 * A stream Slack ends or refuses (``message_not_in_streaming_state`` after about five idle
   minutes, or any refusal of an append or a stop) falls back to ``chat.update`` of the same
   message with all its text so far. A stream Slack will not start (refused, or a Slack stand-in
@@ -50,7 +55,7 @@ from app.contract.messages import SlackMessage
 from app.contract.targets import Thread
 from workers import job_state, slack_rate
 from workers.errors import DeliveryFailed, PermanentError, SlackBusy
-from workers.formatting import fallback_text, thread_answer
+from workers.formatting import fallback_text, stop_button, thread_answer
 from workers.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
@@ -90,6 +95,8 @@ class StreamedMessage(BaseModel):
     chars: int = 0
     #: Its stream may still be open in Slack (started and not yet stopped or given up).
     streaming: bool = True
+    #: It shows the Stop button (until it is ended).
+    stop_button: bool = False
 
 
 class StreamRecord(BaseModel):
@@ -250,6 +257,7 @@ class SlackStream:
         self._flush_seconds = flush_seconds
         self._message_chars = message_chars
         self._record = StreamRecord(channel=target.channel_id)
+        self._stop_block = stop_button(job.job_id)
         #: The answer's text in each message of the record, for a chat.update fallback.
         self._texts: list[str] = []
         #: Text not yet in Slack.
@@ -337,7 +345,10 @@ class SlackStream:
                 thread_ts=target.thread_ts,
                 recipient_user_id=self._job.asker.user_id,
                 recipient_team_id=self._job.asker.team_id,
-                markdown_text=piece,
+                chunks=[
+                    {"type": "blocks", "blocks": [self._stop_block]},
+                    {"type": "markdown_text", "text": piece},
+                ],
             ),
             final=final,
         )
@@ -348,7 +359,7 @@ class SlackStream:
             log.warning("stream.unavailable", error=data.get("error"))
             self._posting = True
             return False
-        self._record.messages.append(StreamedMessage(ts=str(data["ts"]), chars=len(piece)))
+        self._record.messages.append(StreamedMessage(ts=str(data["ts"]), chars=len(piece), stop_button=True))
         self._texts.append(piece)
         self._pending = self._pending[len(piece) :]
         await self._wrote()
@@ -385,8 +396,10 @@ class SlackStream:
                 return False
             if outcome == "refused":
                 message.streaming = False
+        # Still being written: a message updated instead of streamed keeps its Stop button.
+        still = [self._stop_block] if message.stop_button else []
         if not message.streaming and not await self._update(
-            index, self._texts[index] + piece, [], final=final
+            index, self._texts[index] + piece, still, final=final
         ):
             return False
         message.chars += len(piece)
@@ -396,16 +409,19 @@ class SlackStream:
         return True
 
     async def _end(self, index: int, tail: str, blocks: list[dict[str, Any]]) -> bool:
-        """Stop message ``index``'s stream with ``tail`` and ``blocks`` (always final)."""
+        """Stop message ``index``'s stream with ``tail`` and ``blocks`` (always final), and take
+        its Stop button away."""
         message = self._record.messages[index]
         if message.streaming:
+            # Blocks given to chat.stopStream go under the text and leave the Stop button above
+            # it: a message showing one gets its final blocks by the update below instead.
             outcome, _ = await self._calls.call(
                 STOP,
                 lambda: self._calls.web.chat_stopStream(
                     channel=self._record.channel,
                     ts=message.ts,
                     markdown_text=tail or None,
-                    blocks=blocks or None,
+                    blocks=(blocks or None) if not message.stop_button else None,
                 ),
                 final=True,
             )
@@ -413,10 +429,14 @@ class SlackStream:
             if outcome == "ok":
                 message.chars += len(tail)
                 self._texts[index] += tail
+                tail = ""
+                if not message.stop_button:
+                    await self._wrote()
+                    return True
                 await self._wrote()
-                return True
-        if tail or blocks:
+        if tail or blocks or message.stop_button:
             await self._update(index, self._texts[index] + tail, blocks, final=True)
+            message.stop_button = False
             message.chars += len(tail)
             self._texts[index] += tail
         await self._wrote()
@@ -490,6 +510,7 @@ async def complete(
         if outcome == "refused":
             raise PermanentError(f"{UPDATE} {data.get('error')}")
         message.chars = _markdown_chars(part)
+        message.stop_button = False  # the update replaced every block
         await save_record(calls.redis, job.job_id, record)
     for index in range(len(record.messages), len(parts)):
         part = parts[index]

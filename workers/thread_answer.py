@@ -36,9 +36,9 @@ from app.contract.jobs import JobBase, ThreadQuestion
 from app.contract.messages import SlackMessage
 from workers import job_state, memory, prompt
 from workers.ai import AnswerStream
-from workers.errors import JobError, PermanentError, StopRequested
+from workers.errors import DeliveryFailed, JobError, PermanentError, StopRequested
 from workers.formatting import CUT_SHORT_NOTE, answer_buttons, retry_buttons
-from workers.kinds import LeaseLost, Run, record_delivery
+from workers.kinds import LeaseLost, Run, record_delivery, trace_undelivered
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +69,15 @@ class ThreadKind:
     uses_ai = True
 
     async def perform(self, run: Run) -> str:
+        try:
+            return await self._answer(run)
+        except DeliveryFailed as error:
+            # Slack's side only (Claude's failures are not DeliveryFailed): noted in the trace,
+            # then retried or given up by the runner as any delivery failure.
+            await trace_undelivered(run.deps, run.job, "final", error)
+            raise
+
+    async def _answer(self, run: Run) -> str:
         job = _question(run.job)
         deps = run.deps
         # Best effort and never raises: for a thread, the status Slack shows under it.
@@ -228,7 +237,7 @@ async def _stream(run: Run, job: ThreadQuestion, request: prompt.Prompt) -> str:
     started = time.perf_counter()
     await stream.finish(answer_buttons(job.job_id))
     run.timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)
-    await record_delivery(deps, job, STREAMED)
+    await record_delivery(deps, job, STREAMED, duration_ms=run.timings.delivery_ms)
     return STREAMED
 
 
@@ -264,7 +273,7 @@ async def _deliver_stored(run: Run, job: ThreadQuestion, stored: job_state.Store
         await stream.finish(blocks)
         via = STREAMED
     run.timings.delivery_ms = round((time.perf_counter() - started) * 1000, 1)
-    await record_delivery(deps, job, via)
+    await record_delivery(deps, job, via, duration_ms=run.timings.delivery_ms)
     return via
 
 

@@ -78,6 +78,32 @@ def quota_key(scope: Literal["user", "team"], period: str, team_id: str, user_id
     return f"asklane:quota:{scope}:{period}:{owner}"
 
 
+# --- AI usage and budgets (app/contract/usage.py) ------------------------------------------------
+
+UsagePeriod = Literal["day", "month"]
+UsageScope = Literal["user", "team"]
+
+
+def usage_owner(scope: UsageScope, team_id: str, user_id: str) -> str:
+    """Who a usage total belongs to: ``team:user`` for a person, ``team`` for a workspace."""
+    return f"{team_id}:{user_id}" if scope == "user" else team_id
+
+
+def usage_key(period: UsagePeriod, bucket: str, scope: UsageScope, team_id: str, user_id: str = "") -> str:
+    """Hash of one person's or workspace's AI usage in one UTC day (bucket ``2026-12-01``) or
+    month (``2026-12``): calls, cost (micro-dollars) and tokens of each kind, in total and per
+    model (``model|kind``); expires USAGE_DAYS_KEPT days after its day ends, or USAGE_MONTHS_KEPT
+    months after its month ends. The ``cost`` field is what budgets (app/web/budget.py) read."""
+    return f"asklane:usage:{period}:{bucket}:{scope}:{usage_owner(scope, team_id, user_id)}"
+
+
+def usage_index_key(period: UsagePeriod, bucket: str, scope: UsageScope) -> str:
+    """Sorted set of who spent in one day or month bucket (members as :func:`usage_owner`,
+    scored by cost in micro-dollars), so a report reads the buckets without scanning the
+    keyspace; expires with the bucket's hashes."""
+    return f"asklane:usage:index:{period}:{bucket}:{scope}"
+
+
 # --- metrics (app/contract/metrics.py) --------------------------------------------------------------------
 
 #: Hash of counter name + labels -> count, shared by every process; no expiry (Prometheus counters).
@@ -271,3 +297,19 @@ def slack_method_bucket_key(team_id: str, tier: str) -> str:
     every worker (workers/slack_rate.py): chat.appendStream is Tier 4, start/stopStream Tier 2,
     chat.update Tier 3."""
     return f"asklane:slack:tier:{team_id}:{tier}"
+
+
+# --- traces (app/contract/trace.py, ``asklane jobs show``) --------------------------------------
+
+
+def trace_key(job_id: str) -> str:
+    """The job's trace: a list of entries (runs' starts and ends, AI calls, deliveries), oldest
+    first, capped at the newest TRACE_MAX_ENTRIES; expires TRACE_TTL_SECONDS after its last entry."""
+    return f"asklane:trace:{job_id}"
+
+
+def trace_reference_key(reference: str) -> str:
+    """The job id of the job with this user-facing reference (app/contract/job.py reference_for),
+    written with each run's first trace entry so ``asklane jobs show REFERENCE`` resolves it;
+    expires with the trace."""
+    return f"asklane:trace-ref:{reference.upper()}"

@@ -68,6 +68,34 @@ def over_quota(scope: str, allowed: int, period: str, retry_after: float) -> Sla
     return SlackMessage(text=text, blocks=[_section(text)])
 
 
+def over_budget(scope: str, period: str, budget_usd: float, resets_in: float, reference: str) -> SlackMessage:
+    """The asker (or their workspace) has spent its AI budget; no job was queued."""
+    who = "You have" if scope == "user" else "Your workspace has"
+    which = "today's" if period == "day" else "this month's"
+    when = "at midnight UTC" if period == "day" else "on the 1st of next month (00:00 UTC)"
+    text = (
+        f":raised_hand: {who} used {which} AI budget of {dollars(budget_usd)}, so this question was "
+        f"not asked. The budget resets {when}, in {_until(resets_in)}. (ref {reference})"
+    )
+    return SlackMessage(text=text, blocks=[_section(text)])
+
+
+def dollars(usd: float) -> str:
+    """An amount of US dollars as people read it: cents, or finer for amounts under a cent."""
+    if usd == 0 or abs(usd) >= 0.01:
+        return f"${usd:,.2f}"
+    return f"${usd:.6f}".rstrip("0")
+
+
+def _until(seconds: float) -> str:
+    """A wait up to two days in hours and minutes, a longer one in days and hours."""
+    whole_hours = int(seconds // 3600)
+    if whole_hours < 48:
+        return _duration(seconds)
+    days, hours = divmod(whole_hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
 def _duration(seconds: float) -> str:
     whole = max(1, round(seconds))
     if whole < 60:

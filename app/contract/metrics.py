@@ -51,6 +51,11 @@ COUNTERS: dict[str, str] = {
     "asklane_ai_cache_tokens": (
         "Input tokens written to (write) or read from (read) Anthropic's prompt cache, by model and job kind."
     ),
+    "asklane_ai_calls": "AI calls charged, by model and outcome (answered, stopped, failed).",
+    "asklane_ai_cost_usd": "What AI calls cost in US dollars at the price table, by model and outcome.",
+    "asklane_ai_call_tokens": (
+        "Tokens of AI calls, by model, kind (input, output, cache_write, cache_read) and outcome."
+    ),
 }
 
 
@@ -102,6 +107,22 @@ async def add(
                     pipe.hincrby(HISTOGRAMS_KEY, f"{name}|{labels}|{bound}", 1)
             pipe.hincrbyfloat(HISTOGRAMS_KEY, f"{name}|{labels}|sum", value)
         await pipe.execute()
+
+
+def call_counts(
+    model: str, outcome: str, cost_micro_usd: int, tokens: Mapping[str, int]
+) -> dict[tuple[str, str], float]:
+    """The counters one charged AI call adds to: its model and outcome only, never who asked
+    (a label per person or workspace would grow the series without bound)."""
+    labels = {"model": model, "outcome": outcome}
+    counts: dict[tuple[str, str], float] = {
+        ("asklane_ai_calls", _labels(labels)): 1,
+        ("asklane_ai_cost_usd", _labels(labels)): cost_micro_usd / 1_000_000,
+    }
+    for kind, amount in tokens.items():
+        if amount:
+            counts["asklane_ai_call_tokens", _labels({**labels, "kind": kind})] = amount
+    return counts
 
 
 _pending: set[asyncio.Task[None]] = set()

@@ -494,3 +494,34 @@ return {'', 0}
 remember_answer = Script(REMEMBER_ANSWER)
 in_order_ahead = Script(IN_ORDER_AHEAD)
 in_order_next = Script(IN_ORDER_NEXT)
+
+
+# --- used by app/contract/usage.py ---
+# KEYS: the person's day totals, the workspace's day totals, the person's month totals, the
+# workspace's month totals, then the indexes of who spent that day (people, workspaces) and that
+# month (people, workspaces).  ARGV: model, cost (micro-dollars), input, output, cache-write and
+# cache-read tokens, the person's index member, the workspace's, the day's expiry and the month's
+# (unix seconds).
+#
+# One AI call charged to all four totals at once, in all and under its model (``model|kind``),
+# and its owners entered in the buckets' indexes scored by what they spent. Every key's expiry is
+# set absolutely, from the bucket, so a late charge never stretches a bucket's life.
+USAGE_CHARGE = """
+local kinds = {'calls', 'cost', 'input', 'output', 'cache_write', 'cache_read'}
+local amounts = {1, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+for i = 1, 4 do
+  for k = 1, 6 do
+    redis.call('HINCRBY', KEYS[i], kinds[k], amounts[k])
+    redis.call('HINCRBY', KEYS[i], ARGV[1] .. '|' .. kinds[k], amounts[k])
+  end
+end
+redis.call('ZINCRBY', KEYS[5], ARGV[2], ARGV[7])
+redis.call('ZINCRBY', KEYS[6], ARGV[2], ARGV[8])
+redis.call('ZINCRBY', KEYS[7], ARGV[2], ARGV[7])
+redis.call('ZINCRBY', KEYS[8], ARGV[2], ARGV[8])
+for _, i in ipairs({1, 2, 5, 6}) do redis.call('EXPIREAT', KEYS[i], ARGV[9]) end
+for _, i in ipairs({3, 4, 7, 8}) do redis.call('EXPIREAT', KEYS[i], ARGV[10]) end
+return 1
+"""
+
+usage_charge = Script(USAGE_CHARGE)

@@ -582,7 +582,11 @@ class Chat:
                     self._line_start = False
                     self._write(text)
                 shown.text, changed = text, True
-            if message.get("streaming"):
+            # A message still showing Stop is still being finished: its stream has ended and the
+            # update bringing its final buttons is on its way (workers/streaming.py).
+            if message.get("streaming") or any(
+                button["action_id"] == actions.STOP for button in message.get("buttons") or []
+            ):
                 self._open = message
                 continue
             shown.finished, changed = True, True

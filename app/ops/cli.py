@@ -2,8 +2,13 @@
 
     asklane status                 queue depth by priority, running jobs, limiter, workers
     asklane jobs failed|completed  the most recent finished jobs (RETAIN_* of them are kept)
+    asklane jobs show REF_OR_ID    one job's whole trace: question, asker, each run with its AI
+                                   calls (tokens, cost, stop reason, request-id) and deliveries
     asklane retry JOB_ID           queue a failed job again (asklane retry --all-failed: all)
     asklane purge --failed         empty the failed-jobs list
+    asklane usage                  AI spend and tokens by person, workspace, day and model, with
+                                   the cache hit ratio: the last 7 UTC days (--days N), or one
+                                   month (--month 2026-12)
 
     asklane ask "question"         in the sandbox (``make run`` without Slack credentials): send a
                                    signed /ask to the web process at $PORT (3000 by default, as
@@ -34,6 +39,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -43,10 +49,10 @@ from urllib.request import Request
 import uvicorn
 from pydantic import ValidationError
 
-from app.contract import messages
+from app.contract import messages, usage
 from app.contract.queue import open_redis
 from app.contract.settings import SANDBOX_ENV_FILE, Settings, describe_errors
-from app.ops import chat, operations
+from app.ops import chat, job_trace, operations, usage_report
 from app.ops.chat import StackUnreachable, fetch_json
 from app.sandbox import stand_ins
 from app.web.gate import FORM, signature_of
@@ -58,6 +64,8 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     args = _parser().parse_args(argv)
     if args.command == "retry" and (args.job_id is None) == (not args.all_failed):
         _parser().error("retry takes a JOB_ID or --all-failed")
+    if args.command == "jobs" and (args.state == "show") == (args.job is None):
+        _parser().error("jobs show takes a REFERENCE_OR_JOB_ID; jobs failed|completed take none")
     if args.command == "sandbox":
         delay = args.stream_delay
         if delay is None:
@@ -118,15 +126,33 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asklane", description="Inspect and operate the asklane queue.")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="queue depth, running jobs, limiter, workers")
-    jobs = commands.add_parser("jobs", help="recent finished jobs")
-    jobs.add_argument("state", choices=["failed", "completed"])
+    jobs = commands.add_parser(
+        "jobs",
+        help="recent finished jobs, or one job's whole trace",
+        epilog="jobs show exits 1 when no job is known by that reference or id",
+    )
+    jobs.add_argument("state", choices=["failed", "completed", "show"])
+    jobs.add_argument(
+        "job",
+        nargs="?",
+        metavar="REFERENCE_OR_JOB_ID",
+        help="for show: the reference a user was shown (8 characters), or the job id",
+    )
     jobs.add_argument("--limit", type=int, default=20, help="how many, newest first (default 20)")
     retry = commands.add_parser("retry", help="queue failed jobs again")
     retry.add_argument("job_id", nargs="?", help="the failed job to retry")
     retry.add_argument("--all-failed", action="store_true", help="retry every failed job")
     purge = commands.add_parser("purge", help="empty the failed-jobs list")
     purge.add_argument("--failed", action="store_true", required=True, help="the failed-jobs list")
-    for sub in (status, jobs, retry, purge):
+    usage_command = commands.add_parser(
+        "usage", help="AI spend and tokens by person, workspace, day and model, with the cache hit ratio"
+    )
+    period = usage_command.add_mutually_exclusive_group()
+    period.add_argument(
+        "--days", type=_positive, help=f"the last N UTC days, today's included (default {USAGE_DAYS})"
+    )
+    period.add_argument("--month", type=_month, help="one UTC month, as YYYY-MM")
+    for sub in (status, jobs, retry, purge, usage_command):
         sub.add_argument("--json", action="store_true", help="machine-readable output")
     ask = commands.add_parser(
         "ask",
@@ -175,6 +201,28 @@ def _parser() -> argparse.ArgumentParser:
         f"or {stand_ins.STREAM_DELAY_SECONDS:g})",
     )
     return parser
+
+
+#: Days ``asklane usage`` covers without --days or --month.
+USAGE_DAYS = 7
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days, 1 or more")
+    return value
+
+
+def _month(text: str) -> str:
+    try:
+        usage.parse_month(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month as YYYY-MM (e.g. 2026-12)") from None
+    return text
 
 
 def awaits_more(ack: dict[str, Any]) -> bool:
@@ -388,9 +436,22 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "status":
             current = await operations.status(redis)
             _print(args, dataclasses.asdict(current), _status_text(current, settings))
+        elif args.command == "jobs" and args.state == "show":
+            view = await job_trace.show(redis, args.job)
+            if view is None:
+                print(f"asklane: no job known by {args.job!r} (nor a trace of one)", file=sys.stderr)
+                return 1
+            _print(args, view.model_dump(mode="json"), job_trace.render(view))
         elif args.command == "jobs":
             records = await retention.recent(redis, args.state, args.limit)
             _print(args, [record.model_dump(mode="json") for record in records], _jobs_text(records))
+        elif args.command == "usage":
+            today = datetime.now(UTC)
+            if args.month:
+                report = await usage_report.report_month(redis, args.month, today)
+            else:
+                report = await usage_report.report_days(redis, args.days or USAGE_DAYS, today)
+            _print(args, usage_report.as_json(report), usage_report.as_text(report))
         elif args.command == "retry":
             retried = await operations.retry(redis, None if args.all_failed else args.job_id)
             lines = [f"{r.failed_job_id} -> {r.job_id} (ref {r.reference})" for r in retried]
@@ -440,11 +501,12 @@ def _status_text(status: operations.Status, settings: Settings) -> str:
 def _jobs_text(records: list[retention.JobRecord]) -> str:
     if not records:
         return "none"
-    lines = [f"{'finished (UTC)':<20}{'job id':<38}{'ref':<10}{'tries':>5}  {'queued ms':>9}  outcome"]
+    # Wide enough for the longest kind's ids ("feedback-" and 32 hex digits) and a space.
+    lines = [f"{'finished (UTC)':<20}{'job id':<43}{'ref':<10}{'tries':>5}  {'queued ms':>9}  outcome"]
     for record in records:
         outcome = record.error if record.state == "failed" else f"via {record.via}, AI {record.ai_ms} ms"
         lines.append(
-            f"{record.finished_at:%Y-%m-%d %H:%M:%S} {record.job_id:<38}{record.reference or '-':<10}"
+            f"{record.finished_at:%Y-%m-%d %H:%M:%S} {record.job_id:<43}{record.reference or '-':<10}"
             f"{record.attempts:>5}  {record.queued_ms if record.queued_ms is not None else '-':>9}  {outcome}"
         )
     return "\n".join(lines)

@@ -130,6 +130,23 @@ APPEND_LIMIT = 12_000
 _BUTTON_BLOCKS = frozenset({"actions", "context_actions"})
 
 
+def stream_chunks(body: dict[str, Any]) -> tuple[str, list[Any]]:
+    """A streaming call's text and blocks: its ``markdown_text``, or its ``chunks`` in order
+    (``markdown_text`` chunks add text, ``blocks`` chunks add blocks)."""
+    chunks = body.get("chunks")
+    if not isinstance(chunks, list) or not chunks:
+        return str(body.get("markdown_text") or ""), []
+    text, blocks = "", []
+    for chunk in chunks:
+        if not isinstance(chunk, dict):
+            continue
+        if chunk.get("type") == "markdown_text":
+            text += str(chunk.get("text", ""))
+        elif chunk.get("type") == "blocks" and isinstance(chunk.get("blocks"), list):
+            blocks.extend(chunk["blocks"])
+    return text, blocks
+
+
 def shown_text(message: dict[str, Any]) -> str:
     """What a message shows as a person reads it in Slack: its blocks' text (a ``markdown``
     block's Markdown as written, a section's or context's text), else its streamed
@@ -270,17 +287,18 @@ class Threads:
             else:
                 if not message["streaming"]:
                     return "message_not_in_streaming_state"
-                piece = str(body.get("markdown_text") or "")
+                piece, streamed_blocks = stream_chunks(body)
                 if (
                     len(piece) > APPEND_LIMIT
                     or len(str(message.get("markdown_text", ""))) + len(piece) > APPEND_LIMIT
                 ):
                     return "msg_too_long"
                 message["markdown_text"] = str(message.get("markdown_text", "")) + piece
+                message["blocks"] = [*(message.get("blocks") or []), *streamed_blocks]
                 if method == "chat.stopStream":
                     message["streaming"] = False
-                    if body.get("blocks"):
-                        message["blocks"] = body["blocks"]
+                    # Rendered under what the stream showed.
+                    message["blocks"] = [*message["blocks"], *(body.get("blocks") or [])]
             message["version"] += 1
             thread.version += 1
             self._changed.notify_all()
@@ -385,13 +403,15 @@ def create_app(stream_delay: float = STREAM_DELAY_SECONDS) -> Starlette:
         channel, thread_ts = body.get("channel"), body.get("thread_ts")
         if not channel or not thread_ts:
             return _error("invalid_arguments")
-        if len(str(body.get("markdown_text") or "")) > APPEND_LIMIT:
+        text, blocks = stream_chunks(body)
+        if len(text) > APPEND_LIMIT:
             return _error("msg_too_long")
         message = {
             "via": "chat.startStream",
             "user": BOT_USER_ID,
             "bot_id": BOT_ID,
-            "markdown_text": str(body.get("markdown_text") or ""),
+            "markdown_text": text,
+            "blocks": blocks,
         }
         ts = await threads.post(str(channel), str(thread_ts), message, streaming=True)
         return JSONResponse({"ok": True, "channel": channel, "ts": ts})

@@ -20,7 +20,7 @@ from app.contract.events import JobEvents
 from app.contract.jobs import ask_from_command, command_reference
 from app.contract.messages import SlackMessage
 from app.contract.queue import QueueUnavailable
-from app.web import quota
+from app.web import budget, quota
 
 #: Longest question accepted. Slack itself allows a few thousand characters in a slash command;
 #: this keeps a prompt (and the echo in the notice) within sane bounds.
@@ -39,7 +39,9 @@ def clean_question(text: str) -> str:
     return _CONTROL.sub("", text).strip()
 
 
-Outcome = Literal["queued", "duplicate", "usage", "too_long", "malformed", "over_quota", "unavailable"]
+Outcome = Literal[
+    "queued", "duplicate", "usage", "too_long", "malformed", "over_quota", "over_budget", "unavailable"
+]
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,14 @@ class Ack:
 
 
 async def handle_ask(
-    command: Mapping[str, Any], redis: ArqRedis, events: JobEvents, limits: tuple[quota.Limit, ...] = ()
+    command: Mapping[str, Any],
+    redis: ArqRedis,
+    events: JobEvents,
+    limits: tuple[quota.Limit, ...] = (),
+    budgets: tuple[budget.Budget, ...] = (),
 ) -> Ack:
-    """Validate one slash command, queue its job within the fair-use ``limits``, and return the
-    message to ack with."""
+    """Validate one slash command, queue its job within the fair-use ``limits`` and the AI
+    ``budgets``, and return the message to ack with."""
     name = str(command.get("command") or "/ask")
     question = clean_question(str(command.get("text") or ""))
     trigger_id = str(command.get("trigger_id") or "")
@@ -86,7 +92,12 @@ async def handle_ask(
 
     bound = bound.bind(job_id=job.job_id, reference=job.reference)
     try:
-        # One script, bounded by ENQUEUE_TIMEOUT_SECONDS, well inside Slack's 3 s.
+        # Each bounded by ENQUEUE_TIMEOUT_SECONDS: one read for the budgets (none when unset), one
+        # script for quota and queue, well inside Slack's 3 s.
+        over = await budget.over_budget(redis, budgets, job.asker, datetime.now(UTC))
+        if over is not None:
+            bound.info("command.over_budget", **over.log_fields())
+            return Ack(over.message(job.reference), "over_budget")
         result = await quota.enqueue_within(redis, limits, job)
     except QueueUnavailable as error:
         bound.error("command.queue_unavailable", error=str(error) or type(error).__name__)

@@ -48,7 +48,7 @@ from app.contract.jobs import (
 )
 from app.contract.queue import QueueUnavailable, enqueue_ask
 from app.contract.targets import Ephemeral, PrivateNote
-from app.web import quota
+from app.web import budget, quota
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +58,7 @@ Outcome = Literal[
     "stopped",  # a stop requested
     "refused",  # a notice queued: not the asker's, or the answer's record expired
     "over_quota",  # Regenerate over a fair-use limit: a notice queued
+    "over_budget",  # Regenerate by someone over an AI budget: a notice queued
     "ignored",  # an action that is not asklane's
     "malformed",  # the payload cannot be read: 400
     "unavailable",  # Redis did not answer: a non-2xx, so Slack shows the clicker an error
@@ -146,6 +147,7 @@ async def handle_click(
     redis: ArqRedis,
     events: JobEvents,
     limits: tuple[quota.Limit, ...] = (),
+    budgets: tuple[budget.Budget, ...] = (),
 ) -> ClickAck:
     """Turn one click into its job (or stop request) and say how to ack it."""
     try:
@@ -159,7 +161,7 @@ async def handle_click(
         return ClickAck(200, "ignored")
     now = datetime.now(UTC)
     try:
-        return await _act(click, redis, events, limits, bound, now)
+        return await _act(click, redis, events, (limits, budgets), bound, now)
     except ValidationError as error:
         bound.warning("click.malformed", fields=[e["loc"] for e in error.errors()])
         return ClickAck(400, "malformed")
@@ -168,11 +170,15 @@ async def handle_click(
         return ClickAck(UNAVAILABLE, "unavailable")
 
 
+#: What a regenerated question is queued within: the fair-use limits and the AI budgets.
+Gates = tuple[tuple[quota.Limit, ...], tuple[budget.Budget, ...]]
+
+
 async def _act(
     click: Click,
     redis: ArqRedis,
     events: JobEvents,
-    limits: tuple[quota.Limit, ...],
+    gates: Gates,
     bound: BoundLogger,
     now: datetime,
 ) -> ClickAck:
@@ -190,14 +196,14 @@ async def _act(
         return await _refuse(click, messages.answer_expired(action), redis, events, bound, now)
     if record.kind == "thread":
         if click.action_id == actions.REGENERATE:
-            return await _regenerate_in_thread(click, record, redis, events, limits, bound, now)
+            return await _regenerate_in_thread(click, record, redis, events, gates, bound, now)
         bound.info("click.refused", reason="thread_answer", answer_job_id=click.value)
         return await _refuse(click, messages.not_for_thread_answers(action), redis, events, bound, now)
     if record.asker.user_id != click.user_id or record.asker.team_id != click.team_id:
         bound.info("click.refused", reason="not_the_asker", answer_job_id=click.value)
         return await _refuse(click, messages.not_your_answer(action), redis, events, bound, now)
     if click.action_id == actions.REGENERATE:
-        return await _regenerate_ask(click, record, redis, events, limits, bound, now)
+        return await _regenerate_ask(click, record, redis, events, gates, bound, now)
     if click.action_id == actions.SHARE:
         share = ShareAnswer(
             asker=record.asker,
@@ -242,7 +248,7 @@ async def _regenerate_ask(
     record: AnswerRecord,
     redis: ArqRedis,
     events: JobEvents,
-    limits: tuple[quota.Limit, ...],
+    gates: Gates,
     bound: BoundLogger,
     now: datetime,
 ) -> ClickAck:
@@ -255,7 +261,7 @@ async def _regenerate_ask(
         command="/ask",
         text=record.question,
     )
-    return await _charged(click, question, redis, events, limits, bound, now)
+    return await _charged(click, question, redis, events, gates, bound, now)
 
 
 async def _regenerate_in_thread(
@@ -263,7 +269,7 @@ async def _regenerate_in_thread(
     record: AnswerRecord,
     redis: ArqRedis,
     events: JobEvents,
-    limits: tuple[quota.Limit, ...],
+    gates: Gates,
     bound: BoundLogger,
     now: datetime,
 ) -> ClickAck:
@@ -280,7 +286,7 @@ async def _regenerate_in_thread(
         source="regenerate",
         enqueued_at=now,
     )
-    return await _charged(click, question, redis, events, limits, bound, now)
+    return await _charged(click, question, redis, events, gates, bound, now)
 
 
 async def _charged(
@@ -288,11 +294,18 @@ async def _charged(
     job: JobBase,
     redis: ArqRedis,
     events: JobEvents,
-    limits: tuple[quota.Limit, ...],
+    gates: Gates,
     bound: BoundLogger,
     now: datetime,
 ) -> ClickAck:
-    """Queue a regenerated question, charged to the fair-use limits like any question."""
+    """Queue a regenerated question within the AI budgets, charged to the fair-use limits, like
+    any question."""
+    limits, budgets = gates
+    over = await budget.over_budget(redis, budgets, job.asker, now)
+    if over is not None:
+        bound.info("click.over_budget", **over.log_fields())
+        refused = await _refuse(click, over.message(job.reference), redis, events, bound, now)
+        return ClickAck(refused.status, "over_budget")
     result = await quota.enqueue_within(redis, limits, job)
     if isinstance(result, quota.OverQuota):
         limit = result.limit

@@ -22,7 +22,7 @@ from app.contract import keys, messages, stops
 from app.contract.events import JobEvents
 from app.contract.jobs import JobBase, ThreadNotice, notice_for_message, prompts_for, question_from_message
 from app.contract.queue import QueueUnavailable, enqueue_ask
-from app.web import quota
+from app.web import budget, quota
 from app.web.ask import MAX_QUESTION_CHARS
 from app.web.events import Ignored, Message, Prompts, Question, StopThread, classify
 
@@ -37,6 +37,7 @@ Outcome = Literal[
     "usage",  # a notice queued: nothing was asked
     "too_long",  # a notice queued: the question is over MAX_QUESTION_CHARS
     "over_quota",  # a notice queued: the asker is over a fair-use limit
+    "over_budget",  # a notice queued: the asker or their workspace has spent its AI budget
     "ignored",
     "malformed",
     "unavailable",  # Redis did not take the job: Slack is asked to deliver the event again
@@ -65,6 +66,7 @@ async def handle_event(
     *,
     app_id: str | None = None,
     retry_num: str | None = None,
+    budgets: tuple[budget.Budget, ...] = (),
 ) -> EventAck:
     """Decide what one Events API request asks for and queue its job. ``retry_num`` is Slack's
     X-Slack-Retry-Num, present on re-deliveries."""
@@ -93,7 +95,7 @@ async def handle_event(
             return await _enqueue(job, redis, events, bound.bind(user=decision.user_id), "prompts")
         if isinstance(decision, StopThread):
             return await _stop_thread(decision, redis, bound)
-        return await _ask(decision, redis, events, limits, bound, now)
+        return await _ask(decision, redis, events, limits, budgets, bound, now)
     except ValidationError as error:
         bound.warning("event.malformed", fields=[e["loc"] for e in error.errors()])
         return EventAck(200, "malformed")
@@ -121,6 +123,7 @@ async def _ask(
     redis: ArqRedis,
     events: JobEvents,
     limits: tuple[quota.Limit, ...],
+    budgets: tuple[budget.Budget, ...],
     bound: BoundLogger,
     now: datetime,
 ) -> EventAck:
@@ -146,6 +149,11 @@ async def _ask(
         enqueued_at=now,
     )
     bound = bound.bind(job_id=job.job_id, reference=job.reference)
+    over = await budget.over_budget(redis, budgets, job.asker, now)
+    if over is not None:
+        bound.info("event.over_budget", **over.log_fields())
+        text = over.message(job.reference).text
+        return await _enqueue(_notice(message, text, now), redis, events, bound, "over_budget")
     # One script charges the quota, queues the job and joins its thread's order, as for /ask.
     result = await quota.enqueue_within(redis, limits, job)
     if isinstance(result, quota.OverQuota):

@@ -20,7 +20,7 @@ from app.contract import messages, metrics
 from app.contract.events import JobEvents
 from app.contract.jobs import command_reference
 from app.contract.settings import Settings
-from app.web import quota
+from app.web import budget, quota
 from app.web.ask import handle_ask
 from app.web.clicks import ClickAck, handle_click
 from app.web.conversations import EventAck, handle_event
@@ -53,6 +53,7 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
         )
 
     limits = quota.limits_from(settings)
+    budgets = budget.budgets_from(settings)
     bolt_logger = logging.getLogger("slack_bolt.asklane")
     bolt_logger.addFilter(_DropTokenIgnoredWarnings())
     app = AsyncApp(
@@ -80,7 +81,13 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
         retry_num = request.headers.get("x-slack-retry-num", [None])[0]
         try:
             answered = await handle_event(
-                body, redis, events, limits, app_id=settings.slack_app_id, retry_num=retry_num
+                body,
+                redis,
+                events,
+                limits,
+                app_id=settings.slack_app_id,
+                retry_num=retry_num,
+                budgets=budgets,
             )
         except Exception:
             # A bug, not an outage (those are typed): a 500 has Slack deliver the event again.
@@ -114,7 +121,7 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
     @app.action(re.compile(r".*"))
     async def on_click(body: dict[str, Any]) -> BoltResponse:
         try:
-            clicked = await handle_click(body, redis, events, limits)
+            clicked = await handle_click(body, redis, events, limits, budgets)
         except Exception:
             log.exception("click.crashed", team=(body.get("team") or {}).get("id"))
             clicked = ClickAck(500, "crashed")
@@ -126,7 +133,7 @@ def build_bolt_app(settings: Settings, redis: ArqRedis, events: JobEvents) -> As
     async def ask(ack: AsyncAck, command: dict[str, Any]) -> None:
         outcome: str
         try:
-            answered = await handle_ask(command, redis, events, limits)
+            answered = await handle_ask(command, redis, events, limits, budgets)
             reply, outcome = answered.message, answered.outcome
         except Exception:
             reference = command_reference(

@@ -1,13 +1,17 @@
-"""Jobs answered in threads and DMs, for the delivery tests: queue them as the web would, and a
-stand-in for the thread kind (:class:`EchoKind`) whose answer is the question itself, so a test
-chooses the answer's length and shape without an AI call."""
+"""Jobs answered in threads and DMs: queue them as the web would; a stand-in for the thread kind
+(:class:`EchoKind`) whose answer is the question itself, so a delivery test chooses the answer's
+length and shape without an AI call; and :func:`run_thread_question`, the real thread kind run
+once in the test's process."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from arq.connections import ArqRedis
+
+from app.contract.events import JobEvents
 from app.contract.jobs import (
     JobBase,
     SuggestPrompts,
@@ -18,11 +22,18 @@ from app.contract.jobs import (
     question_from_message,
 )
 from app.contract.messages import SlackMessage
+from app.contract.queue import open_redis
+from app.contract.settings import Settings
 from workers import job_state
+from workers.ai import Claude
+from workers.delivery import SlackDelivery
 from workers.errors import PermanentError
 from workers.formatting import thread_answer
-from workers.kinds import JobKind, Run
+from workers.kinds import JobKind, Run, Timings, WorkerDeps
+from workers.lease import lease
 from workers.notice import NOTICE, PROMPTS, THINKING_STATUS, queued_status, waiting_status
+from workers.ratelimit import RateLimiter
+from workers.thread_answer import THREAD
 
 TEAM = "T0TEAM"
 USER = "U0ASKER"
@@ -120,3 +131,29 @@ class EchoKind:
 
 
 KINDS: Mapping[str, JobKind] = {"thread": EchoKind(), "notice": NOTICE, "prompts": PROMPTS}
+
+
+async def run_thread_question(
+    settings: Settings, job: ThreadQuestion, *, before: Callable[[ArqRedis], Awaitable[None]] | None = None
+) -> str:
+    """Run the thread kind's steps for ``job`` once in this process, as the runner would (under
+    its lease, with the worker's Claude, rate limiter and Slack delivery), after ``before``;
+    returns the via or raises what the steps raised."""
+    client = open_redis(settings)
+    claude = Claude(settings)
+    deps = WorkerDeps(
+        settings=settings,
+        redis=client,
+        claude=claude,
+        slack=SlackDelivery(settings),
+        limiter=RateLimiter.for_settings(client, settings),
+        events=JobEvents(),
+    )
+    try:
+        if before is not None:
+            await before(client)
+        async with lease(client, job.job_id) as held:
+            return await THREAD.perform(Run(job, deps, held, Timings()))
+    finally:
+        await claude.close()
+        await client.aclose()

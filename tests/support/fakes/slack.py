@@ -73,6 +73,23 @@ def _message_text(body: Mapping[str, Any]) -> str:
     return str(body.get("markdown_text") or body.get("text") or "")
 
 
+def _chunks(body: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """A streaming call's text and blocks: its ``markdown_text``, or its ``chunks`` in order
+    (``markdown_text`` chunks add text, ``blocks`` chunks add blocks where they fall)."""
+    chunks = body.get("chunks")
+    if isinstance(chunks, str):
+        chunks = json.loads(chunks)
+    if not chunks:
+        return str(body.get("markdown_text") or ""), []
+    text, blocks = "", []
+    for chunk in chunks:
+        if chunk.get("type") == "markdown_text":
+            text += str(chunk.get("text", ""))
+        elif chunk.get("type") == "blocks":
+            blocks.extend(chunk.get("blocks") or [])
+    return text, blocks
+
+
 def ratelimited(retry_after: float) -> Reply:
     """Slack's answer to a call over its rate limit."""
     return Reply(
@@ -101,6 +118,9 @@ class FakeSlack(FakeServer):
         self.socket_acks: list[dict[str, Any]] = []
         #: Called with each response_url post's body before it is answered (in the server's thread).
         self.on_response_url: Callable[[Any], None] | None = None
+        #: Called with each Web API call's path and body as it arrives, before it is answered (in
+        #: the server's thread): a test looks at the world at that moment while the caller waits.
+        self.on_web_api: Callable[[str, Any], None] | None = None
         self._message_ts = itertools.count(1)
         #: Messages by ts, as Slack shows them.
         self.messages: dict[str, FakeMessage] = {}
@@ -117,6 +137,7 @@ class FakeSlack(FakeServer):
         self.socket = None
         self.socket_acks = []
         self.on_response_url = None
+        self.on_web_api = None
         with self._lock:
             self.messages = {}
             self.stream_idle_seconds = 300.0
@@ -193,6 +214,8 @@ class FakeSlack(FakeServer):
         # chat.delete's arguments come in the query string (slack_sdk sends them as params).
         body = {**request.query, **body} if isinstance(body, dict) else body
         path = request.path
+        if self.on_web_api is not None:
+            self.on_web_api(path, body)
         channel = body.get("channel") or body.get("channel_id") if isinstance(body, dict) else None
         workspace = request.headers.get("Authorization", "")
         reply = (
@@ -230,7 +253,7 @@ class FakeSlack(FakeServer):
         """The calls that change what a message shows, on the kept messages (under the lock)."""
         now = time.monotonic()
         if path in (POST_MESSAGE, START_STREAM):
-            text = str(body.get("markdown_text") or "") if path == START_STREAM else _message_text(body)
+            text, streamed_blocks = _chunks(body) if path == START_STREAM else (_message_text(body), [])
             if path == START_STREAM and len(text) > APPEND_LIMIT:
                 return refused("msg_too_long")
             ts = f"1700000100.{next(self._message_ts):06d}"
@@ -239,7 +262,7 @@ class FakeSlack(FakeServer):
                 ts=ts,
                 thread_ts=body.get("thread_ts"),
                 text=text,
-                blocks=list(body.get("blocks") or []) if path == POST_MESSAGE else [],
+                blocks=list(body.get("blocks") or []) if path == POST_MESSAGE else streamed_blocks,
                 streaming=path == START_STREAM,
                 last_at=now,
                 pieces=[text] if path == START_STREAM and text else [],
@@ -261,16 +284,18 @@ class FakeSlack(FakeServer):
             return Reply(json={"ok": True, "channel": channel, "ts": message.ts})
         if not message.streaming:
             return refused("message_not_in_streaming_state")
-        piece = str(body.get("markdown_text") or "")
+        piece, streamed_blocks = _chunks(body)
         if len(piece) > APPEND_LIMIT or len(message.text) + len(piece) > self.message_limit:
             return refused("msg_too_long")
         if piece:
             message.text += piece
             message.pieces.append(piece)
+        message.blocks.extend(streamed_blocks)
         message.last_at = now
         if path == STOP_STREAM:
             message.streaming = False
-            message.blocks = list(body.get("blocks") or [])
+            # Rendered under what the stream showed (Slack: "at the bottom of the finalized message").
+            message.blocks.extend(body.get("blocks") or [])
         return Reply(json={"ok": True, "channel": channel, "ts": message.ts})
 
     def expire_stream(self, ts: str) -> None:
