@@ -221,8 +221,8 @@ class RateLimiter:
             booked, wait = int(reply[0]), int(reply[1]) / 1_000_000
             bound = _text(reply[2]) if len(reply) > 2 else "calls"
             if not booked:
-                if wait < 0:  # a limit lowered since the check above, by another release's settings
-                    self._refuse_unbookable(reservation, bound)
+                if wait < 0:  # the script's own guard; the check above refuses these first
+                    raise PermanentError(f"{bound} token reservation over a whole window's limit")
                 if bound in ("input", "output"):
                     # Calls in flight give back what they did not use: look again soon.
                     wait = min(wait, TOKEN_RECHECK_SECONDS)
@@ -325,11 +325,11 @@ class RateLimiter:
             reservation.output_tokens,
         ]
 
-    def _refuse_unbookable(self, reservation: Reservation, bound: str | None = None) -> None:
+    def _refuse_unbookable(self, reservation: Reservation) -> None:
         """Raise PermanentError when ``reservation`` alone is over a whole window's limit: no
         wait would ever book it."""
         limits = self.tokens
-        if (bound in (None, "input")) and limits.input_per_window is not None:
+        if limits.input_per_window is not None:
             if reservation.input_tokens > limits.input_per_window:
                 raise PermanentError(
                     f"input of ~{reservation.input_tokens} tokens, over AI_INPUT_TOKENS_PER_MINUTE "
@@ -340,7 +340,7 @@ class RateLimiter:
                         "ask a shorter question, or ask an admin to raise AI_INPUT_TOKENS_PER_MINUTE."
                     ),
                 )
-        if (bound in (None, "output")) and limits.output_per_window is not None:
+        if limits.output_per_window is not None:
             if reservation.output_tokens > limits.output_per_window:
                 raise PermanentError(
                     f"max_tokens {reservation.output_tokens} over AI_OUTPUT_TOKENS_PER_MINUTE "
