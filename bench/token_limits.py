@@ -22,7 +22,8 @@ max), and the most in any minute at all; calls per second over the run. The ``>=
 is the issue's, for the limit that binds.
 
 Run from the repo root: ``.venv/bin/python bench/token_limits.py`` (about 2.5 minutes with the
-defaults; the three run at once). Exits 1 when a configuration could not run.
+defaults, the three at once; ``--repeat 2`` for medians, twice as long). Exits 1 when a
+configuration could not run.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 
 from harness import deployment_env, start_loopback
 
@@ -85,6 +86,7 @@ def main() -> int:
     parser.add_argument("--answer-tokens", type=int, default=300, help="output per answer (default 300)")
     parser.add_argument("--max-tokens", type=int, default=600, help="AI_MAX_TOKENS (default 600)")
     parser.add_argument("--latency", type=float, default=0.5, help="seconds per answer (default 0.5)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; medians printed (default 1)")
     args = parser.parse_args()
 
     configs = [
@@ -94,24 +96,49 @@ def main() -> int:
         Config("input binds", args.input_limit, args.output_limit * 4),
     ]
     workdir = Path(tempfile.mkdtemp(prefix="asklane-bench-tokens-"))
-    with ThreadPoolExecutor(len(configs)) as pool:
-        runs = [
-            pool.submit(_run, config, args, workdir / config.name.replace(" ", "-")) for config in configs
-        ]
-        results: list[Result | None] = []
-        for config, run in zip(configs, runs, strict=True):
-            try:
-                results.append(run.result())
-            except Exception:
-                print(f"{config.name}: could not run", file=sys.stderr)
-                traceback.print_exc()
-                results.append(None)
-    _print(args, [result for result in results if result is not None])
-    if None in results:
+    rounds: list[list[Result]] = [[] for _ in configs]
+    failed = False
+    for number in range(args.repeat):
+        with ThreadPoolExecutor(len(configs)) as pool:
+            runs = [
+                pool.submit(_run, config, args, workdir / f"{number}-{config.name.replace(' ', '-')}")
+                for config in configs
+            ]
+            for index, (config, run) in enumerate(zip(configs, runs, strict=True)):
+                try:
+                    rounds[index].append(run.result())
+                except Exception:
+                    print(f"{config.name}: could not run", file=sys.stderr)
+                    traceback.print_exc()
+                    failed = True
+    _print(
+        args, [_median(config, results) for config, results in zip(configs, rounds, strict=True) if results]
+    )
+    if failed:
         print(f"worker logs kept in {workdir}")
         return 1
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _median(config: Config, results: Sequence[Result]) -> Result:
+    """One line for several rounds: the median of the rates and mean minutes, the most of every
+    maximum and of the 429s (what "never over" is about)."""
+    minutes = {
+        kind: (
+            median(result.minutes[kind][0] for result in results),
+            max(result.minutes[kind][1] for result in results),
+            max(result.minutes[kind][2] for result in results),
+        )
+        for kind in ("input", "output")
+    }
+    return Result(
+        config,
+        round(median(result.calls for result in results)),
+        median(result.calls_per_second for result in results),
+        max(result.refused for result in results),
+        minutes,
+    )
 
 
 def _run(config: Config, args: argparse.Namespace, workdir: Path) -> Result:
@@ -197,7 +224,7 @@ def _print(args: argparse.Namespace, results: Sequence[Result]) -> None:
         f"token limits: {args.workers} workers per configuration, JOBS_PER_SECOND {args.calls_per_second:g}, "
         f"questions of {args.question_chars} characters, answers of {args.answer_tokens} tokens "
         f"(AI_MAX_TOKENS {args.max_tokens}) in {args.latency:g} s, {args.seconds:g} s measured, "
-        "all three at once"
+        f"all three at once; {args.repeat} round(s): medians of calls/s and mean/min, the most of the rest"
     )
     print(
         f"{'configuration':<14} {'calls/s':>7} {'429s':>5}  {'kind':<6} {'limit/min':>9} "

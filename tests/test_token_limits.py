@@ -327,7 +327,10 @@ def test_rate_limit_headers_reach_the_answer_streamed_or_not(
 # --- several workers racing on one Redis --------------------------------------------------------
 
 RACE_WINDOW = 2.0
-RACE_LIMITS = TokenLimits(input_per_window=8_000, output_per_window=5_000, window_seconds=RACE_WINDOW)
+RACE_INPUT, RACE_OUTPUT = 8_000, 5_000
+RACE_LIMITS = TokenLimits(
+    input_per_window=RACE_INPUT, output_per_window=RACE_OUTPUT, window_seconds=RACE_WINDOW
+)
 RACE_PROCESSES = 3
 RACE_TASKS = 2
 
@@ -336,8 +339,8 @@ def test_several_workers_racing_never_book_over_either_limit_in_any_sliding_wind
     env: dict[str, str], fake_anthropic: FakeAnthropic, redis_client: redis.Redis
 ) -> None:
     fake_anthropic.rate_limit(
-        input_tokens=RACE_LIMITS.input_per_window,
-        output_tokens=RACE_LIMITS.output_per_window,
+        input_tokens=RACE_INPUT,
+        output_tokens=RACE_OUTPUT,
         window=RACE_WINDOW,
     )
     fake_anthropic.output_tokens = 600
@@ -351,11 +354,14 @@ def test_several_workers_racing_never_book_over_either_limit_in_any_sliding_wind
 
     assert deferred > 0, "the limits never bound: the race proves nothing"
     assert fake_anthropic.refused == 0
-    for kind, limit in ((1, RACE_LIMITS.input_per_window), (2, RACE_LIMITS.output_per_window)):
-        booked_max = max_sum_in_window([(row[0], row[kind]) for row in bookings], RACE_WINDOW)
-        seen = [(use.at, (use.input_tokens, use.output_tokens)[kind - 1]) for use in fake_anthropic.token_log]
-        assert booked_max <= limit, (kind, booked_max)
-        assert max_sum_in_window(seen, RACE_WINDOW) <= limit
+    for kind, limit in (("input", RACE_INPUT), ("output", RACE_OUTPUT)):
+        booked = [(at, used_in if kind == "input" else used_out) for at, used_in, used_out in bookings]
+        seen = [
+            (use.at, use.input_tokens if kind == "input" else use.output_tokens)
+            for use in fake_anthropic.token_log
+        ]
+        assert max_sum_in_window(booked, RACE_WINDOW) <= limit, kind
+        assert max_sum_in_window(seen, RACE_WINDOW) <= limit, kind
     # Asklane's own spending never looked like someone else's.
     assert not redis_client.exists(RATE_PAUSE_KEY)
 
