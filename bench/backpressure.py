@@ -12,7 +12,10 @@ Measured on the 2-core shared machine, defaults (40 questions, 2 workers, 1,500 
 minute, 100 per answer, JOB_MAX_RETRIES 3): before back-pressure stopped spending retries, 61 of
 92 calls refused and 9 questions failed (31 answered, last final message at 62 s); after, 108 of
 148 calls refused and all 40 answered, none failed (last at 97 s). Issue 9 reported 111 refused
-and 24 of 40 failed within 75 s with its own fake.
+and 24 of 40 failed within 75 s with its own fake. Since issue 13 the fake charges a call's
+``max_tokens`` of output when it starts and gives back the unused part at its end, as Anthropic
+does: 212 of 252 calls refused, all 40 answered, last at 138 s. With AI_OUTPUT_TOKENS_PER_MINUTE
+set, asklane books the tokens itself and meets no refusals (bench/token_limits.py).
 
 Run from the repo root: ``.venv/bin/python bench/backpressure.py [--questions N] [--window S]``.
 Exits non-zero when any question got no final message at all.

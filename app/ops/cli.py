@@ -504,7 +504,8 @@ def _jobs_text(records: list[retention.JobRecord]) -> str:
     # Wide enough for the longest kind's ids ("feedback-" and 32 hex digits) and a space.
     lines = [f"{'finished (UTC)':<20}{'job id':<43}{'ref':<10}{'tries':>5}  {'queued ms':>9}  outcome"]
     for record in records:
-        outcome = record.error if record.state == "failed" else f"via {record.via}, AI {record.ai_ms} ms"
+        ai = "" if record.ai_ms is None else f", AI {record.ai_ms} ms"  # no AI call: a button's job
+        outcome = record.error if record.state == "failed" else f"via {record.via}{ai}"
         lines.append(
             f"{record.finished_at:%Y-%m-%d %H:%M:%S} {record.job_id:<43}{record.reference or '-':<10}"
             f"{record.attempts:>5}  {record.queued_ms if record.queued_ms is not None else '-':>9}  {outcome}"
