@@ -122,6 +122,16 @@ def test_a_call_that_failed_before_anthropic_answered_gives_back_all_its_tokens(
     assert _with_redis(settings, run) == (0, 0)
 
 
+def test_a_call_that_got_no_answer_at_all_keeps_its_reservation_booked(settings: Settings) -> None:
+    # A timeout or a dropped connection: Anthropic may have counted it, so it is not given back.
+    async def run(client: Any) -> tuple[int, int]:
+        limiter = RateLimiter(client, 10, tokens=MINUTE)
+        await limiter.settle(await limiter.wait_for_slot(Reservation(800, 1_000)), None, answered=False)
+        return await tokens_booked(client)
+
+    assert _with_redis(settings, run) == (800, 1_000)
+
+
 def test_usage_above_the_reservation_is_booked_too(settings: Settings) -> None:
     async def run(client: Any) -> tuple[int, int]:
         limiter = RateLimiter(client, 10, tokens=MINUTE)

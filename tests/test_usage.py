@@ -246,3 +246,25 @@ def test_cost_and_token_metrics_are_exposed_by_model_and_outcome_never_by_who_as
         assert line in text
     assert f'asklane_ai_calls_total{{model="{HAIKU}",outcome="answered"}} 1.0' in text
     assert USER not in text and TEAM not in text
+
+
+def test_a_charge_redis_refuses_is_logged_and_never_fails_the_answered_job(
+    settings: Settings,
+    fake_anthropic: FakeAnthropic,
+    fake_slack: FakeSlack,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    configure_logging(settings)
+    fake_anthropic.script(MESSAGES, StreamReply(text="answered all the same"))
+    # A string where the person's day totals go: the charge is refused by Redis (WRONGTYPE).
+    redis_client.set(keys.usage_key("day", usage.day_bucket(datetime.now(UTC)), "user", TEAM, USER), b"x")
+
+    job = question("charged?")
+    via = asyncio.run(run_thread_question(settings, job))
+
+    assert via == "stream"
+    [message] = fake_slack.thread(job.reply_to.channel_id, job.reply_to.thread_ts)
+    assert message.text == "answered all the same"
+    events = [r.msg.get("event") for r in caplog.records if isinstance(r.msg, dict)]
+    assert "usage.uncharged" in events

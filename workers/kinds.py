@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
 from app.contract import keys, prices, trace
 from app.contract.events import JobEvents
@@ -104,8 +105,9 @@ class Run:
             # Anthropic bills a refusal or an empty answer; a refused request used nothing.
             await self._finish_call(call.failed(self, error, usage=getattr(error, "usage", None)))
             raise
-        await self._note_answer(answer)
+        self._note_answer(answer)
         await self._finish_call(call.answered(self, answer))
+        await self._slow_down(answer)
         return answer
 
     @asynccontextmanager
@@ -131,14 +133,16 @@ class Run:
             usage = stream.usage_so_far() if stream is not None and stream.answer is None else None
             if stream is not None and stream.answer is not None:
                 # The answer was whole; what failed came after it, in the caller's steps.
-                await self._note_answer(stream.answer)
+                self._note_answer(stream.answer)
                 await self._finish_call(call.answered(self, stream.answer))
+                await self._slow_down(stream.answer)
             else:
                 await self._finish_call(call.failed(self, error, usage=usage, request_id=_request_id(stream)))
             raise
         if stream.answer is not None:
-            await self._note_answer(stream.answer)
+            self._note_answer(stream.answer)
             await self._finish_call(call.answered(self, stream.answer))
+            await self._slow_down(stream.answer)
         elif stream.failure is not None:
             # The stream broke and the caller handled it inside the block (an interrupted answer).
             await self._finish_call(
@@ -153,7 +157,10 @@ class Run:
         person's and workspace's totals and budgets, the job's trace."""
         record.cost_usd = prices.cost_usd(record.usage, self._prices) if record.usage is not None else 0.0
         booking, self.booking = self.booking, None
-        await self.deps.limiter.settle(booking, record.usage)
+        # A request id or usage means Anthropic answered (even with an error) and counted what
+        # the usage says, or nothing; neither means no answer came at all.
+        answered = record.usage is not None or record.request_id is not None
+        await self.deps.limiter.settle(booking, record.usage, answered=answered)
         await spend.charge_call(self.deps.redis, self.deps.settings, self.job, record, self._prices)
         await trace.append(
             self.deps.redis, record.job_id, trace.AiCall(call=record), self.deps.settings.trace_ttl_seconds
@@ -163,8 +170,7 @@ class Run:
     def _prices(self) -> Mapping[str, Price]:
         return prices.price_table(self.deps.settings.ai_prices)
 
-    async def _note_answer(self, answer: Answer) -> None:
-        deps = self.deps
+    def _note_answer(self, answer: Answer) -> None:
         log.info(
             "ai.completed",
             model=answer.model,
@@ -184,8 +190,17 @@ class Run:
         timings.model = answer.model
         if self.booking is not None:
             self.booking.reported = answer.rate_limits
-        if answer.slow_down_for:
-            await deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
+
+    async def _slow_down(self, answer: Answer) -> None:
+        """Pause every worker when the answer's headers say a limit is used up. Best effort: the
+        call is answered, charged and traced, and a Redis error here must not make it fail (and
+        be asked, and paid for, again)."""
+        if not answer.slow_down_for:
+            return
+        try:
+            await self.deps.limiter.pause(answer.slow_down_for, "anthropic rate limit used up")
+        except RedisError as error:
+            log.warning("ai.pause_failed", error=type(error).__name__, detail=str(error))
 
     async def deliver(self, message: SlackMessage | Sequence[SlackMessage]) -> str:
         """Post the job's final message (or every part of a long one, in order) to its reply

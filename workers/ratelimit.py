@@ -254,12 +254,18 @@ class RateLimiter:
                     await pipe.execute()
                 raise SlotTooFar(0.0)
 
-    async def settle(self, booking: Booking | None, usage: CallUsage | None) -> None:
+    async def settle(
+        self, booking: Booking | None, usage: CallUsage | None, *, answered: bool = True
+    ) -> None:
         """After an AI call, however it ended: book what it used (``usage``, None when it failed
         before Anthropic answered) in place of its reservation, and pause every worker until the
         reset of a token limit of which Anthropic reports less remaining than asklane's bookings
-        explain (something else is spending the organisation's tokens)."""
-        if booking is None or not self.tokens.on:
+        explain (something else is spending the organisation's tokens).
+
+        ``answered`` False: no answer came at all (a timeout, a dropped connection), so whether
+        Anthropic counted the call is unknown; the reservation stays booked, as if it had, rather
+        than given back for a later header check to blame on someone else."""
+        if booking is None or not self.tokens.on or not answered:
             return
         used = Reservation.used(usage)
         if (
@@ -300,11 +306,16 @@ class RateLimiter:
                 # Another app may use what the organisation's limit leaves beyond asklane's.
                 expected[kind] = min(limit, report.limit) - booked
         for kind, report, remaining in spent_elsewhere(booking.reported, expected):
-            await self.pause(
-                report.reset_in,
-                f"anthropic reports {report.remaining} {kind} remaining where asklane expected "
-                f"{remaining}: something else is spending the organisation's tokens",
-            )
+            try:
+                await self.pause(
+                    report.reset_in,
+                    f"anthropic reports {report.remaining} {kind} remaining where asklane expected "
+                    f"{remaining}: something else is spending the organisation's tokens",
+                )
+            except RedisError as error:
+                # As above: the call is done; the next call's headers tell again.
+                log.warning("ai.pause_failed", error=type(error).__name__, detail=str(error))
+                return
 
     def _book_keys(self) -> list[str]:
         if self.tokens.on:

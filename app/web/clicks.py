@@ -303,7 +303,7 @@ async def _charged(
     limits, budgets = gates
     over = await budget.over_budget(redis, budgets, job.asker, now)
     if over is not None:
-        bound.info("click.over_budget", **over.log_fields())
+        bound.info("click.over_budget", reference=job.reference, **over.log_fields())
         refused = await _refuse(click, over.message(job.reference), redis, events, bound, now)
         return ClickAck(refused.status, "over_budget")
     result = await quota.enqueue_within(redis, limits, job)
