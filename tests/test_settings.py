@@ -152,6 +152,17 @@ def test_ai_timeout_must_fit_inside_the_job_timeout() -> None:
         settings_from({**REQUIRED, "AI_TIMEOUT_SECONDS": "60", "JOB_TIMEOUT_SECONDS": "30"})
 
 
+def test_max_tokens_must_fit_in_a_minutes_output_token_limit() -> None:
+    with pytest.raises(ValueError, match="AI_MAX_TOKENS must not exceed AI_OUTPUT_TOKENS_PER_MINUTE"):
+        settings_from({**REQUIRED, "AI_MAX_TOKENS": "2000", "AI_OUTPUT_TOKENS_PER_MINUTE": "1000"})
+
+
+@pytest.mark.parametrize("name", ["BUDGET_USER_PER_DAY_USD", "BUDGET_TEAM_PER_MONTH_USD"])
+def test_a_budget_below_a_micro_dollar_is_refused_as_it_would_refuse_every_question(name: str) -> None:
+    with pytest.raises(ValueError, match=name.lower()):
+        settings_from({**REQUIRED, name: "0.0000004"})
+
+
 def test_default_model_is_not_deprecated_in_the_sdk() -> None:
     from anthropic._data.deprecated_models import DEPRECATED_MODELS
 

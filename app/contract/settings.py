@@ -93,8 +93,9 @@ class Settings(BaseSettings):
     quota_team_per_day: Annotated[int, Field(ge=0)] = 5000
 
     # AI spend (app/contract/usage.py), in US dollars, on UTC days and months; unset = no budget.
-    budget_user_per_day_usd: Annotated[float, Field(gt=0)] | None = None
-    budget_team_per_month_usd: Annotated[float, Field(gt=0)] | None = None
+    # Spend is counted in whole micro-dollars: a smaller budget would round to nothing at all.
+    budget_user_per_day_usd: Annotated[float, Field(ge=0.000001)] | None = None
+    budget_team_per_month_usd: Annotated[float, Field(ge=0.000001)] | None = None
     #: Prices per model (USD per million tokens) over the shipped table (app/contract/prices.py),
     #: as JSON: {"model": {"input": 1, "output": 5, "cache_write": 1.25, "cache_read": 0.1}}.
     ai_prices: dict[str, Price] = {}
