@@ -231,6 +231,20 @@ end
 return {1, at - now}
 """
 
+# A Lua function the token scripts below start with: the input and output tokens booked in the
+# token log (members "<member>:<input>:<output>") at moments after ``after``.
+_TOKENS_BOOKED_AFTER = """
+local function tokens_booked_after(key, after)
+  local total_in, total_out = 0, 0
+  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', key, string.format('(%d', after), '+inf')) do
+    local _, _, used_in, used_out = string.find(entry, ':(%d+):(%d+)$')
+    total_in = total_in + tonumber(used_in or '0')
+    total_out = total_out + tonumber(used_out or '0')
+  end
+  return total_in, total_out
+end
+"""
+
 # KEYS: token bookings zset (RATE_BOOK's).  ARGV: member, reserved input, reserved output, used
 # input, used output, token window (µs).
 # After an AI call: the tokens Anthropic reported replace what its booking reserved (less is given
@@ -239,19 +253,12 @@ return {1, at - now}
 # the totals over every booking from one window before this one's moment onwards, taken before
 # the give-back (this call counted at the larger of its reservation and its use): what Anthropic
 # can have counted against the organisation on asklane's behalf when it answered this call.
-RATE_SETTLE = """
+RATE_SETTLE = _TOKENS_BOOKED_AFTER + """
 local old = ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3]
 local score = redis.call('ZSCORE', KEYS[1], old)
 if not score then return {0, 0, 0, 0} end
 score = tonumber(score)
-local since = string.format('(%d', score - tonumber(ARGV[6]))
-local entries = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')
-local total_in, total_out = 0, 0
-for _, entry in ipairs(entries) do
-  local _, _, used_in, used_out = string.find(entry, ':(%d+):(%d+)$')
-  total_in = total_in + tonumber(used_in or '0')
-  total_out = total_out + tonumber(used_out or '0')
-end
+local total_in, total_out = tokens_booked_after(KEYS[1], score - tonumber(ARGV[6]))
 local used_in, used_out = tonumber(ARGV[4]), tonumber(ARGV[5])
 total_in = total_in + math.max(0, used_in - tonumber(ARGV[2]))
 total_out = total_out + math.max(0, used_out - tonumber(ARGV[3]))
@@ -266,17 +273,10 @@ return {1, total_in, total_out, now - score}
 
 # KEYS: token bookings zset.  ARGV: window (µs).
 # Returns {input, output} booked from one window ago on (calls booked a moment ahead included).
-RATE_TOKENS_BOOKED = """
+RATE_TOKENS_BOOKED = _TOKENS_BOOKED_AFTER + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local since = string.format('(%d', now - tonumber(ARGV[1]))
-local entries = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')
-local total_in, total_out = 0, 0
-for _, entry in ipairs(entries) do
-  local _, _, used_in, used_out = string.find(entry, ':(%d+):(%d+)$')
-  total_in = total_in + tonumber(used_in or '0')
-  total_out = total_out + tonumber(used_out or '0')
-end
+local total_in, total_out = tokens_booked_after(KEYS[1], now - tonumber(ARGV[1]))
 return {total_in, total_out}
 """
 
