@@ -253,7 +253,9 @@ end
 # the totals over every booking from one window before this one's moment onwards, taken before
 # the give-back (this call counted at the larger of its reservation and its use): what Anthropic
 # can have counted against the organisation on asklane's behalf when it answered this call.
-RATE_SETTLE = _TOKENS_BOOKED_AFTER + """
+RATE_SETTLE = (
+    _TOKENS_BOOKED_AFTER
+    + """
 local old = ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3]
 local score = redis.call('ZSCORE', KEYS[1], old)
 if not score then return {0, 0, 0, 0} end
@@ -270,15 +272,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 return {1, total_in, total_out, now - score}
 """
+)
 
 # KEYS: token bookings zset.  ARGV: window (µs).
 # Returns {input, output} booked from one window ago on (calls booked a moment ahead included).
-RATE_TOKENS_BOOKED = _TOKENS_BOOKED_AFTER + """
+RATE_TOKENS_BOOKED = (
+    _TOKENS_BOOKED_AFTER
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local total_in, total_out = tokens_booked_after(KEYS[1], now - tonumber(ARGV[1]))
 return {total_in, total_out}
 """
+)
 
 # KEYS: pause key.  ARGV: pause_us.  Returns 1 when this call started a pause (none was in
 # force), 0 when it only moved one later or changed nothing: one log line per pause, not per job.
