@@ -100,8 +100,8 @@ def test_usage_cache_tokens_and_stop_reason_come_from_the_final_message(
     _, answer = _read(settings)
 
     assert answer is not None
-    assert (answer.input_tokens, answer.output_tokens) == (9, 57)
-    assert (answer.cache_read_input_tokens, answer.cache_creation_input_tokens) == (1200, 40)
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (9, 57)
+    assert (answer.usage.cache_read_input_tokens, answer.usage.cache_creation_input_tokens) == (1200, 40)
     assert answer.stop_reason == "max_tokens" and answer.cut_short
     assert answer.request_id == "req_streamed"
 
@@ -209,4 +209,4 @@ def test_a_stream_the_fake_serves_unscripted_answers_with_an_echo(
 
     assert "".join(deltas) == "Answer to: why is the sky blue?"
     assert all(len(delta) <= 3 for delta in deltas)
-    assert answer is not None and answer.output_tokens == fake_anthropic.output_tokens
+    assert answer is not None and answer.usage.output_tokens == fake_anthropic.output_tokens

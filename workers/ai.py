@@ -51,10 +51,11 @@ class ReportedLimit:
     """One of the organisation's rate limits as a response's ``anthropic-ratelimit-{kind}-*``
     headers report it."""
 
-    limit: int
     remaining: int
     #: Seconds from when the headers were read until the limit is fully replenished (-reset).
     reset_in: float
+    #: The limit itself (-limit), when Anthropic sent it.
+    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,10 @@ class Answer:
 
     text: str
     stop_reason: str | None
-    model: str
-    input_tokens: int
-    output_tokens: int
+    #: The model that answered and the tokens it read (cache writes and reads apart) and wrote.
+    usage: CallUsage
     latency_ms: float
     request_id: str | None
-    #: Seconds until a rate limit that this call used up resets, from anthropic-ratelimit-*.
-    slow_down_for: float | None = None
-    #: Input tokens written to Anthropic's prompt cache, and read from it (0 when none).
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
     #: The organisation's rate limits as this response's headers report them, by kind.
     rate_limits: Mapping[str, ReportedLimit] = field(default_factory=dict)
 
@@ -82,14 +77,11 @@ class Answer:
         return self.stop_reason in CUT_SHORT
 
     @property
-    def usage(self) -> CallUsage:
-        return CallUsage(
-            model=self.model,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            cache_creation_input_tokens=self.cache_creation_input_tokens,
-            cache_read_input_tokens=self.cache_read_input_tokens,
-        )
+    def slow_down_for(self) -> float | None:
+        """Seconds until the latest reset among rate limits this call used up, if any: pausing
+        until then avoids the 429 the next call would get."""
+        waits = [limit.reset_in for limit in self.rate_limits.values() if limit.remaining <= 0]
+        return max(waits) if waits and max(waits) > 0 else None
 
 
 class Claude:
@@ -150,15 +142,10 @@ class Claude:
         return Answer(
             text=text,
             stop_reason=response.stop_reason,
-            model=response.model,
-            input_tokens=response.usage.input_tokens,
-            output_tokens=response.usage.output_tokens,
+            usage=message_usage(response),
             latency_ms=latency_ms,
             request_id=request_id,
-            slow_down_for=exhausted_limit_reset(raw.headers),
             rate_limits=reported_limits(raw.headers),
-            cache_creation_input_tokens=_tokens(response.usage.cache_creation_input_tokens),
-            cache_read_input_tokens=_tokens(response.usage.cache_read_input_tokens),
         )
 
     @asynccontextmanager
@@ -331,19 +318,13 @@ class AnswerStream:
             raise TransientError("anthropic stream ended before message_stop")
         response = usable_message(self._stream.current_message_snapshot)
         text = answer_text(response)
-        headers = self._stream.response.headers
         return Answer(
             text=text,
             stop_reason=response.stop_reason,
-            model=response.model,
-            input_tokens=response.usage.input_tokens,
-            output_tokens=response.usage.output_tokens,
+            usage=message_usage(response),
             latency_ms=round((time.perf_counter() - self._started) * 1000, 1),
             request_id=self._stream.request_id,
-            slow_down_for=exhausted_limit_reset(headers),
-            rate_limits=reported_limits(headers),
-            cache_creation_input_tokens=_tokens(response.usage.cache_creation_input_tokens),
-            cache_read_input_tokens=_tokens(response.usage.cache_read_input_tokens),
+            rate_limits=reported_limits(self._stream.response.headers),
         )
 
 
@@ -470,53 +451,28 @@ def usable_message(parsed: object) -> Message:
     return parsed
 
 
-def exhausted_limit_reset(headers: object) -> float | None:
-    """Seconds until the latest reset among rate limits with nothing remaining, if any.
-
-    Pausing until then avoids the 429 the next call would get.
-    """
-    get = getattr(headers, "get", None)
-    if get is None:
-        return None
-    waits = []
-    for kind in RATE_LIMIT_KINDS:
-        remaining, reset = (
-            get(f"anthropic-ratelimit-{kind}-remaining"),
-            get(f"anthropic-ratelimit-{kind}-reset"),
-        )
-        if remaining is None or reset is None:
-            continue
-        try:
-            if int(remaining) > 0:
-                continue
-            when = datetime.fromisoformat(reset.replace("Z", "+00:00"))
-        except ValueError:
-            continue
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        waits.append((when - datetime.now(UTC)).total_seconds())
-    return max(waits) if waits and max(waits) > 0 else None
-
-
 def reported_limits(headers: object) -> dict[str, ReportedLimit]:
-    """Each rate limit whose -limit, -remaining and -reset headers are all present and readable,
-    by kind (requests, tokens, input-tokens, output-tokens)."""
+    """Each rate limit whose -remaining and -reset headers are present and readable (with its
+    -limit when that is too), by kind (requests, tokens, input-tokens, output-tokens)."""
     get = getattr(headers, "get", None)
     if get is None:
         return {}
     limits = {}
     for kind in RATE_LIMIT_KINDS:
-        values = [get(f"anthropic-ratelimit-{kind}-{part}") for part in ("limit", "remaining", "reset")]
-        if any(value is None for value in values):
+        limit, remaining, reset = (
+            get(f"anthropic-ratelimit-{kind}-{part}") for part in ("limit", "remaining", "reset")
+        )
+        if remaining is None or reset is None:
             continue
         try:
-            limit, remaining = int(values[0]), int(values[1])
-            when = datetime.fromisoformat(values[2].replace("Z", "+00:00"))
+            when = datetime.fromisoformat(reset.replace("Z", "+00:00"))
+            reported = int(remaining)
+            ceiling = None if limit is None else int(limit)
         except ValueError:
             continue
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        limits[kind] = ReportedLimit(limit, remaining, (when - datetime.now(UTC)).total_seconds())
+        limits[kind] = ReportedLimit(reported, (when - datetime.now(UTC)).total_seconds(), ceiling)
     return limits
 
 

@@ -171,23 +171,24 @@ class Run:
         return prices.price_table(self.deps.settings.ai_prices)
 
     def _note_answer(self, answer: Answer) -> None:
+        usage = answer.usage
         log.info(
             "ai.completed",
-            model=answer.model,
+            model=usage.model,
             latency_ms=answer.latency_ms,
-            input_tokens=answer.input_tokens,
-            output_tokens=answer.output_tokens,
-            cache_creation_input_tokens=answer.cache_creation_input_tokens,
-            cache_read_input_tokens=answer.cache_read_input_tokens,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
             stop_reason=answer.stop_reason,
             request_id=answer.request_id,
         )
         timings = self.timings
         timings.ai_ms = answer.latency_ms
-        timings.input_tokens, timings.output_tokens = answer.input_tokens, answer.output_tokens
-        timings.cache_creation_input_tokens = answer.cache_creation_input_tokens
-        timings.cache_read_input_tokens = answer.cache_read_input_tokens
-        timings.model = answer.model
+        timings.input_tokens, timings.output_tokens = usage.input_tokens, usage.output_tokens
+        timings.cache_creation_input_tokens = usage.cache_creation_input_tokens
+        timings.cache_read_input_tokens = usage.cache_read_input_tokens
+        timings.model = usage.model
         if self.booking is not None:
             self.booking.reported = answer.rate_limits
 

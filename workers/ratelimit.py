@@ -304,7 +304,8 @@ class RateLimiter:
             report = booking.reported.get(kind)
             if limit is not None and report is not None:
                 # Another app may use what the organisation's limit leaves beyond asklane's.
-                expected[kind] = min(limit, report.limit) - booked
+                ceiling = limit if report.limit is None else min(limit, report.limit)
+                expected[kind] = ceiling - booked
         for kind, report, remaining in spent_elsewhere(booking.reported, expected):
             try:
                 await self.pause(
