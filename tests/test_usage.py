@@ -217,7 +217,8 @@ def test_a_model_missing_from_the_price_table_is_logged_once_and_charged_the_dea
     async def charge_twice() -> None:
         client = open_redis(settings)
         for _ in range(2):
-            await spend.charge_call(client, settings, job, _record("claude-next-9"), table)
+            record = _record("claude-next-9")
+            await spend.charge_call(client, settings, job, record, spend.price(record, table))
         await client.aclose()
 
     asyncio.run(charge_twice())

@@ -24,7 +24,6 @@ from app.contract import keys, prices, trace
 from app.contract.events import JobEvents
 from app.contract.jobs import JobBase
 from app.contract.messages import SlackMessage
-from app.contract.prices import Price
 from app.contract.settings import Settings
 from app.contract.usage import CallOutcome, CallRecord, CallUsage
 from workers import job_state, spend
@@ -155,20 +154,16 @@ class Run:
     async def _finish_call(self, record: CallRecord) -> None:
         """Every AI call ends here exactly once, answered, stopped or failed: its cost, the
         person's and workspace's totals and budgets, the job's trace."""
-        record.cost_usd = prices.cost_usd(record.usage, self._prices) if record.usage is not None else 0.0
+        cost = spend.price(record, prices.price_table(self.deps.settings.ai_prices))
         booking, self.booking = self.booking, None
         # A request id or usage means Anthropic answered (even with an error) and counted what
         # the usage says, or nothing; neither means no answer came at all.
         answered = record.usage is not None or record.request_id is not None
         await self.deps.limiter.settle(booking, record.usage, answered=answered)
-        await spend.charge_call(self.deps.redis, self.deps.settings, self.job, record, self._prices)
+        await spend.charge_call(self.deps.redis, self.deps.settings, self.job, record, cost)
         await trace.append(
             self.deps.redis, record.job_id, trace.AiCall(call=record), self.deps.settings.trace_ttl_seconds
         )
-
-    @property
-    def _prices(self) -> Mapping[str, Price]:
-        return prices.price_table(self.deps.settings.ai_prices)
 
     def _note_answer(self, answer: Answer) -> None:
         usage = answer.usage

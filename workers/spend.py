@@ -32,18 +32,30 @@ CHARGE_TIMEOUT_SECONDS = 2.0
 _unpriced: set[str] = set()
 
 
-async def charge_call(
-    redis: ArqRedis, settings: Settings, job: JobBase, record: CallRecord, table: Mapping[str, Price]
-) -> None:
-    """Charge ``record``'s call to its asker's and workspace's totals and to the metrics. A Redis
-    error is logged (``usage.uncharged``) and swallowed: the answer matters more than its tally."""
+def price(record: CallRecord, table: Mapping[str, Price]) -> int:
+    """What ``record``'s call cost, in micro-dollars (0 without usage), set on the record in
+    dollars too. A model missing from ``table`` is priced at its dearest rates, logged once."""
     call = record.usage
     if call is None:
-        return
+        record.cost_usd = 0.0
+        return 0
     if not prices.is_priced(call.model, table) and call.model not in _unpriced:
         _unpriced.add(call.model)
         log.warning("usage.price_unknown", model=call.model, priced_as="the table's dearest rates")
     cost = prices.cost_micro_usd(call, table)
+    record.cost_usd = cost / 1_000_000
+    return cost
+
+
+async def charge_call(
+    redis: ArqRedis, settings: Settings, job: JobBase, record: CallRecord, cost: int
+) -> None:
+    """Charge ``record``'s call, which cost ``cost`` micro-dollars (:func:`price`), to its asker's
+    and workspace's totals and to the metrics. A Redis error is logged (``usage.uncharged``) and
+    swallowed: the answer matters more than its tally."""
+    call = record.usage
+    if call is None:
+        return
     tokens = {kind: getattr(call, name) for kind, name in usage.TOKEN_KINDS.items()}
     asker = job.asker
     retention = usage.Retention(settings.usage_days_kept, settings.usage_months_kept)
