@@ -125,31 +125,34 @@ class Run:
         # Nothing else may be awaited between the granted slot and the request.
         call = _CallClock()
         stream: AnswerStream | None = None
+        raised: BaseException | None = None
         try:
             async with deps.claude.stream(request) as stream:
                 yield stream
         except BaseException as error:
-            usage = stream.usage_so_far() if stream is not None and stream.answer is None else None
-            if stream is not None and stream.answer is not None:
-                # The answer was whole; what failed came after it, in the caller's steps.
-                self._note_answer(stream.answer)
-                await self._finish_call(call.answered(self, stream.answer))
-                await self._slow_down(stream.answer)
-            else:
-                await self._finish_call(call.failed(self, error, usage=usage, request_id=_request_id(stream)))
+            raised = error
             raise
-        if stream.answer is not None:
+        finally:
+            await self._stream_ended(call, stream, raised)
+
+    async def _stream_ended(
+        self, call: _CallClock, stream: AnswerStream | None, raised: BaseException | None
+    ) -> None:
+        """Record a streamed call however it ended: a whole answer (whatever the caller's steps
+        did after it); a failure, raised out of the block or met and handled inside it (an
+        interrupted answer); else the block was left early (a Stop)."""
+        if stream is not None and stream.answer is not None:
             self._note_answer(stream.answer)
             await self._finish_call(call.answered(self, stream.answer))
             await self._slow_down(stream.answer)
-        elif stream.failure is not None:
-            # The stream broke and the caller handled it inside the block (an interrupted answer).
-            await self._finish_call(
-                call.failed(self, stream.failure, usage=stream.usage_so_far(), request_id=stream.request_id)
-            )
+            return
+        usage = stream.usage_so_far() if stream is not None else None
+        request_id = stream.request_id if stream is not None else None
+        failure = raised or (stream.failure if stream is not None else None)
+        if failure is None:
+            await self._finish_call(call.stopped(self, usage, request_id))
         else:
-            # The block was left before the answer ended (a Stop, or the caller gave up on it).
-            await self._finish_call(call.stopped(self, stream.usage_so_far(), stream.request_id))
+            await self._finish_call(call.failed(self, failure, usage=usage, request_id=request_id))
 
     async def _finish_call(self, record: CallRecord) -> None:
         """Every AI call ends here exactly once, answered, stopped or failed: its cost, the
@@ -326,10 +329,6 @@ class _CallClock:
             request_id=request_id or getattr(error, "request_id", None),
             error=f"{type(error).__name__}: {error}",
         )
-
-
-def _request_id(stream: AnswerStream | None) -> str | None:
-    return stream.request_id if stream is not None else None
 
 
 class JobKind(Protocol):
