@@ -421,7 +421,7 @@ class SlackStream:
                     channel=self._record.channel,
                     ts=message.ts,
                     markdown_text=tail or None,
-                    blocks=(blocks or None) if not message.stop_button else None,
+                    blocks=None if message.stop_button else (blocks or None),
                 ),
                 final=True,
             )
@@ -431,9 +431,7 @@ class SlackStream:
                 self._texts[index] += tail
                 tail = ""
                 if not message.stop_button:
-                    await self._wrote()
-                    return True
-                await self._wrote()
+                    blocks = []  # chat.stopStream drew them
         if tail or blocks or message.stop_button:
             await self._update(index, self._texts[index] + tail, blocks, final=True)
             message.stop_button = False
