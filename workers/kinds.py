@@ -9,6 +9,7 @@ events and the failure message. Worker registration passes the kinds explicitly
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -162,10 +163,15 @@ class Run:
         # A request id or usage means Anthropic answered (even with an error) and counted what
         # the usage says, or nothing; neither means no answer came at all.
         answered = record.usage is not None or record.request_id is not None
-        await self.deps.limiter.settle(booking, record.usage, answered=answered)
-        await spend.charge_call(self.deps.redis, self.deps.settings, self.job, record, cost)
-        await trace.append(
-            self.deps.redis, record.job_id, trace.AiCall(call=record), self.deps.settings.trace_ttl_seconds
+        # Independent, and each swallows its own Redis errors: awaited together, since the
+        # answer's delivery waits for them.
+        deps = self.deps
+        await asyncio.gather(
+            deps.limiter.settle(booking, record.usage, answered=answered),
+            spend.charge_call(deps.redis, deps.settings, self.job, record, cost),
+            trace.append(
+                deps.redis, record.job_id, trace.AiCall(call=record), deps.settings.trace_ttl_seconds
+            ),
         )
 
     def _note_answer(self, answer: Answer) -> None:

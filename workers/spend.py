@@ -61,8 +61,10 @@ async def charge_call(
     retention = usage.Retention(settings.usage_days_kept, settings.usage_months_kept)
     try:
         async with asyncio.timeout(CHARGE_TIMEOUT_SECONDS):
-            await usage.charge(redis, asker.team_id, asker.user_id, call, cost, charged_at(record), retention)
-            await metrics.add(redis, metrics.call_counts(call.model, record.outcome, cost, tokens))
+            await asyncio.gather(
+                usage.charge(redis, asker.team_id, asker.user_id, call, cost, charged_at(record), retention),
+                metrics.add(redis, metrics.call_counts(call.model, record.outcome, cost, tokens)),
+            )
     except (RedisError, OSError, TimeoutError) as error:
         log.error(
             "usage.uncharged",
