@@ -67,6 +67,25 @@ async def recent(redis: ArqRedis, state: State, count: int = 100) -> list[JobRec
     return [JobRecord.model_validate_json(item) for item in raw]
 
 
+async def find(
+    redis: ArqRedis, *, job_id: str | None = None, reference: str | None = None
+) -> JobRecord | None:
+    """The kept record of the job with ``job_id`` or ``reference`` (the completed list first), or
+    None when neither list holds it."""
+    needle = (job_id or reference or "").encode()
+    for key in (COMPLETED_KEY, FAILED_KEY):
+        for raw in await cast(Awaitable[list[bytes]], redis.lrange(key, 0, -1)):
+            if needle not in raw:
+                continue
+            try:
+                record = JobRecord.model_validate_json(raw)
+            except ValidationError:
+                continue
+            if record.job_id == job_id or (reference is not None and record.reference == reference):
+                return record
+    return None
+
+
 async def add_feedback(redis: ArqRedis, job_id: str, user_id: str, value: str) -> bool:
     """Note ``user_id``'s feedback on the record of ``job_id``; False when no record of it is kept
     (retention off, or trimmed away): the feedback is still logged and counted by the caller."""

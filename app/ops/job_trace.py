@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from arq.connections import ArqRedis
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from app.contract import keys, trace
 from app.contract.job import deserialize, reference_for
@@ -92,7 +91,7 @@ async def resolve(redis: ArqRedis, reference_or_job_id: str) -> str | None:
     found = await redis.exists(
         keys.trace_key(wanted), keys.job_key(wanted), keys.result_key(wanted), keys.in_progress_key(wanted)
     )
-    if found or await _retained(redis, wanted) is not None:
+    if found or await retention.find(redis, job_id=wanted) is not None:
         return wanted
     return None
 
@@ -103,7 +102,7 @@ async def show(redis: ArqRedis, reference_or_job_id: str) -> JobView | None:
     if job_id is None:
         return None
     entries = await trace.read(redis, job_id)
-    record = await _retained(redis, job_id)
+    record = await retention.find(redis, job_id=job_id)
     payload = await _queued_payload(redis, job_id)
     if payload is None and record is not None:
         payload = record.payload
@@ -140,37 +139,8 @@ async def _by_reference(redis: ArqRedis, reference: str) -> str | None:
         job_id = bytes(member).decode()
         if reference_for(job_id) == reference:
             return job_id
-    for state in ("completed", "failed"):
-        for raw in await cast(Awaitable[list[bytes]], redis.lrange(_list_key(state), 0, -1)):
-            if reference.encode() not in raw:
-                continue
-            record = _record(raw)
-            if record is not None and record.reference == reference:
-                return str(record.job_id)
-    return None
-
-
-def _list_key(state: str) -> str:
-    return keys.FAILED_KEY if state == "failed" else keys.COMPLETED_KEY
-
-
-def _record(raw: bytes) -> retention.JobRecord | None:
-    try:
-        return retention.JobRecord.model_validate_json(raw)
-    except ValidationError:
-        return None
-
-
-async def _retained(redis: ArqRedis, job_id: str) -> retention.JobRecord | None:
-    """The job's record among the recent completed or failed jobs, if kept."""
-    needle = job_id.encode()
-    for state in ("completed", "failed"):
-        for raw in await cast(Awaitable[list[bytes]], redis.lrange(_list_key(state), 0, -1)):
-            if needle in raw:
-                record = _record(raw)
-                if record is not None and record.job_id == job_id:
-                    return record
-    return None
+    record = await retention.find(redis, reference=reference)
+    return None if record is None else record.job_id
 
 
 async def _queued_payload(redis: ArqRedis, job_id: str) -> Any:
@@ -251,15 +221,9 @@ def _runs(entries: list[trace.TraceEntry]) -> list[RunView]:
         elif isinstance(entry, trace.Delivery):
             current.deliveries.append(entry)
         else:
-            current.run = entry.run
-            current.ended_at, current.outcome, current.attempt = entry.at, entry.outcome, entry.attempt
-            current.duration_ms, current.queued_ms = entry.duration_ms, entry.queued_ms
-            current.ai_ms, current.delivery_ms, current.via = entry.ai_ms, entry.delivery_ms, entry.via
-            current.reason, current.delay_s, current.request_id = (
-                entry.reason,
-                entry.delay_s,
-                entry.request_id,
-            )
+            for name, value in entry.model_dump(exclude={"event", "at"}).items():
+                setattr(current, name, value)
+            current.ended_at = entry.at
             current = None
     return runs
 
