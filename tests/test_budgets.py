@@ -231,4 +231,4 @@ def test_when_both_budgets_are_spent_the_one_that_resets_last_is_named(settings:
     )
 
     assert over is not None and over.budget.period == "month"
-    assert over.resets_at == usage.next_month(now) and over.spent_usd == 2.0
+    assert over.retry_after == (usage.next_month(now) - now).total_seconds() and over.spent_usd == 2.0

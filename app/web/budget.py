@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
@@ -28,8 +27,8 @@ from app.contract.settings import Settings
 class Budget:
     """At most ``usd`` US dollars of AI calls per UTC ``period`` for each person or workspace."""
 
-    scope: Literal["user", "team"]
-    period: Literal["day", "month"]
+    scope: keys.UsageScope
+    period: keys.UsagePeriod
     usd: float
 
     @property
@@ -51,7 +50,7 @@ class OverBudget:
 
     budget: Budget
     spent_usd: float
-    resets_at: datetime
+    #: Seconds until the budget resets.
     retry_after: float
 
     def log_fields(self) -> dict[str, object]:
@@ -104,8 +103,7 @@ async def over_budget(
         micro = int(raw or 0)
         if micro < budget.micro_usd:
             continue
-        resets_at = budget.resets_at(now)
-        found = OverBudget(budget, micro / 1_000_000, resets_at, (resets_at - now).total_seconds())
-        if worst is None or found.resets_at > worst.resets_at:
+        found = OverBudget(budget, micro / 1_000_000, (budget.resets_at(now) - now).total_seconds())
+        if worst is None or found.retry_after > worst.retry_after:
             worst = found
     return worst
