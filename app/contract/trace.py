@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 
 from app.contract import keys
-from app.contract.jobs import JobBase
+from app.contract.jobs import AskQuestion, JobBase, ThreadQuestion
 from app.contract.targets import DirectMessage, Ephemeral, PrivateNote, Thread
 from app.contract.usage import CallRecord
 
@@ -68,7 +68,7 @@ class RunStarted(_Entry):
 
     @classmethod
     def of(cls, job: JobBase, *, run: int, worker: str) -> RunStarted:
-        text = getattr(job, "text", None)
+        question = question_of(job)
         return cls(
             run=run,
             worker=worker,
@@ -76,7 +76,7 @@ class RunStarted(_Entry):
             team_id=job.asker.team_id,
             user_id=job.asker.user_id,
             reply_to=describe_target(job),
-            question_chars=len(text) if isinstance(text, str) and job.kind in ("ask", "thread") else None,
+            question_chars=None if question is None else len(question),
         )
 
 
@@ -129,6 +129,11 @@ class Delivery(_Entry):
 TraceEntry = Annotated[Union[RunStarted, RunEnded, AiCall, Delivery], Field(discriminator="event")]  # noqa: UP007
 
 _ENTRY: TypeAdapter[TraceEntry] = TypeAdapter(TraceEntry)
+
+
+def question_of(job: JobBase) -> str | None:
+    """The question a job answers, for the kinds that carry one (a button's job does not)."""
+    return job.text if isinstance(job, AskQuestion | ThreadQuestion) else None
 
 
 def describe_target(job: JobBase) -> str:

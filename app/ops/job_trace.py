@@ -182,9 +182,9 @@ def _add_payload(view: JobView, payload: Any) -> None:
         return
     view.kind, view.team_id, view.user_id = job.kind, job.asker.team_id, job.asker.user_id
     view.reply_to, view.enqueued_at = trace.describe_target(job), job.enqueued_at
-    text = getattr(job, "text", None)
-    if job.kind in ("ask", "thread") and isinstance(text, str):
-        view.question, view.question_chars = text, len(text)
+    question = trace.question_of(job)
+    if question is not None:
+        view.question, view.question_chars = question, len(question)
     answer_job_id = getattr(job, "answer_job_id", None)
     view.answer_job_id = answer_job_id if isinstance(answer_job_id, str) else None
 
