@@ -15,7 +15,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.contract import scripts, stops
+from app.contract import scripts
 from app.contract.keys import RATE_PAUSE_KEY, RATE_TOKENS_KEY, RATE_WINDOW_KEY
 from app.contract.logs import configure_logging
 from app.contract.queue import open_redis
@@ -29,9 +29,9 @@ from tests.support.fakes.slack import START_STREAM, FakeSlack
 from tests.support.jobs import drain
 from tests.support.measures import max_sum_in_window
 from tests.support.slack_requests import SlashCommands
-from tests.support.threads import question, run_thread_question
+from tests.support.threads import question, stop_thread_question
 from workers.ai import Claude
-from workers.errors import PermanentError, StopRequested
+from workers.errors import PermanentError
 from workers.prompt import input_budget, single_question
 from workers.ratelimit import Booking, RateLimiter, Reservation, SlotTooFar, TokenLimits, tokens_booked
 
@@ -245,20 +245,11 @@ def test_a_stream_stopped_mid_answer_keeps_booked_the_output_it_wrote(
     limited = settings.model_copy(update=limits)
     fake_anthropic.script(MESSAGES, StreamReply(text="token " * 500, chunk=6, event_delay=0.01))
 
-    async def scenario() -> tuple[int, int]:
-        job = question("a long answer, please")
-        running = asyncio.create_task(run_thread_question(limited, job))
-        await asyncio.to_thread(fake_slack.wait_for, START_STREAM)  # the answer is showing
-        client = open_redis(limited)
-        try:
-            await stops.request_stop(client, job.job_id)
-            with pytest.raises(StopRequested):
-                await running
-            return await tokens_booked(client)
-        finally:
-            await client.aclose()
+    job = question("a long answer, please")
+    # Stopped once the answer is showing.
+    asyncio.run(stop_thread_question(limited, job, lambda: fake_slack.wait_for(START_STREAM)))
 
-    input_booked, output_booked = asyncio.run(scenario())
+    input_booked, output_booked = _with_redis(limited, tokens_booked)
 
     # Input as message_start reported it; output estimated from the text received, not max_tokens.
     assert input_booked == 12

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from app.contract import keys, metrics, stops, usage
+from app.contract import keys, metrics, usage
 from app.contract.keys import COUNTERS_KEY
 from app.contract.logs import configure_logging
 from app.contract.prices import price_table
@@ -22,9 +22,9 @@ from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error
 from tests.support.fakes.slack import START_STREAM, FakeSlack
 from tests.support.jobs import in_redis
-from tests.support.threads import TEAM, USER, question, run_thread_question
+from tests.support.threads import TEAM, USER, question, run_thread_question, stop_thread_question
 from workers import spend
-from workers.errors import PermanentError, StopRequested
+from workers.errors import PermanentError
 
 HAIKU = "claude-haiku-5-5"
 
@@ -106,16 +106,7 @@ def test_a_stopped_call_is_charged_what_it_used_until_the_stop(
     fake_anthropic.script(MESSAGES, StreamReply(text="token " * 500, chunk=6, event_delay=0.01))
     job = question("a long answer, please")
 
-    async def scenario() -> None:
-        running = asyncio.create_task(run_thread_question(settings, job))
-        await asyncio.to_thread(fake_slack.wait_for, START_STREAM)
-        client = open_redis(settings)
-        await stops.request_stop(client, job.job_id)
-        await client.aclose()
-        with pytest.raises(StopRequested):
-            await running
-
-    asyncio.run(scenario())
+    asyncio.run(stop_thread_question(settings, job, lambda: fake_slack.wait_for(START_STREAM)))
 
     totals = _totals(redis_client, "day", "user")
     assert totals["calls"] == 1 and totals["input"] == 12
