@@ -26,6 +26,7 @@ from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error
 from tests.support.fakes.slack import START_STREAM, FakeSlack
 from tests.support.jobs import drain, in_redis
+from tests.support.logs import caplog_events
 from tests.support.measures import max_sum_in_window
 from tests.support.slack_requests import SlashCommands
 from tests.support.threads import question, stop_thread_question
@@ -253,11 +254,7 @@ def test_anthropic_reporting_fewer_tokens_left_than_asklane_booked_pauses_every_
     paused_for = in_redis(settings, lambda client: _one_call(settings, client))
 
     assert 25 <= paused_for <= 31
-    [paused] = [
-        record.msg
-        for record in caplog.records
-        if isinstance(record.msg, dict) and record.msg.get("event") == "ai.paused"
-    ]
+    [paused] = caplog_events(caplog, "ai.paused")
     assert "input-tokens" in paused["reason"] and "something else is spending" in paused["reason"]
 
 

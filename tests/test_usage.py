@@ -22,6 +22,7 @@ from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error
 from tests.support.fakes.slack import START_STREAM, FakeSlack
 from tests.support.jobs import in_redis
+from tests.support.logs import caplog_events
 from tests.support.threads import TEAM, USER, question, run_thread_question, stop_thread_question
 from workers import spend
 from workers.errors import PermanentError
@@ -213,11 +214,7 @@ def test_a_model_missing_from_the_price_table_is_logged_once_and_charged_the_dea
 
     asyncio.run(charge_twice())
 
-    logged = [
-        record.msg["model"]
-        for record in caplog.records
-        if isinstance(record.msg, dict) and record.msg.get("event") == "usage.price_unknown"
-    ]
+    logged = [event["model"] for event in caplog_events(caplog, "usage.price_unknown")]
     assert logged == ["claude-next-9"]
     # A million input tokens at the dearest input rate of the table (Mythos Preview's $25), twice.
     assert _totals(redis_client, "day", "user")["cost"] == 2 * 25_000_000
@@ -257,5 +254,4 @@ def test_a_charge_redis_refuses_is_logged_and_never_fails_the_answered_job(
     assert via == "stream"
     [message] = fake_slack.thread(job.reply_to.channel_id, job.reply_to.thread_ts)
     assert message.text == "answered all the same"
-    events = [r.msg.get("event") for r in caplog.records if isinstance(r.msg, dict)]
-    assert "usage.uncharged" in events
+    assert caplog_events(caplog, "usage.uncharged")
