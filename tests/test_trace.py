@@ -4,7 +4,6 @@ then read back as an operator would."""
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from typing import Any
@@ -21,6 +20,7 @@ from app.contract.prices import DEFAULT_PRICES, cost_usd
 from app.contract.settings import Settings
 from app.contract.usage import CallUsage
 from app.ops.cli import main
+from tests.support.cli import cli_json, cli_text
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error, message
 from tests.support.fakes.server import Reply
@@ -46,16 +46,12 @@ def _ask(web: TestClient, commands: SlashCommands, settings: Settings, text: str
 
 
 def _show(capsys: pytest.CaptureFixture[str], settings: Settings, target: str) -> dict[str, Any]:
-    capsys.readouterr()  # the worker's log lines so far
-    assert main(["jobs", "show", target, "--json"], settings) == 0
-    shown: dict[str, Any] = json.loads(capsys.readouterr().out)
+    shown: dict[str, Any] = cli_json(capsys, settings, "jobs", "show", target)
     return shown
 
 
 def _text(capsys: pytest.CaptureFixture[str], settings: Settings, target: str) -> str:
-    capsys.readouterr()
-    assert main(["jobs", "show", target], settings) == 0
-    return capsys.readouterr().out
+    return cli_text(capsys, settings, "jobs", "show", target)
 
 
 def test_a_completed_ask_shows_its_question_asker_attempt_tokens_cost_stop_reason_request_id_and_delivery(
