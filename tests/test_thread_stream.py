@@ -18,7 +18,7 @@ import pytest
 import redis
 from arq.connections import ArqRedis
 
-from app.contract import actions, answers, keys
+from app.contract import answers, keys
 from app.contract.jobs import ThreadQuestion
 from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, StreamReply, error
@@ -33,7 +33,7 @@ from tests.support.fakes.slack import (
 )
 from tests.support.jobs import drain, enqueue, in_redis
 from tests.support.processes import WorkerProcess
-from tests.support.stream_writer import stream
+from tests.support.stream_writer import stop_buttons, stream
 from tests.support.threads import question, run_thread_question, stop_thread_question
 from tests.support.waiting import wait_until
 from workers import job_state, memory
@@ -73,16 +73,6 @@ def _thread(fake_slack: FakeSlack, job: ThreadQuestion) -> list[FakeMessage]:
 def _ended(text: str, blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The blocks of a message ended showing ``text`` with ``blocks`` under it, and no Stop button."""
     return [{"type": "markdown", "text": text}, *blocks]
-
-
-def _stop_buttons(message: FakeMessage) -> list[Any]:
-    return [
-        element
-        for block in message.blocks
-        if block.get("type") == "actions"
-        for element in block.get("elements", [])
-        if element.get("action_id") == actions.STOP
-    ]
 
 
 def _the_dead_runs_message(fake_slack: FakeSlack, job: ThreadQuestion) -> FakeMessage:
@@ -306,7 +296,7 @@ def test_a_rerun_with_the_answer_stored_completes_the_earlier_stream_without_ask
     assert markdown == {"type": "markdown", "text": "the stored answer."}
     assert CUT_SHORT_NOTE in str(note)
     assert buttons == answer_buttons(job.job_id)
-    assert not message.streaming and _stop_buttons(message) == []
+    assert not message.streaming and stop_buttons(message.blocks) == []
     assert _remembered(settings, job) == ["the stored answer."]
 
 
