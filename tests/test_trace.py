@@ -9,7 +9,6 @@ import threading
 from typing import Any
 
 import anthropic
-import httpx2
 import pytest
 import redis
 from starlette.testclient import TestClient
@@ -27,6 +26,7 @@ from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain, enqueue, in_redis
 from tests.support.logs import log_events
+from tests.support.sdk_errors import REQUEST, error_body, status_error
 from tests.support.slack_requests import SlashCommands
 from tests.support.threads import question
 from tests.support.waiting import wait_until
@@ -361,13 +361,8 @@ def test_a_trace_that_cannot_be_written_never_fails_the_job(
     assert {line["entry"] for line in unrecorded} >= {"run.started", "ai.call", "delivery", "run.ended"}
 
 
-_REQUEST = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
-
-
 def _status_error(status: int, kind: str, *, cls: type = anthropic.APIStatusError) -> Any:
-    body = {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
-    response = httpx2.Response(status, headers={"request-id": f"req_{status}"}, request=_REQUEST)
-    return cls(f"status {status}", response=response, body=body)
+    return status_error(status, error_body(kind), {"request-id": f"req_{status}"}, cls=cls)
 
 
 @pytest.mark.parametrize(
@@ -378,7 +373,7 @@ def _status_error(status: int, kind: str, *, cls: type = anthropic.APIStatusErro
         (classify(_status_error(401, "authentication_error")), "req_401"),
         (mid_stream_error(_status_error(200, "overloaded_error")), "req_200"),
         (model_not_found(_status_error(404, "not_found_error", cls=anthropic.NotFoundError), "m"), "req_404"),
-        (classify(anthropic.APIConnectionError(request=_REQUEST)), None),
+        (classify(anthropic.APIConnectionError(request=REQUEST)), None),
     ],
     ids=[
         "back-pressure",
