@@ -13,7 +13,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.contract import keys, messages, trace
+from app.contract import keys, messages, stops, trace
 from app.contract.jobs import command_reference, upgrade
 from app.contract.prices import DEFAULT_PRICES, cost_usd
 from app.contract.settings import Settings
@@ -170,11 +170,7 @@ def test_a_failed_jobs_message_carries_a_reference_that_finds_the_job_and_its_re
 
 
 def test_a_stopped_stream_shows_the_stopped_call_with_its_estimated_tokens_and_the_stopped_message(
-    settings: Settings,
-    fake_anthropic: FakeAnthropic,
-    fake_slack: FakeSlack,
-    redis_client: redis.Redis,
-    capsys: pytest.CaptureFixture[str],
+    settings: Settings, fake_anthropic: FakeAnthropic, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake_anthropic.script(MESSAGES, StreamReply(text="token " * 300, chunk=6, event_delay=0.01))
     job = question("a long answer, please")
@@ -182,7 +178,7 @@ def test_a_stopped_stream_shows_the_stopped_call_with_its_estimated_tokens_and_t
 
     def stop_once_text_flows() -> None:
         wait_until(lambda: fake_anthropic.streams and fake_anthropic.streams[0].sent)
-        redis_client.set(keys.stop_key(job.job_id), b"1")
+        assert in_redis(settings, lambda client: stops.request_stop(client, job.job_id))
 
     stopper = threading.Thread(target=stop_once_text_flows)
     stopper.start()
