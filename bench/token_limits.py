@@ -39,13 +39,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from statistics import mean, median
 
 from harness import deployment_env, start_loopback
 
-from app.contract.job import AskJob
 from app.contract.queue import enqueue_ask, open_redis
 from tests.support.deployment import settings_from
 from tests.support.measures import max_sum_in_window, sliding_sums
@@ -202,17 +200,7 @@ async def _enqueue(env: dict[str, str], commands: SlashCommands, count: int, cha
     redis = open_redis(settings, timeout=10)
     try:
         for n in range(count):
-            form = commands.form(f"{n:06d} " + "how does the sliding window log work? " * (chars // 38))
-            job = AskJob(
-                team_id=form["team_id"],
-                channel_id=form["channel_id"],
-                user_id=form["user_id"],
-                command=form["command"],
-                text=form["text"],
-                response_url=form["response_url"],
-                trigger_id=form["trigger_id"],
-                enqueued_at=datetime.now(UTC),
-            )
+            job = commands.job(f"{n:06d} " + "how does the sliding window log work? " * (chars // 38))
             if not await enqueue_ask(redis, job):
                 raise RuntimeError(f"job {job.job_id} refused as a duplicate")
     finally:

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from app.contract import keys
 from app.web.gate import MAX_BODY_BYTES
 from tests.support.jobs import queued_job_ids
+from tests.support.logs import caplog_events
 from tests.support.slack_requests import SlashCommands, ack_text, signature_headers
 
 FORM = "application/x-www-form-urlencoded"
@@ -63,11 +64,7 @@ def test_a_repeated_security_header_is_refused_with_400_and_logged(
 
     assert (response.status_code, response.text) == (400, f"repeated {header.lower()} header")
     assert queued_job_ids(redis_client) == []
-    [refused] = [
-        record.msg
-        for record in caplog.records
-        if isinstance(record.msg, dict) and record.msg["event"] == "security.request_refused"
-    ]
+    [refused] = caplog_events(caplog, "security.request_refused")
     assert (refused["status"], refused["reason"]) == (400, f"repeated {header.lower()} header")
 
 

@@ -28,6 +28,7 @@ from app.ops import chat
 from app.ops.cli import awaits_more, main, shown_to_asker
 from app.sandbox import stand_ins
 from app.web.clicks import read_click
+from tests.support.cli import cli_json, cli_text
 from tests.support.deployment import ROOT, settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.slack import FakeSlack
@@ -35,12 +36,6 @@ from tests.support.jobs import drain, in_redis, queued_job_ids
 from tests.support.processes import ASKLANE, WebProcess, WorkerProcess, free_port
 from tests.support.slack_requests import SlashCommands, signature_headers
 from tests.support.waiting import wait_until
-
-
-def _run(capsys: pytest.CaptureFixture[str], settings: Settings, *argv: str) -> Any:
-    capsys.readouterr()  # the workers' and web's log lines so far
-    assert main([*argv, "--json"], settings) == 0
-    return json.loads(capsys.readouterr().out)
 
 
 def _fail_one_job(web: TestClient, commands: SlashCommands, settings: Settings, fake: FakeAnthropic) -> str:
@@ -64,7 +59,7 @@ def test_status_counts_queued_jobs_by_priority(
 
     asyncio.run(queue_background())
 
-    status = _run(capsys, settings, "status")
+    status = cli_json(capsys, settings, "status")
 
     assert status["queue"] == {"interactive": 2, "background": 1, "scheduled": 0}
     assert status["running"] == [] and status["paused_for_s"] == 0
@@ -74,9 +69,9 @@ def test_status_shows_each_live_worker_and_arqs_health_check(
     settings: Settings, start_worker: Callable[..., WorkerProcess], capsys: pytest.CaptureFixture[str]
 ) -> None:
     start_worker()
-    wait_until(lambda: _run(capsys, settings, "status")["workers"], timeout=10)
+    wait_until(lambda: cli_json(capsys, settings, "status")["workers"], timeout=10)
 
-    status = _run(capsys, settings, "status")
+    status = cli_json(capsys, settings, "status")
 
     [worker] = status["workers"]
     assert worker["running"] == 0 and worker["completed"] == 0
@@ -92,7 +87,7 @@ def test_jobs_failed_lists_the_failure_with_its_cause_and_reference(
 ) -> None:
     job_id = _fail_one_job(web, commands, settings, fake_anthropic)
 
-    [record] = _run(capsys, settings, "jobs", "failed")
+    [record] = cli_json(capsys, settings, "jobs", "failed")
 
     assert record["job_id"] == job_id
     assert record["error"].startswith("PermanentError") and record["reference"]
@@ -112,7 +107,7 @@ def test_retry_queues_a_failed_job_again_and_it_is_answered(
 ) -> None:
     job_id = _fail_one_job(web, commands, settings, fake_anthropic)
 
-    [retried] = _run(capsys, settings, "retry", job_id)
+    [retried] = cli_json(capsys, settings, "retry", job_id)
     drain(settings)
 
     assert retried["failed_job_id"] == job_id and retried["job_id"] != job_id
@@ -131,11 +126,11 @@ def test_retry_all_failed_and_purge_empty_the_failed_list(
     for _ in range(2):
         _fail_one_job(web, commands, settings, fake_anthropic)
 
-    assert len(_run(capsys, settings, "retry", "--all-failed")) == 2
+    assert len(cli_json(capsys, settings, "retry", "--all-failed")) == 2
     assert len(queued_job_ids(redis_client)) == 2
     drain(settings)
     _fail_one_job(web, commands, settings, fake_anthropic)
-    assert _run(capsys, settings, "purge", "--failed") == {"purged": 1}
+    assert cli_json(capsys, settings, "purge", "--failed") == {"purged": 1}
     assert redis_client.llen(FAILED_KEY) == 0
 
 
@@ -151,9 +146,9 @@ def test_jobs_show_finds_a_failed_job_listed_by_jobs_failed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     job_id = _fail_one_job(web, commands, settings, fake_anthropic)
-    [listed] = _run(capsys, settings, "jobs", "failed")
+    [listed] = cli_json(capsys, settings, "jobs", "failed")
 
-    shown = _run(capsys, settings, "jobs", "show", listed["reference"])
+    shown = cli_json(capsys, settings, "jobs", "show", listed["reference"])
 
     assert (shown["job_id"], shown["state"]) == (job_id, "failed")
     assert shown["error"] == listed["error"]
@@ -617,7 +612,7 @@ def test_usage_reports_spend_and_tokens_by_workspace_person_and_day_and_model(
 ) -> None:
     _spent(settings)
 
-    report = _run(capsys, settings, "usage")
+    report = cli_json(capsys, settings, "usage")
 
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     assert report["prices_checked"] == PRICES_CHECKED.isoformat()
@@ -645,11 +640,9 @@ def test_usage_for_people_is_a_table_with_the_prices_checked_date_in_its_header(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _spent(settings)
-    capsys.readouterr()
 
-    assert main(["usage"], settings) == 0
+    text = cli_text(capsys, settings, "usage")
 
-    text = capsys.readouterr().out
     lines = text.splitlines()
     assert f"prices checked {PRICES_CHECKED.isoformat()}" in lines[0]
     assert any(line.split()[:3] == ["T1", "U1", "$0.021000"] for line in lines), text
@@ -661,8 +654,8 @@ def test_usage_covers_only_the_days_asked_for(settings: Settings, capsys: pytest
     _charge(settings, "T1", "U1", "claude-haiku-5-5", 1_000)
     _charge(settings, "T1", "U1", "claude-haiku-5-5", 7_000, days_ago=3)
 
-    assert _run(capsys, settings, "usage", "--days", "1")["total"]["cost_usd"] == 0.001
-    assert _run(capsys, settings, "usage", "--days", "4")["total"]["cost_usd"] == 0.008
+    assert cli_json(capsys, settings, "usage", "--days", "1")["total"]["cost_usd"] == 0.001
+    assert cli_json(capsys, settings, "usage", "--days", "4")["total"]["cost_usd"] == 0.008
 
 
 def test_usage_for_a_month_reads_that_months_totals(
@@ -671,8 +664,8 @@ def test_usage_for_a_month_reads_that_months_totals(
     _spent(settings)
     this_month = datetime.now(UTC).strftime("%Y-%m")
 
-    report = _run(capsys, settings, "usage", "--month", this_month)
-    earlier = _run(capsys, settings, "usage", "--month", "2020-01")
+    report = cli_json(capsys, settings, "usage", "--month", this_month)
+    earlier = cli_json(capsys, settings, "usage", "--month", "2020-01")
 
     assert report["period"] == this_month and report["total"]["calls"] == 4
     assert len(report["people"]) == 3

@@ -22,6 +22,7 @@ from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, 
 from tests.support.fakes.slack import SET_STATUS, SET_SUGGESTED_PROMPTS, FakeSlack
 from tests.support.processes import WorkerProcess
 from tests.support.slack_requests import BOT_USER_ID, Clicks, SlackEvents, new_ts, send_event
+from tests.support.stream_writer import stop_buttons
 from tests.support.waiting import wait_until
 
 CHANNEL = "C0CHANNEL"
@@ -291,10 +292,9 @@ def test_the_stop_button_on_a_streaming_answer_stops_it_and_ends_the_message_sto
 
     def stop_shown() -> dict[str, Any] | None:
         for message in fake_slack.thread(CHANNEL, ts):
-            for block in message.blocks:
-                for element in block.get("elements", []):
-                    if message.streaming and element.get("action_id") == actions.STOP:
-                        return {"ts": message.ts, **element}
+            for stop in stop_buttons(message.blocks):
+                if message.streaming:
+                    return {"ts": message.ts, **stop}
         return None
 
     stop = wait_until(stop_shown, timeout=30)
@@ -306,9 +306,5 @@ def test_the_stop_button_on_a_streaming_answer_stops_it_and_ends_the_message_sto
     wait_until(lambda: worker.events("job.stopped"), timeout=30)
     [message] = fake_slack.thread(CHANNEL, ts)
     assert not message.streaming and message.text.endswith("_Stopped._")
-    assert stop_shown() is None and not any(
-        element.get("action_id") == actions.STOP
-        for block in message.blocks
-        for element in block.get("elements", [])
-    )
+    assert stop_shown() is None and stop_buttons(message.blocks) == []
     assert fake_anthropic.wait_for_stream_end().client_gone

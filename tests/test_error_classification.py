@@ -2,43 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import anthropic
 import httpx2
 import pytest
 
+from tests.support.sdk_errors import REQUEST, error_body, status_error
 from workers.ai import classify, model_not_found
 from workers.errors import BackPressure, JobError, PermanentError, TransientError
-
-REQUEST = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
-
-
-def _body(kind: str, error_code: str | None = None) -> dict[str, Any]:
-    """An error body as Anthropic sends it."""
-    body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
-    if error_code:
-        body["error"]["details"] = {"error_code": error_code}
-    return body
-
-
-def _status_error(
-    status: int, body: object, headers: dict[str, str] | None = None, *, cls: type = anthropic.APIStatusError
-) -> Any:
-    response = httpx2.Response(status, headers=headers or {}, request=REQUEST)
-    return cls(f"status {status}", response=response, body=body)
 
 
 @pytest.mark.parametrize(
     ("status", "body", "headers", "kind", "retry_after", "throttled"),
     [
-        (429, _body("rate_limit_error"), {"retry-after": "7"}, BackPressure, 7.0, True),
-        (429, _body("rate_limit_error"), {}, BackPressure, None, True),
-        (529, _body("overloaded_error"), {"retry-after": "3"}, TransientError, 3.0, True),
-        (500, _body("api_error"), {}, TransientError, None, False),
+        (429, error_body("rate_limit_error"), {"retry-after": "7"}, BackPressure, 7.0, True),
+        (429, error_body("rate_limit_error"), {}, BackPressure, None, True),
+        (529, error_body("overloaded_error"), {"retry-after": "3"}, TransientError, 3.0, True),
+        (500, error_body("api_error"), {}, TransientError, None, False),
         (503, "<html>bad gateway</html>", {}, TransientError, None, False),
-        (408, _body("timeout_error"), {}, TransientError, None, False),
-        (409, _body("conflict_error"), {"retry-after": "2"}, TransientError, 2.0, False),
+        (408, error_body("timeout_error"), {}, TransientError, None, False),
+        (409, error_body("conflict_error"), {"retry-after": "2"}, TransientError, 2.0, False),
     ],
     ids=[
         "rate limit 429",
@@ -58,7 +40,7 @@ def test_throttling_and_server_errors_are_worth_another_try(
     retry_after: float | None,
     throttled: bool,
 ) -> None:
-    decided = classify(_status_error(status, body, headers))
+    decided = classify(status_error(status, body, headers))
 
     assert type(decided) is kind
     assert isinstance(decided, TransientError)
@@ -68,15 +50,15 @@ def test_throttling_and_server_errors_are_worth_another_try(
 @pytest.mark.parametrize(
     ("status", "body", "told"),
     [
-        (400, _body("invalid_request_error"), "Claude could not process this request."),
-        (401, _body("authentication_error"), "an admin needs to check its API key"),
-        (403, _body("permission_error"), "an admin needs to check its API key"),
-        (404, _body("not_found_error"), "Claude could not process this request."),
-        (413, _body("request_too_large"), "the question is too large for Claude."),
-        (422, _body("invalid_request_error"), "Claude could not process this request."),
+        (400, error_body("invalid_request_error"), "Claude could not process this request."),
+        (401, error_body("authentication_error"), "an admin needs to check its API key"),
+        (403, error_body("permission_error"), "an admin needs to check its API key"),
+        (404, error_body("not_found_error"), "Claude could not process this request."),
+        (413, error_body("request_too_large"), "the question is too large for Claude."),
+        (422, error_body("invalid_request_error"), "Claude could not process this request."),
         (
             429,
-            _body("rate_limit_error", "enforced_spend_limit_reached"),
+            error_body("rate_limit_error", "enforced_spend_limit_reached"),
             "the team's Claude usage limit has been reached.",
         ),
     ],
@@ -85,7 +67,7 @@ def test_throttling_and_server_errors_are_worth_another_try(
 def test_requests_that_cannot_succeed_fail_now_with_a_reason_for_the_user(
     status: int, body: object, told: str
 ) -> None:
-    decided = classify(_status_error(status, body))
+    decided = classify(status_error(status, body))
 
     assert type(decided) is PermanentError
     assert told in decided.reason
@@ -112,13 +94,13 @@ def test_errors_without_a_status_are_decided_by_their_type(
 @pytest.mark.parametrize(
     ("body", "told"),
     [
-        (_body("not_found_error"), "an admin needs to fix ANTHROPIC_MODEL"),
+        (error_body("not_found_error"), "an admin needs to fix ANTHROPIC_MODEL"),
         ("<html>no such path</html>", "Claude could not process this request."),
     ],
     ids=["anthropic's 404: the model", "someone else's 404: not the model"],
 )
 def test_a_404_names_the_model_only_when_anthropic_sent_it(body: object, told: str) -> None:
-    decided = model_not_found(_status_error(404, body, cls=anthropic.NotFoundError), "claude-nope")
+    decided = model_not_found(status_error(404, body, cls=anthropic.NotFoundError), "claude-nope")
 
     assert type(decided) is PermanentError
     assert told in decided.reason

@@ -26,6 +26,7 @@ from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import queued_job_ids, queued_jobs
+from tests.support.logs import caplog_events
 from tests.support.processes import WebProcess, free_port
 from tests.support.slack_requests import (
     APP_ID,
@@ -40,14 +41,6 @@ from tests.support.slack_requests import (
 from tests.support.waiting import wait_until
 
 slack = SlackEvents()
-
-
-def _records(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
-    return [
-        record.msg
-        for record in caplog.records
-        if isinstance(record.msg, dict) and record.msg.get("event") == name
-    ]
 
 
 @pytest.fixture
@@ -245,7 +238,7 @@ def test_a_redelivered_event_makes_no_second_job_and_its_retry_number_is_logged(
 
     assert first.status_code == again.status_code == 200
     assert len(queued_job_ids(redis_client)) == 1
-    [duplicate] = _records(caplog, "event.duplicate")
+    [duplicate] = caplog_events(caplog, "event.duplicate")
     assert (duplicate["event_id"], duplicate["retry_num"]) == (mention["event_id"], "1")
 
 
@@ -445,7 +438,7 @@ def test_an_ignored_event_gets_an_empty_200_a_debug_line_and_no_job(
 
     assert (response.status_code, response.text) == (200, "")
     assert queued_job_ids(redis_client) == []
-    [ignored] = _records(caplog, "event.ignored")
+    [ignored] = caplog_events(caplog, "event.ignored")
     assert (ignored["reason"], ignored["level"]) == (reason, "debug")
 
 
@@ -543,7 +536,7 @@ def test_with_redis_down_an_event_gets_a_fast_503_so_slack_delivers_it_again(
     assert response.status_code == 503
     # Slack gives up on an ack after 3 s; the enqueue is bounded well inside it.
     assert elapsed < 2.5
-    [unavailable] = _records(caplog, "event.queue_unavailable")
+    [unavailable] = caplog_events(caplog, "event.queue_unavailable")
     assert unavailable["status"] == 503
 
 

@@ -22,6 +22,7 @@ from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, error
 from tests.support.fakes.slack import RESPONSE, FakeSlack
 from tests.support.jobs import drain
+from tests.support.logs import caplog_events
 from tests.support.processes import WorkerProcess
 from tests.support.slack_requests import SlashCommands
 from tests.support.waiting import wait_until
@@ -175,9 +176,6 @@ def test_a_failing_sweep_is_logged_once_per_kind_and_its_recovery_once(
         stats = redis_client.info("commandstats").get("cmdstat_zrangebyscore", {})
         return int(stats.get("failed_calls", 0))
 
-    def events(name: str) -> list[dict[str, Any]]:
-        return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == name]
-
     # Not a sorted set: every sweep's read of the queue fails (WRONGTYPE).
     redis_client.set(keys.QUEUE_KEY, "damaged")
     before = failed_queue_reads()
@@ -194,13 +192,13 @@ def test_a_failing_sweep_is_logged_once_per_kind_and_its_recovery_once(
     try:
         wait_until(lambda: failed_queue_reads() >= before + 5)
         redis_client.delete(keys.QUEUE_KEY)
-        wait_until(lambda: events("progress.sweep_recovered"))
+        wait_until(lambda: caplog_events(caplog, "progress.sweep_recovered"))
     finally:
         loop.call_soon_threadsafe(stopping.set)
         sweeper.join(10)
         loop.close()
 
-    [failed] = events("progress.sweep_failed")
+    [failed] = caplog_events(caplog, "progress.sweep_failed")
     assert failed["error"] == "ResponseError"
-    [recovered] = events("progress.sweep_recovered")
+    [recovered] = caplog_events(caplog, "progress.sweep_recovered")
     assert recovered["failed_sweeps"]["ResponseError"] >= 5

@@ -11,7 +11,7 @@ import redis
 from arq.connections import ArqRedis
 from slack_sdk.errors import SlackApiError
 
-from app.contract import actions, keys
+from app.contract import keys
 from app.contract.settings import Settings
 from app.contract.targets import Thread
 from tests.support.fakes.slack import (
@@ -23,7 +23,7 @@ from tests.support.fakes.slack import (
     refused,
 )
 from tests.support.jobs import in_redis
-from tests.support.stream_writer import BUTTONS, stream, words
+from tests.support.stream_writer import BUTTONS, stop_buttons, stream, words
 from tests.support.threads import CHANNEL, TEAM, question
 from workers import job_state, streaming
 from workers.delivery import SlackDelivery
@@ -35,17 +35,6 @@ def thread_of(job: object) -> Thread:
     target = getattr(job, "reply_to", None)
     assert isinstance(target, Thread)
     return target
-
-
-def stop_buttons(blocks: list[Any]) -> list[Any]:
-    """The Stop buttons among a message's blocks."""
-    return [
-        element
-        for block in blocks
-        if block.get("type") == "actions"
-        for element in block.get("elements", [])
-        if element.get("action_id") == actions.STOP
-    ]
 
 
 def test_a_streamed_answer_shows_every_piece_in_order_once_with_the_buttons_under_it(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,9 +18,8 @@ import pytest
 import redis
 from arq.connections import ArqRedis
 
-from app.contract import actions, answers, keys, stops
+from app.contract import answers, keys
 from app.contract.jobs import ThreadQuestion
-from app.contract.queue import open_redis
 from app.contract.settings import Settings
 from tests.support.fakes.anthropic import FakeAnthropic, StreamReply, error
 from tests.support.fakes.server import Reply
@@ -35,12 +33,12 @@ from tests.support.fakes.slack import (
 )
 from tests.support.jobs import drain, enqueue, in_redis
 from tests.support.processes import WorkerProcess
-from tests.support.stream_writer import stream
-from tests.support.threads import question, run_thread_question
+from tests.support.stream_writer import stop_buttons, stream
+from tests.support.threads import question, run_thread_question, stop_thread_question
 from tests.support.waiting import wait_until
 from workers import job_state, memory
 from workers.delivery import SlackDelivery
-from workers.errors import PermanentError, StopRequested, TransientError
+from workers.errors import PermanentError, TransientError
 from workers.formatting import CUT_SHORT_NOTE, answer_buttons, retry_buttons, stop_button
 from workers.ratelimit import SlotTooFar
 from workers.thread_answer import (
@@ -75,16 +73,6 @@ def _thread(fake_slack: FakeSlack, job: ThreadQuestion) -> list[FakeMessage]:
 def _ended(text: str, blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The blocks of a message ended showing ``text`` with ``blocks`` under it, and no Stop button."""
     return [{"type": "markdown", "text": text}, *blocks]
-
-
-def _stop_buttons(message: FakeMessage) -> list[Any]:
-    return [
-        element
-        for block in message.blocks
-        if block.get("type") == "actions"
-        for element in block.get("elements", [])
-        if element.get("action_id") == actions.STOP
-    ]
 
 
 def _the_dead_runs_message(fake_slack: FakeSlack, job: ThreadQuestion) -> FakeMessage:
@@ -252,18 +240,8 @@ def test_stop_while_streaming_closes_the_ai_stream_at_once_and_raises_stop_reque
     fake_anthropic.script("/v1/messages", StreamReply(text=long_text, chunk=6, event_delay=0.01))
     job = question("a long answer, please")
 
-    async def scenario() -> float:
-        running = asyncio.create_task(run_thread_question(settings, job))
-        await asyncio.to_thread(fake_slack.wait_for, START_STREAM)  # the answer is showing
-        client = open_redis(settings)
-        await stops.request_stop(client, job.job_id)
-        await client.aclose()
-        asked = time.monotonic()
-        with pytest.raises(StopRequested):
-            await running
-        return time.monotonic() - asked
-
-    took = asyncio.run(scenario())
+    # Stopped once the answer is showing.
+    took = asyncio.run(stop_thread_question(settings, job, lambda: fake_slack.wait_for(START_STREAM)))
 
     log = fake_anthropic.wait_for_stream_end()
     assert log.client_gone and not log.completed
@@ -318,7 +296,7 @@ def test_a_rerun_with_the_answer_stored_completes_the_earlier_stream_without_ask
     assert markdown == {"type": "markdown", "text": "the stored answer."}
     assert CUT_SHORT_NOTE in str(note)
     assert buttons == answer_buttons(job.job_id)
-    assert not message.streaming and _stop_buttons(message) == []
+    assert not message.streaming and stop_buttons(message.blocks) == []
     assert _remembered(settings, job) == ["the stored answer."]
 
 
@@ -363,16 +341,7 @@ def test_a_stop_before_claude_has_written_anything_is_obeyed_without_waiting_for
     fake_anthropic.script("/v1/messages", StreamReply(text=TEXT, fail="stall", fail_after=0))
     job = question("thinking for long?")
 
-    async def scenario() -> None:
-        running = asyncio.create_task(run_thread_question(settings, job))
-        await asyncio.to_thread(fake_anthropic.wait_for, "/v1/messages")
-        client = open_redis(settings)
-        await stops.request_stop(client, job.job_id)
-        await client.aclose()
-        with pytest.raises(StopRequested):
-            await running
-
-    asyncio.run(scenario())
+    asyncio.run(stop_thread_question(settings, job, lambda: fake_anthropic.wait_for("/v1/messages")))
 
     log = fake_anthropic.wait_for_stream_end()
     assert log.client_gone and log.sent == []
@@ -388,17 +357,13 @@ def test_a_stop_while_regenerating_after_a_crash_ends_the_earlier_message_stoppe
     fake_anthropic.script("/v1/messages", StreamReply(text="tick " * 400, chunk=5, event_delay=0.01))
     job = question("recovering, then stopped?")
 
-    async def scenario() -> None:
-        client = open_redis(settings)
+    async def crashed(client: ArqRedis) -> None:
         await _leave_stream_of_dead_run(settings, client, job)
-        running = asyncio.create_task(run_thread_question(settings, job))
-        await asyncio.to_thread(wait_until, lambda: fake_anthropic.streams and fake_anthropic.streams[0].sent)
-        await stops.request_stop(client, job.job_id)
-        await client.aclose()
-        with pytest.raises(StopRequested):
-            await running
 
-    asyncio.run(scenario())
+    def text_flows() -> None:
+        wait_until(lambda: fake_anthropic.streams and fake_anthropic.streams[0].sent)
+
+    asyncio.run(stop_thread_question(settings, job, text_flows, before=crashed))
 
     message = _the_dead_runs_message(fake_slack, job)
     assert message.text.startswith("tick") and message.text.endswith(f"\n\n{STOPPED_NOTE}")

@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.contract import scripts, stops
+from app.contract import scripts
 from app.contract.keys import RATE_PAUSE_KEY, RATE_TOKENS_KEY, RATE_WINDOW_KEY
 from app.contract.logs import configure_logging
 from app.contract.queue import open_redis
@@ -26,29 +25,17 @@ from app.web.main import create_app
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error
 from tests.support.fakes.slack import START_STREAM, FakeSlack
-from tests.support.jobs import drain
+from tests.support.jobs import drain, in_redis
+from tests.support.logs import caplog_events
 from tests.support.measures import max_sum_in_window
 from tests.support.slack_requests import SlashCommands
-from tests.support.threads import question, run_thread_question
+from tests.support.threads import question, stop_thread_question
 from workers.ai import Claude
-from workers.errors import PermanentError, StopRequested
+from workers.errors import PermanentError
 from workers.prompt import input_budget, single_question
 from workers.ratelimit import Booking, RateLimiter, Reservation, SlotTooFar, TokenLimits, tokens_booked
 
-T = TypeVar("T")
-
 MINUTE = TokenLimits(input_per_window=10_000, output_per_window=5_000)
-
-
-def _with_redis(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    async def run() -> T:
-        client = open_redis(settings, timeout=5)
-        try:
-            return await work(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
 
 
 def _usage(
@@ -99,7 +86,7 @@ def test_a_call_books_its_estimate_and_max_tokens_and_gives_back_what_it_did_not
         await limiter.settle(booking, _usage(300, 120, cache_creation=20, cache_read=500))
         return [reserved, await tokens_booked(client)]
 
-    assert _with_redis(settings, run) == [(800, 1_000), (320, 120)]
+    assert in_redis(settings, run) == [(800, 1_000), (320, 120)]
 
 
 def test_status_shows_the_tokens_booked_in_the_last_minute(settings: Settings) -> None:
@@ -110,7 +97,7 @@ def test_status_shows_the_tokens_booked_in_the_last_minute(settings: Settings) -
         shown = await operations.status(client)
         return shown.ai_input_tokens_last_minute, shown.ai_output_tokens_last_minute
 
-    assert _with_redis(settings, run) == (800, 1_120)
+    assert in_redis(settings, run) == (800, 1_120)
 
 
 def test_a_call_that_failed_before_anthropic_answered_gives_back_all_its_tokens(settings: Settings) -> None:
@@ -119,7 +106,7 @@ def test_a_call_that_failed_before_anthropic_answered_gives_back_all_its_tokens(
         await limiter.settle(await limiter.wait_for_slot(Reservation(800, 1_000)), None)
         return await tokens_booked(client)
 
-    assert _with_redis(settings, run) == (0, 0)
+    assert in_redis(settings, run) == (0, 0)
 
 
 def test_a_call_that_got_no_answer_at_all_keeps_its_reservation_booked(settings: Settings) -> None:
@@ -129,7 +116,7 @@ def test_a_call_that_got_no_answer_at_all_keeps_its_reservation_booked(settings:
         await limiter.settle(await limiter.wait_for_slot(Reservation(800, 1_000)), None, answered=False)
         return await tokens_booked(client)
 
-    assert _with_redis(settings, run) == (800, 1_000)
+    assert in_redis(settings, run) == (800, 1_000)
 
 
 def test_usage_above_the_reservation_is_booked_too(settings: Settings) -> None:
@@ -138,7 +125,7 @@ def test_usage_above_the_reservation_is_booked_too(settings: Settings) -> None:
         await limiter.settle(await limiter.wait_for_slot(Reservation(800, 1_000)), _usage(900, 1_000))
         return await tokens_booked(client)
 
-    assert _with_redis(settings, run) == (900, 1_000)
+    assert in_redis(settings, run) == (900, 1_000)
 
 
 def test_a_call_waits_for_tokens_and_tokens_given_back_let_the_next_one_in(settings: Settings) -> None:
@@ -152,7 +139,7 @@ def test_a_call_waits_for_tokens_and_tokens_given_back_let_the_next_one_in(setti
         await limiter.wait_for_slot(Reservation(100, 4_000))  # 4,200: booked at once
         return waiting.value.wait, calls_booked, await client.zcard(RATE_WINDOW_KEY)
 
-    wait, calls_booked, calls_after = _with_redis(settings, run)
+    wait, calls_booked, calls_after = in_redis(settings, run)
     # A wait for tokens comes back soon to look again, not a whole minute later.
     assert 0 < wait <= 2.0
     # The refused booking took no call slot either: the call and its tokens together or nothing.
@@ -167,7 +154,7 @@ def test_a_call_refused_a_call_slot_books_no_tokens(settings: Settings) -> None:
             await limiter.wait_for_slot(Reservation(100, 100))
         return await tokens_booked(client)
 
-    assert _with_redis(settings, run) == (100, 100)
+    assert in_redis(settings, run) == (100, 100)
 
 
 def test_without_token_limits_nothing_is_booked_in_the_token_log(
@@ -177,7 +164,7 @@ def test_without_token_limits_nothing_is_booked_in_the_token_log(
         limiter = RateLimiter(client, 10)
         await limiter.settle(await limiter.wait_for_slot(Reservation(800, 1_000)), _usage(1, 1))
 
-    _with_redis(settings, run)
+    in_redis(settings, run)
 
     assert redis_client.zcard(RATE_WINDOW_KEY) == 1
     assert not redis_client.exists(RATE_TOKENS_KEY)
@@ -199,10 +186,10 @@ def test_a_call_over_a_whole_windows_limit_fails_at_once_saying_what_to_do(
             await limiter.wait_for_slot(reservation)
         return refused.value
 
-    refused = _with_redis(settings, run)
+    refused = in_redis(settings, run)
 
     assert told in refused.reason
-    assert not _with_redis(settings, lambda client: client.exists(RATE_WINDOW_KEY))
+    assert not in_redis(settings, lambda client: client.exists(RATE_WINDOW_KEY))
 
 
 def test_a_question_over_a_minutes_input_limit_gets_a_message_saying_what_to_do(
@@ -234,7 +221,7 @@ def test_an_answered_question_leaves_booked_what_anthropic_counted(
 
     assert fake_slack.answers() == ["Answer to: what is a p99?"]
     [counted] = fake_anthropic.token_log
-    booked = _with_redis(settings, tokens_booked)
+    booked = in_redis(settings, tokens_booked)
     assert booked == (counted.input_tokens, counted.output_tokens) == (counted.input_tokens, 34)
 
 
@@ -245,20 +232,11 @@ def test_a_stream_stopped_mid_answer_keeps_booked_the_output_it_wrote(
     limited = settings.model_copy(update=limits)
     fake_anthropic.script(MESSAGES, StreamReply(text="token " * 500, chunk=6, event_delay=0.01))
 
-    async def scenario() -> tuple[int, int]:
-        job = question("a long answer, please")
-        running = asyncio.create_task(run_thread_question(limited, job))
-        await asyncio.to_thread(fake_slack.wait_for, START_STREAM)  # the answer is showing
-        client = open_redis(limited)
-        try:
-            await stops.request_stop(client, job.job_id)
-            with pytest.raises(StopRequested):
-                await running
-            return await tokens_booked(client)
-        finally:
-            await client.aclose()
+    job = question("a long answer, please")
+    # Stopped once the answer is showing.
+    asyncio.run(stop_thread_question(limited, job, lambda: fake_slack.wait_for(START_STREAM)))
 
-    input_booked, output_booked = asyncio.run(scenario())
+    input_booked, output_booked = in_redis(limited, tokens_booked)
 
     # Input as message_start reported it; output estimated from the text received, not max_tokens.
     assert input_booked == 12
@@ -273,14 +251,10 @@ def test_anthropic_reporting_fewer_tokens_left_than_asklane_booked_pauses_every_
     # Another app of the organisation takes half the input limit; refilled in 30 s.
     fake_anthropic.spend(input_tokens=5_000)
 
-    paused_for = _with_redis(settings, lambda client: _one_call(settings, client))
+    paused_for = in_redis(settings, lambda client: _one_call(settings, client))
 
     assert 25 <= paused_for <= 31
-    [paused] = [
-        record.msg
-        for record in caplog.records
-        if isinstance(record.msg, dict) and record.msg.get("event") == "ai.paused"
-    ]
+    [paused] = caplog_events(caplog, "ai.paused")
     assert "input-tokens" in paused["reason"] and "something else is spending" in paused["reason"]
 
 
@@ -293,7 +267,7 @@ def test_calls_only_asklane_makes_do_not_pause(settings: Settings, fake_anthropi
             paused_for = await _one_call(settings, client)
         return paused_for
 
-    assert _with_redis(settings, calls) == 0
+    assert in_redis(settings, calls) == 0
 
 
 async def _one_call(settings: Settings, client: Any) -> float:

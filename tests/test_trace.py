@@ -4,29 +4,29 @@ then read back as an operator would."""
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from typing import Any
 
 import anthropic
-import httpx2
 import pytest
 import redis
 from starlette.testclient import TestClient
 
-from app.contract import keys, messages, trace
+from app.contract import keys, messages, stops, trace
 from app.contract.jobs import command_reference, upgrade
 from app.contract.prices import DEFAULT_PRICES, cost_usd
 from app.contract.settings import Settings
 from app.contract.usage import CallUsage
 from app.ops.cli import main
+from tests.support.cli import cli_json, cli_text
 from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error, message
 from tests.support.fakes.server import Reply
 from tests.support.fakes.slack import FakeSlack
 from tests.support.jobs import drain, enqueue, in_redis
 from tests.support.logs import log_events
+from tests.support.sdk_errors import REQUEST, error_body, status_error
 from tests.support.slack_requests import SlashCommands
 from tests.support.threads import question
 from tests.support.waiting import wait_until
@@ -46,16 +46,12 @@ def _ask(web: TestClient, commands: SlashCommands, settings: Settings, text: str
 
 
 def _show(capsys: pytest.CaptureFixture[str], settings: Settings, target: str) -> dict[str, Any]:
-    capsys.readouterr()  # the worker's log lines so far
-    assert main(["jobs", "show", target, "--json"], settings) == 0
-    shown: dict[str, Any] = json.loads(capsys.readouterr().out)
+    shown: dict[str, Any] = cli_json(capsys, settings, "jobs", "show", target)
     return shown
 
 
 def _text(capsys: pytest.CaptureFixture[str], settings: Settings, target: str) -> str:
-    capsys.readouterr()
-    assert main(["jobs", "show", target], settings) == 0
-    return capsys.readouterr().out
+    return cli_text(capsys, settings, "jobs", "show", target)
 
 
 def test_a_completed_ask_shows_its_question_asker_attempt_tokens_cost_stop_reason_request_id_and_delivery(
@@ -174,11 +170,7 @@ def test_a_failed_jobs_message_carries_a_reference_that_finds_the_job_and_its_re
 
 
 def test_a_stopped_stream_shows_the_stopped_call_with_its_estimated_tokens_and_the_stopped_message(
-    settings: Settings,
-    fake_anthropic: FakeAnthropic,
-    fake_slack: FakeSlack,
-    redis_client: redis.Redis,
-    capsys: pytest.CaptureFixture[str],
+    settings: Settings, fake_anthropic: FakeAnthropic, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake_anthropic.script(MESSAGES, StreamReply(text="token " * 300, chunk=6, event_delay=0.01))
     job = question("a long answer, please")
@@ -186,7 +178,7 @@ def test_a_stopped_stream_shows_the_stopped_call_with_its_estimated_tokens_and_t
 
     def stop_once_text_flows() -> None:
         wait_until(lambda: fake_anthropic.streams and fake_anthropic.streams[0].sent)
-        redis_client.set(keys.stop_key(job.job_id), b"1")
+        assert in_redis(settings, lambda client: stops.request_stop(client, job.job_id))
 
     stopper = threading.Thread(target=stop_once_text_flows)
     stopper.start()
@@ -365,13 +357,8 @@ def test_a_trace_that_cannot_be_written_never_fails_the_job(
     assert {line["entry"] for line in unrecorded} >= {"run.started", "ai.call", "delivery", "run.ended"}
 
 
-_REQUEST = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
-
-
 def _status_error(status: int, kind: str, *, cls: type = anthropic.APIStatusError) -> Any:
-    body = {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
-    response = httpx2.Response(status, headers={"request-id": f"req_{status}"}, request=_REQUEST)
-    return cls(f"status {status}", response=response, body=body)
+    return status_error(status, error_body(kind), {"request-id": f"req_{status}"}, cls=cls)
 
 
 @pytest.mark.parametrize(
@@ -382,7 +369,7 @@ def _status_error(status: int, kind: str, *, cls: type = anthropic.APIStatusErro
         (classify(_status_error(401, "authentication_error")), "req_401"),
         (mid_stream_error(_status_error(200, "overloaded_error")), "req_200"),
         (model_not_found(_status_error(404, "not_found_error", cls=anthropic.NotFoundError), "m"), "req_404"),
-        (classify(anthropic.APIConnectionError(request=_REQUEST)), None),
+        (classify(anthropic.APIConnectionError(request=REQUEST)), None),
     ],
     ids=[
         "back-pressure",

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from app.contract import keys, metrics, stops, usage
+from app.contract import keys, metrics, usage
 from app.contract.keys import COUNTERS_KEY
 from app.contract.logs import configure_logging
 from app.contract.prices import price_table
@@ -22,9 +22,10 @@ from tests.support.deployment import settings_from
 from tests.support.fakes.anthropic import MESSAGES, FakeAnthropic, StreamReply, error
 from tests.support.fakes.slack import START_STREAM, FakeSlack
 from tests.support.jobs import in_redis
-from tests.support.threads import TEAM, USER, question, run_thread_question
+from tests.support.logs import caplog_events
+from tests.support.threads import TEAM, USER, question, run_thread_question, stop_thread_question
 from workers import spend
-from workers.errors import PermanentError, StopRequested
+from workers.errors import PermanentError
 
 HAIKU = "claude-haiku-5-5"
 
@@ -106,16 +107,7 @@ def test_a_stopped_call_is_charged_what_it_used_until_the_stop(
     fake_anthropic.script(MESSAGES, StreamReply(text="token " * 500, chunk=6, event_delay=0.01))
     job = question("a long answer, please")
 
-    async def scenario() -> None:
-        running = asyncio.create_task(run_thread_question(settings, job))
-        await asyncio.to_thread(fake_slack.wait_for, START_STREAM)
-        client = open_redis(settings)
-        await stops.request_stop(client, job.job_id)
-        await client.aclose()
-        with pytest.raises(StopRequested):
-            await running
-
-    asyncio.run(scenario())
+    asyncio.run(stop_thread_question(settings, job, lambda: fake_slack.wait_for(START_STREAM)))
 
     totals = _totals(redis_client, "day", "user")
     assert totals["calls"] == 1 and totals["input"] == 12
@@ -223,11 +215,7 @@ def test_a_model_missing_from_the_price_table_is_logged_once_and_charged_the_dea
 
     asyncio.run(charge_twice())
 
-    logged = [
-        record.msg["model"]
-        for record in caplog.records
-        if isinstance(record.msg, dict) and record.msg.get("event") == "usage.price_unknown"
-    ]
+    logged = [event["model"] for event in caplog_events(caplog, "usage.price_unknown")]
     assert logged == ["claude-next-9"]
     # A million input tokens at the dearest input rate of the table (Mythos Preview's $25), twice.
     assert _totals(redis_client, "day", "user")["cost"] == 2 * 25_000_000
@@ -267,5 +255,4 @@ def test_a_charge_redis_refuses_is_logged_and_never_fails_the_answered_job(
     assert via == "stream"
     [message] = fake_slack.thread(job.reply_to.channel_id, job.reply_to.thread_ts)
     assert message.text == "answered all the same"
-    events = [r.msg.get("event") for r in caplog.records if isinstance(r.msg, dict)]
-    assert "usage.uncharged" in events
+    assert caplog_events(caplog, "usage.uncharged")

@@ -1,5 +1,6 @@
 """A stand-in for the thread kind's streaming side: feed an answer, piece by piece, to the stream
-writer a worker uses (workers/delivery.py ``open_stream``), as Claude's tokens would arrive."""
+writer a worker uses (workers/delivery.py ``open_stream``), as Claude's tokens would arrive; and
+:func:`stop_buttons`, the Stop button a streaming message shows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
+from app.contract import actions
 from app.contract.jobs import JobBase
 from workers.delivery import SlackDelivery
 from workers.streaming import SlackStream
@@ -17,6 +19,16 @@ from workers.streaming import SlackStream
 BUTTONS: list[dict[str, Any]] = [
     {"type": "context_actions", "elements": [{"type": "feedback_buttons", "action_id": "asklane_feedback"}]}
 ]
+
+
+def stop_buttons(blocks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Stop buttons among a message's blocks (in any block that holds elements)."""
+    return [
+        element
+        for block in blocks
+        for element in block.get("elements", [])
+        if element.get("action_id") == actions.STOP
+    ]
 
 
 def words(count: int, width: int = 6) -> list[str]:

@@ -1,16 +1,21 @@
 """Jobs answered in threads and DMs: queue them as the web would; a stand-in for the thread kind
 (:class:`EchoKind`) whose answer is the question itself, so a delivery test chooses the answer's
 length and shape without an AI call; and :func:`run_thread_question`, the real thread kind run
-once in the test's process."""
+once in the test's process (:func:`stop_thread_question`: stopped part-way, as the Stop button
+does)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import pytest
 from arq.connections import ArqRedis
 
+from app.contract import stops
 from app.contract.events import JobEvents
 from app.contract.jobs import (
     JobBase,
@@ -27,7 +32,7 @@ from app.contract.settings import Settings
 from workers import job_state
 from workers.ai import Claude
 from workers.delivery import SlackDelivery
-from workers.errors import PermanentError
+from workers.errors import PermanentError, StopRequested
 from workers.formatting import thread_answer
 from workers.kinds import JobKind, Run, Timings, WorkerDeps
 from workers.lease import lease
@@ -157,3 +162,26 @@ async def run_thread_question(
     finally:
         await claude.close()
         await client.aclose()
+
+
+async def stop_thread_question(
+    settings: Settings,
+    job: ThreadQuestion,
+    ready: Callable[[], object],
+    *,
+    before: Callable[[ArqRedis], Awaitable[None]] | None = None,
+) -> float:
+    """Run ``job`` as :func:`run_thread_question` does and, once ``ready`` returns (it blocks, in
+    a thread, until the moment to stop), ask it to stop as the Stop button does; asserts the run
+    ends raising StopRequested. Returns the seconds from the stop asked to the run's end."""
+    running = asyncio.create_task(run_thread_question(settings, job, before=before))
+    await asyncio.to_thread(ready)
+    client = open_redis(settings)
+    try:
+        await stops.request_stop(client, job.job_id)
+    finally:
+        await client.aclose()
+    asked = time.monotonic()
+    with pytest.raises(StopRequested):
+        await running
+    return time.monotonic() - asked
