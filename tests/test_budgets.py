@@ -49,7 +49,7 @@ def web_with(env: dict[str, str]) -> Iterator[MakeWeb]:
 
 def _spend(settings: Settings, micro_usd: int, *, team_id: str = TEAM_ID, user_id: str = USER) -> None:
     """Charge an AI call of ``micro_usd`` to a person, as a worker does after the call."""
-    retention = Retention(settings.usage_days_kept, settings.usage_months_kept)
+    retention = Retention.of(settings)
     call = CallUsage(model="claude-haiku-5-5", input_tokens=100, output_tokens=10)
     in_redis(
         settings,

@@ -596,7 +596,7 @@ def _charge(settings: Settings, team: str, user: str, model: str, cost: int, *, 
         cache_read_input_tokens=3000,
     )
     moment = datetime.now(UTC) - timedelta(days=days_ago)
-    retention = Retention(settings.usage_days_kept, settings.usage_months_kept)
+    retention = Retention.of(settings)
     in_redis(settings, lambda client: usage.charge(client, team, user, call, cost, moment, retention))
 
 

@@ -58,7 +58,7 @@ async def charge_call(
         return
     tokens = {kind: getattr(call, name) for kind, name in usage.TOKEN_KINDS.items()}
     asker = job.asker
-    retention = usage.Retention(settings.usage_days_kept, settings.usage_months_kept)
+    retention = usage.Retention.of(settings)
     try:
         async with asyncio.timeout(CHARGE_TIMEOUT_SECONDS):
             await asyncio.gather(

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from app.contract import keys, scripts
+
+if TYPE_CHECKING:  # settings import the price table, which imports this module
+    from app.contract.settings import Settings
 
 #: How an AI call ended: a whole answer; stopped by a user (the stream closed); failed (an error
 #: before or during the answer; ``CallRecord.error`` says which).
@@ -105,6 +108,10 @@ class Retention:
 
     days: int
     months: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Retention:
+        return cls(settings.usage_days_kept, settings.usage_months_kept)
 
     def day_expires_at(self, moment: datetime) -> int:
         """Unix seconds at which the day bucket of ``moment`` expires."""
